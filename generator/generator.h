@@ -1,0 +1,27 @@
+// Source generation: KernelSpec + TileConfig -> CUDA source text for NVRTC. Deterministic: equal
+// inputs give byte-identical output.
+#pragma once
+
+#include <string>
+
+#include "generator/kernel_spec.h"
+
+namespace jitattn {
+
+/// Bumped whenever emitted code changes meaning; part of every cache key.
+inline constexpr int kGeneratorVersion = 1;
+
+struct KernelSource {
+  std::string name;    ///< extern "C" kernel symbol, spells out the specialisation
+  std::string source;  ///< full translation unit, no #include of host headers
+  int threads = 128;
+  int shared_bytes = 0;  ///< dynamic shared memory to launch with
+};
+
+/// Generates the kernel. Throws InvalidArgument if why_illegal(spec, cfg, limits) says so.
+KernelSource generate(const KernelSpec& spec, const TileConfig& cfg, const DeviceLimits& limits);
+
+/// Hash of the embedded template text (FNV-1a), part of cache keys.
+uint64_t template_hash();
+
+}  // namespace jitattn

@@ -1,0 +1,87 @@
+// KernelSpec: every fact baked into a generated kernel at compile time. TileConfig: how the spec
+// is computed. Pure C++ (no CUDA headers, no I/O), so it is tested anywhere.
+//
+// What must change with these structs: canonical() (the text form that keys caches), the
+// generator's emitted constants, and kGeneratorVersion in generator.h.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "jitattn/attention.h"
+#include "jitattn/tensor.h"
+
+namespace jitattn {
+
+/// Target architecture as compute capability major*10+minor (80 = sm_80, 90 = sm_90).
+struct Target {
+  int sm = 80;
+  bool operator==(const Target&) const = default;
+};
+
+enum class Pass { forward };
+
+struct KernelSpec {
+  Target target;
+  Pass pass = Pass::forward;
+  DType dtype = DType::bf16;
+  int head_dim = 128;    ///< QK head dim
+  int head_dim_v = 128;  ///< V/O head dim
+  MaskKind mask = MaskKind::none;
+  bool window = false;  ///< sliding-window bounds (sizes are runtime params)
+  VarlenKind varlen = VarlenKind::none;
+  bool bias = false;       ///< additive bias tensor (strides are runtime params)
+  bool alibi = false;      ///< ALiBi from per-head slopes
+  float scale = 0.0f;      ///< softmax scale, baked in
+  float softcap = 0.0f;    ///< 0 = off; baked in
+  bool lse = false;        ///< writes the log-sum-exp
+
+  bool operator==(const KernelSpec&) const = default;
+
+  /// Canonical text form, e.g. "fwd sm80 bf16 d128 dv128 mask=causal window=0 varlen=none
+  /// bias=0 alibi=0 scale=0x3db504f3 softcap=0x00000000 lse=1". Floats as exact bit patterns.
+  std::string canonical() const;
+  /// 64-bit FNV-1a of canonical(); stable across builds and hosts.
+  uint64_t hash() const;
+  /// Short readable tag used in kernel names, e.g. "bf16_d128_causal_lse".
+  std::string tag() const;
+};
+
+/// How a spec is computed on the mma.sync (sm_80+) kernel family.
+struct TileConfig {
+  int block_m = 128;   ///< query rows per CTA
+  int block_n = 64;    ///< keys per main-loop step
+  int warps = 4;       ///< warps per CTA; each owns block_m / warps query rows (16 or 32)
+  int stages = 2;      ///< K/V shared-memory pipeline depth (cp.async)
+  bool q_in_regs = false;  ///< keep Q fragments in registers instead of re-reading shared memory
+
+  bool operator==(const TileConfig&) const = default;
+  std::string canonical() const;  ///< "bm128_bn64_w4_s2_qs" (qr = Q in registers)
+};
+
+/// Derives the spec a problem needs on a target. Throws InvalidArgument for head dims the
+/// generator cannot specialise (not a multiple of 8, or outside [8, kMaxHeadDim]).
+inline constexpr int kMaxHeadDim = 256;
+
+/// Shared memory in bytes the tile config needs for the spec (dynamic shared memory).
+int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg);
+
+/// Limits of the device a config must fit.
+struct DeviceLimits {
+  int sm = 80;
+  int max_shared_per_block = 166912;  ///< opt-in maximum (sm_80: 163 KB; sm_90: 227 KB)
+  int max_threads_per_block = 1024;
+};
+
+/// Limits of a known architecture (used when compiling without a device).
+DeviceLimits limits_for_arch(int sm);
+
+/// Why a config is illegal for a spec on a device; nullopt when it is legal.
+std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig& cfg,
+                                       const DeviceLimits& limits);
+
+/// The heuristic default config for a spec on a device (always legal).
+TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits);
+
+}  // namespace jitattn
