@@ -1,0 +1,169 @@
+#include "generator/kernel_spec.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+
+#include "jitattn/error.h"
+
+namespace jitattn {
+namespace {
+
+std::string_view mask_name(MaskKind m) {
+  switch (m) {
+    case MaskKind::none: return "none";
+    case MaskKind::causal: return "causal";
+    case MaskKind::causal_bottom_right: return "causal_br";
+  }
+  return "?";
+}
+
+std::string_view varlen_name(VarlenKind v) {
+  switch (v) {
+    case VarlenKind::none: return "none";
+    case VarlenKind::packed: return "packed";
+    case VarlenKind::padded: return "padded";
+  }
+  return "?";
+}
+
+uint32_t float_bits(float f) { return std::bit_cast<uint32_t>(f); }
+
+// Same layout rule as the template's padded_stride(): rows hold an odd number of 16-byte chunks.
+int padded_stride(int dim) { return ((dim / 8) % 2 == 0) ? dim + 8 : dim; }
+
+}  // namespace
+
+std::string KernelSpec::canonical() const {
+  return fmt::format(
+      "fwd sm{} {} d{} dv{} mask={} window={} varlen={} bias={} alibi={} scale=0x{:08x} "
+      "softcap=0x{:08x} lse={}",
+      target.sm, dtype_name(dtype), head_dim, head_dim_v, mask_name(mask), int(window),
+      varlen_name(varlen), int(bias), int(alibi), float_bits(scale), float_bits(softcap), int(lse));
+}
+
+uint64_t KernelSpec::hash() const {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a 64
+  for (unsigned char c : canonical()) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+std::string KernelSpec::tag() const {
+  std::string s = fmt::format("{}_d{}", dtype_name(dtype), head_dim);
+  if (head_dim_v != head_dim) s += fmt::format("_dv{}", head_dim_v);
+  if (mask != MaskKind::none) s += fmt::format("_{}", mask_name(mask));
+  if (window) s += "_window";
+  if (varlen != VarlenKind::none) s += fmt::format("_{}", varlen_name(varlen));
+  if (bias) s += "_bias";
+  if (alibi) s += "_alibi";
+  if (softcap > 0.0f) s += "_softcap";
+  if (lse) s += "_lse";
+  return s;
+}
+
+std::string TileConfig::canonical() const {
+  return fmt::format("bm{}_bn{}_w{}_s{}{}", block_m, block_n, warps, stages,
+                     q_in_regs ? "_qr" : "");
+}
+
+int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
+  const int q = cfg.block_m * padded_stride(spec.head_dim);
+  const int kv = cfg.block_n * (padded_stride(spec.head_dim) + padded_stride(spec.head_dim_v));
+  return 2 * (q + cfg.stages * kv);
+}
+
+DeviceLimits limits_for_arch(int sm) {
+  DeviceLimits l;
+  l.sm = sm;
+  // Opt-in dynamic shared memory per block (CUDA programming guide, compute capabilities).
+  if (sm >= 90) {
+    l.max_shared_per_block = 232448;
+  } else if (sm == 80 || sm == 87) {
+    l.max_shared_per_block = 166912;
+  } else {
+    l.max_shared_per_block = 101376;  // sm_86, sm_89
+  }
+  return l;
+}
+
+std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig& cfg,
+                                       const DeviceLimits& limits) {
+  auto dim_ok = [](int d) { return d >= 8 && d <= kMaxHeadDim && d % 8 == 0; };
+  if (!dim_ok(spec.head_dim)) {
+    return fmt::format("head_dim {} unsupported: multiples of 8 from 8 to {}", spec.head_dim,
+                       kMaxHeadDim);
+  }
+  if (!dim_ok(spec.head_dim_v)) {
+    return fmt::format("head_dim_v {} unsupported: multiples of 8 from 8 to {}", spec.head_dim_v,
+                       kMaxHeadDim);
+  }
+  if (spec.target.sm < 80) return fmt::format("sm_{} unsupported: mma.sync family needs sm_80+", spec.target.sm);
+  if (spec.dtype == DType::f32) return std::string("dtype f32 unsupported on the GPU: f16 or bf16");
+  if (cfg.warps != 2 && cfg.warps != 4 && cfg.warps != 8) {
+    return fmt::format("warps {} unsupported: 2, 4 or 8", cfg.warps);
+  }
+  if (cfg.block_m % cfg.warps != 0 ||
+      (cfg.block_m / cfg.warps != 16 && cfg.block_m / cfg.warps != 32)) {
+    return fmt::format("block_m {} / warps {} must be 16 or 32 rows per warp (m16 MMA tiles)",
+                       cfg.block_m, cfg.warps);
+  }
+  if (cfg.block_n != 32 && cfg.block_n != 64 && cfg.block_n != 128) {
+    return fmt::format("block_n {} unsupported: 32, 64 or 128 (the k8 tail loads 4 n-tiles at once)",
+                       cfg.block_n);
+  }
+  if (cfg.stages < 2 || cfg.stages > 4) {
+    return fmt::format("stages {} unsupported: 2 to 4", cfg.stages);
+  }
+  if (cfg.q_in_regs && spec.head_dim > 128) {
+    return fmt::format("q_in_regs with head_dim {} > 128 needs more than 32 registers of Q per "
+                       "m-tile beside the O accumulators", spec.head_dim);
+  }
+  const int threads = cfg.warps * 32;
+  if (threads > limits.max_threads_per_block) {
+    return fmt::format("{} threads exceed the device's {}", threads, limits.max_threads_per_block);
+  }
+  const int smem = shared_memory_bytes(spec, cfg);
+  if (smem > limits.max_shared_per_block) {
+    return fmt::format("needs {} bytes of shared memory, device allows {} per block", smem,
+                       limits.max_shared_per_block);
+  }
+  return std::nullopt;
+}
+
+TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits) {
+  // Register budget per thread is what decides (255 max, no spills): the O accumulator holds
+  // rows_per_warp * head_dim_v / 32 floats and S rows_per_warp * block_n / 32. 32 rows per warp
+  // pays off (fewer K/V shared-memory reads per FLOP) while both fit; large head dims use 16.
+  const int d = std::max(spec.head_dim, spec.head_dim_v);
+  TileConfig c;
+  if (d <= 64) {
+    c = {128, 64, 4, 3, false};
+  } else if (d <= 128) {
+    c = {128, 64, 8, 2, false};
+  } else if (d <= 192) {
+    c = {128, 64, 8, 2, false};
+  } else {
+    c = {128, 64, 8, 2, false};
+  }
+  // Shrink until it fits the device: stages first, then block_n, then block_m.
+  while (why_illegal(spec, c, limits)) {
+    if (c.stages > 2) {
+      --c.stages;
+    } else if (c.block_n > 32) {
+      c.block_n /= 2;
+    } else if (c.block_m > 64) {
+      c.block_m /= 2;
+      c.warps = std::max(2, c.warps / 2);
+    } else {
+      break;
+    }
+  }
+  return c;
+}
+
+}  // namespace jitattn

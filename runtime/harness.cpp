@@ -1,0 +1,320 @@
+#include "runtime/harness.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "jitattn/error.h"
+#include "runtime/device/driver.h"
+#include "runtime/numeric.h"
+#include "runtime/reference.h"
+
+namespace jitattn::harness {
+namespace {
+
+// A tensor generated on the host and mirrored on the device. Storage is over-allocated so the
+// host copy can be 16-byte aligned like device memory (the reference validates alignment too).
+struct Mirrored {
+  std::vector<std::byte> host_storage;
+  std::byte* host = nullptr;
+  size_t bytes = 0;
+  device::DeviceBuffer dev;
+  TensorRef host_ref, dev_ref;
+
+  void alloc(size_t n) {
+    bytes = n;
+    host_storage.assign(n + 16, std::byte{0});
+    auto addr = reinterpret_cast<uintptr_t>(host_storage.data());
+    host = host_storage.data() + ((16 - addr % 16) % 16);
+    dev = device::DeviceBuffer(n);
+  }
+};
+
+// Strides for logical dims laid out physically in `perm` order (perm[0] outermost).
+std::array<int64_t, 4> permuted_strides(const std::array<int64_t, 4>& shape, const std::array<int, 4>& perm) {
+  std::array<int64_t, 4> stride{};
+  int64_t s = 1;
+  for (int i = 3; i >= 0; --i) {
+    const auto d = static_cast<size_t>(perm[static_cast<size_t>(i)]);
+    stride[d] = s;
+    s *= shape[d];
+  }
+  return stride;
+}
+
+void make_tensor(Mirrored& m, DType dt, std::array<int64_t, 4> shape, std::array<int, 4> perm,
+                 std::mt19937_64& rng, float lo, float hi) {
+  int64_t n = 1;
+  for (auto s : shape) n *= s;
+  m.alloc(static_cast<size_t>(n) * static_cast<size_t>(dtype_size(dt)));
+  std::uniform_real_distribution<float> dist(lo, hi);
+  for (int64_t i = 0; i < n; ++i) store_from_float(m.host, dt, i, dist(rng));
+  m.dev.upload(m.host, m.bytes);
+  const auto stride = permuted_strides(shape, perm);
+  m.host_ref = TensorRef{m.host, dt, shape, stride};
+  m.dev_ref = TensorRef{m.dev.data(), dt, shape, stride};
+}
+
+template <typename T>
+void make_array(Mirrored& m, const std::vector<T>& values) {
+  m.alloc(values.size() * sizeof(T));
+  std::memcpy(m.host, values.data(), m.bytes);
+  m.dev.upload(m.host, m.bytes);
+}
+
+// Everything one run needs, on host and device.
+struct Setup {
+  Mirrored q, k, v, o, lse, bias, slopes, cu_q, cu_k, used_q, used_k;
+  AttentionArgs dev_args, host_args;
+  uint64_t seed = 0;
+};
+
+void build(Setup& s, const ProblemDesc& d) {
+  s.seed = d.seed ? d.seed : std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
+  std::mt19937_64 rng(s.seed);
+  AttentionArgs& a = s.dev_args;
+  a.mask = d.mask;
+  a.window = d.window;
+  a.scale = d.scale;
+  a.softcap = d.softcap;
+  a.varlen = d.varlen;
+
+  int64_t rows_q = d.seqlen_q, rows_k = d.seqlen_k, batch = d.batch;
+  if (d.varlen != VarlenKind::none) {
+    // Random lengths in [1, seqlen]; the first batch keeps the full length so the maxima are hit.
+    std::vector<int32_t> lq(static_cast<size_t>(d.batch)), lk(static_cast<size_t>(d.batch));
+    for (int b = 0; b < d.batch; ++b) {
+      lq[static_cast<size_t>(b)] = b == 0 ? d.seqlen_q : std::uniform_int_distribution<int32_t>(1, d.seqlen_q)(rng);
+      lk[static_cast<size_t>(b)] = b == 0 ? d.seqlen_k : std::uniform_int_distribution<int32_t>(1, d.seqlen_k)(rng);
+    }
+    if (d.varlen == VarlenKind::packed) {
+      std::vector<int32_t> cq{0}, ck{0};
+      for (int b = 0; b < d.batch; ++b) {
+        cq.push_back(cq.back() + lq[static_cast<size_t>(b)]);
+        ck.push_back(ck.back() + lk[static_cast<size_t>(b)]);
+      }
+      rows_q = cq.back();
+      rows_k = ck.back();
+      batch = 1;
+      make_array(s.cu_q, cq);
+      make_array(s.cu_k, ck);
+      a.cu_seqlens_q = static_cast<const int32_t*>(s.cu_q.dev.data());
+      a.cu_seqlens_k = static_cast<const int32_t*>(s.cu_k.dev.data());
+      a.batch = d.batch;
+      a.max_seqlen_q = d.seqlen_q;
+      a.max_seqlen_k = d.seqlen_k;
+    } else {
+      make_array(s.used_q, lq);
+      make_array(s.used_k, lk);
+      a.seqused_q = static_cast<const int32_t*>(s.used_q.dev.data());
+      a.seqused_k = static_cast<const int32_t*>(s.used_k.dev.data());
+    }
+  }
+  const int dv = d.dv();
+  make_tensor(s.q, d.dtype, {batch, rows_q, d.heads_q, d.head_dim}, d.layout, rng, -1.f, 1.f);
+  make_tensor(s.k, d.dtype, {batch, rows_k, d.heads_kv, d.head_dim}, d.layout, rng, -1.f, 1.f);
+  make_tensor(s.v, d.dtype, {batch, rows_k, d.heads_kv, dv}, d.layout, rng, -1.f, 1.f);
+  make_tensor(s.o, d.dtype, {batch, rows_q, d.heads_q, dv}, d.layout, rng, -1.f, 1.f);
+  a.q = s.q.dev_ref;
+  a.k = s.k.dev_ref;
+  a.v = s.v.dev_ref;
+  a.o = s.o.dev_ref;
+  if (d.lse) {
+    const int64_t n = (d.varlen == VarlenKind::packed) ? d.heads_q * rows_q
+                                                        : int64_t{d.batch} * d.heads_q * d.seqlen_q;
+    s.lse.alloc(static_cast<size_t>(n) * sizeof(float));
+    a.lse = static_cast<float*>(s.lse.dev.data());
+  }
+  if (d.bias != "none") {
+    if (d.bias.size() != 4) throw InvalidArgument("bias", fmt::format("expected 4 characters over [b|1][h|1][q|1][k|1], got '{}'", d.bias));
+    const char want[4] = {'b', 'h', 'q', 'k'};
+    const int64_t full[4] = {d.batch, d.heads_q, d.seqlen_q, d.seqlen_k};
+    std::array<int64_t, 4> shape{};
+    for (size_t i = 0; i < 4; ++i) {
+      if (d.bias[i] != want[i] && d.bias[i] != '1') {
+        throw InvalidArgument("bias", fmt::format("position {} must be '{}' or '1', got '{}'", i, want[i], d.bias));
+      }
+      shape[i] = d.bias[i] == '1' ? 1 : full[i];
+    }
+    make_tensor(s.bias, d.dtype, shape, {0, 1, 2, 3}, rng, -2.f, 2.f);
+    a.bias = s.bias.dev_ref;
+  }
+  if (d.alibi) {
+    std::vector<float> slopes(static_cast<size_t>(d.heads_q));
+    for (int h = 0; h < d.heads_q; ++h) slopes[static_cast<size_t>(h)] = std::exp2(-8.0f * float(h + 1) / float(d.heads_q));
+    make_array(s.slopes, slopes);
+    a.alibi_slopes = static_cast<const float*>(s.slopes.dev.data());
+  }
+
+  // The same problem with host pointers, for the reference.
+  AttentionArgs& h = s.host_args;
+  h = a;
+  h.q = s.q.host_ref;
+  h.k = s.k.host_ref;
+  h.v = s.v.host_ref;
+  h.o = s.o.host_ref;
+  h.lse = nullptr;
+  if (d.bias != "none") h.bias = s.bias.host_ref;
+  if (d.alibi) h.alibi_slopes = reinterpret_cast<const float*>(s.slopes.host);
+  if (a.cu_seqlens_q) {
+    h.cu_seqlens_q = reinterpret_cast<const int32_t*>(s.cu_q.host);
+    h.cu_seqlens_k = reinterpret_cast<const int32_t*>(s.cu_k.host);
+  }
+  if (a.seqused_q) {
+    h.seqused_q = reinterpret_cast<const int32_t*>(s.used_q.host);
+    h.seqused_k = reinterpret_cast<const int32_t*>(s.used_k.host);
+  }
+}
+
+void synchronize() { JITATTN_CU_CHECK(device::driver().cuCtxSynchronize()); }
+
+double percentile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  const auto i = static_cast<size_t>(std::lround(q * double(v.size() - 1)));
+  return v[i];
+}
+
+}  // namespace
+
+MaskKind parse_mask(const std::string& s) {
+  if (s == "none") return MaskKind::none;
+  if (s == "causal") return MaskKind::causal;
+  if (s == "causal-bottom-right" || s == "causal_bottom_right") return MaskKind::causal_bottom_right;
+  throw InvalidArgument("mask", fmt::format("expected none, causal or causal-bottom-right, got '{}'", s));
+}
+
+VarlenKind parse_varlen(const std::string& s) {
+  if (s == "none" || s == "0" || s == "off") return VarlenKind::none;
+  if (s == "packed" || s == "1" || s == "on") return VarlenKind::packed;
+  if (s == "padded") return VarlenKind::padded;
+  throw InvalidArgument("varlen", fmt::format("expected none, packed or padded, got '{}'", s));
+}
+
+std::string describe(const ProblemDesc& d) {
+  std::string s = fmt::format("{} b{} hq{} hkv{} sq{} sk{} d{} dv{}", dtype_name(d.dtype), d.batch, d.heads_q,
+                              d.heads_kv, d.seqlen_q, d.seqlen_k, d.head_dim, d.dv());
+  if (d.mask == MaskKind::causal) s += " causal";
+  if (d.mask == MaskKind::causal_bottom_right) s += " causal-bottom-right";
+  if (d.window) s += fmt::format(" window={},{}", d.window->left, d.window->right);
+  if (d.alibi) s += " alibi";
+  if (d.bias != "none") s += " bias=" + d.bias;
+  if (d.softcap > 0) s += fmt::format(" softcap={}", d.softcap);
+  if (d.scale) s += fmt::format(" scale={}", *d.scale);
+  if (d.varlen == VarlenKind::packed) s += " varlen=packed";
+  if (d.varlen == VarlenKind::padded) s += " varlen=padded";
+  if (d.lse) s += " lse";
+  if (d.layout != std::array<int, 4>{0, 1, 2, 3}) s += " layout=bhsd";
+  return s;
+}
+
+double forward_flops(const ProblemDesc& d) {
+  double f = 2.0 * d.batch * d.heads_q * double(d.seqlen_q) * double(d.seqlen_k) * (d.head_dim + d.dv());
+  if (d.mask != MaskKind::none) f /= 2;
+  if (d.window && d.window->left >= 0) f *= std::min(1.0, double(d.window->left + 1) / d.seqlen_k);
+  return f;
+}
+
+CheckResult check(Engine& engine, const ProblemDesc& d, const ForwardOptions& options) {
+  device::ScopedContext ctx(d.device);
+  Setup s;
+  build(s, d);
+  // Poison: 0xFF bytes are NaN in f16, bf16 and f32, so an unwritten element fails the check.
+  s.o.dev.fill(0xFF);
+  if (d.lse) s.lse.dev.fill(0xFF);
+  synchronize();
+
+  CheckResult r;
+  r.seed = s.seed;
+  r.kernel = engine.forward(s.dev_args, options);
+  synchronize();
+
+  std::vector<std::byte> o_host(s.o.bytes);
+  s.o.dev.download(o_host.data(), o_host.size());
+  const reference::Result ref = reference::forward(s.host_args);
+
+  // Gather the device output in the reference's [rows][heads][dv] order through o's strides.
+  const auto& sh = s.o.dev_ref.shape;
+  const auto& st = s.o.dev_ref.stride;
+  std::vector<double> got;
+  got.reserve(ref.out.size());
+  for (int64_t b = 0; b < sh[0]; ++b)
+    for (int64_t i = 0; i < sh[1]; ++i)
+      for (int64_t h = 0; h < sh[2]; ++h)
+        for (int64_t c = 0; c < sh[3]; ++c)
+          got.push_back(load_as_double(o_host.data(), d.dtype, b * st[0] + i * st[1] + h * st[2] + c * st[3]));
+  r.rel_err = relative_error(got, ref.out);
+  if (std::getenv("JITATTN_DEBUG_CHECK") != nullptr) {  // dump the worst rows for diagnosis
+    const size_t dvs = static_cast<size_t>(d.dv());
+    for (size_t row = 0; row * dvs < got.size() && row < 64; ++row) {
+      double e = 0;
+      for (size_t c = 0; c < dvs; ++c) e = std::max(e, std::fabs(got[row * dvs + c] - ref.out[row * dvs + c]));
+      fmt::print(stderr, "row {:4d} maxerr {:.4f} got {:.4f} {:.4f} ref {:.4f} {:.4f}\n", row, e, got[row * dvs],
+                 got[row * dvs + 1], ref.out[row * dvs], ref.out[row * dvs + 1]);
+    }
+  }
+  r.max_abs_err = max_abs_error(got, ref.out);
+  r.tolerance = d.dtype == DType::f16 ? 2e-3 : 1e-2;
+  r.pass = got.size() == ref.out.size() && r.rel_err < r.tolerance;
+
+  if (d.lse) {
+    std::vector<float> lse(s.lse.bytes / sizeof(float));
+    s.lse.dev.download(lse.data(), s.lse.bytes);
+    std::vector<double> g, want;
+    for (size_t i = 0; i < lse.size() && i < ref.lse.size(); ++i) {
+      const bool ref_inf = std::isinf(ref.lse[i]);
+      const bool got_inf = std::isinf(lse[i]) && lse[i] < 0;
+      if (ref_inf != got_inf || std::isnan(lse[i])) r.lse_inf_match = false;
+      if (!ref_inf && !got_inf) {
+        g.push_back(lse[i]);
+        want.push_back(ref.lse[i]);
+      }
+    }
+    r.lse_rel_err = g.empty() ? 0.0 : relative_error(g, want);
+    // LSE is fp32 in the kernel; its error is dominated by exp2/log2 approximations.
+    r.pass = r.pass && r.lse_inf_match && lse.size() == ref.lse.size() && r.lse_rel_err < 1e-3;
+  }
+  return r;
+}
+
+BenchResult bench(Engine& engine, const ProblemDesc& d, const ForwardOptions& options, double budget_ms) {
+  device::ScopedContext ctx(d.device);
+  Setup s;
+  build(s, d);
+  // Each repetition starts from a cold L2: writing a buffer twice the L2 evicts the inputs.
+  const device::DeviceInfo info = device::device_info(d.device);
+  device::DeviceBuffer flush(static_cast<size_t>(std::max(info.l2_bytes, 1 << 20)) * 2);
+
+  BenchResult r;
+  r.kernel = engine.forward(s.dev_args, options);  // compile + warm-up
+  synchronize();
+  for (int i = 0; i < 2; ++i) engine.forward(s.dev_args, options);
+  synchronize();
+
+  device::EventTimer timer;
+  std::vector<double> times;
+  double total = 0;
+  while ((total < budget_ms || times.size() < 10) && times.size() < 1000) {
+    flush.fill_async(static_cast<uint8_t>(times.size()), nullptr);
+    timer.start(nullptr);
+    engine.forward(s.dev_args, options);
+    timer.stop(nullptr);
+    const double ms = timer.elapsed_ms();
+    times.push_back(ms);
+    total += ms;
+  }
+  synchronize();
+  r.samples = static_cast<int>(times.size());
+  r.median_ms = percentile(times, 0.5);
+  r.p20_ms = percentile(times, 0.2);
+  r.p80_ms = percentile(times, 0.8);
+  r.flops = forward_flops(d);
+  r.tflops = r.flops / (r.median_ms * 1e-3) / 1e12;
+  return r;
+}
+
+}  // namespace jitattn::harness

@@ -1,0 +1,81 @@
+// Builds a random attention problem on a device, runs it, and judges it against the float64
+// reference. Shared by `jitattn check`, `jitattn bench` and the GPU tests, so all three exercise
+// exactly the same setup. Needs a GPU (throws NoDevice otherwise).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "jitattn/attention.h"
+#include "jitattn/engine.h"
+
+namespace jitattn::harness {
+
+/// A problem described by sizes and features (what the CLI's problem flags set).
+struct ProblemDesc {
+  DType dtype = DType::bf16;
+  int batch = 2;
+  int heads_q = 8;
+  int heads_kv = 8;
+  int seqlen_q = 512;
+  int seqlen_k = 512;
+  int head_dim = 128;
+  int head_dim_v = 0;  ///< 0: same as head_dim
+  MaskKind mask = MaskKind::none;
+  std::optional<Window> window;
+  bool alibi = false;
+  /// "none" or 4 characters over [b|1][h|1][q|1][k|1], e.g. "bhqk", "1hqk", "b11k".
+  std::string bias = "none";
+  float softcap = 0.0f;
+  std::optional<float> scale;
+  VarlenKind varlen = VarlenKind::none;  ///< packed/padded: random per-batch lengths <= seqlen
+  bool lse = false;
+  uint64_t seed = 0;  ///< 0: fresh random seed (reported back)
+  /// Physical order of q/k/v/o's logical dims [batch, seq, heads, dim]; {0,2,1,3} = BHSD.
+  std::array<int, 4> layout = {0, 1, 2, 3};
+  int device = 0;
+
+  int dv() const { return head_dim_v > 0 ? head_dim_v : head_dim; }
+};
+
+/// Parses "none", "causal", "causal-bottom-right"; throws InvalidArgument("mask").
+MaskKind parse_mask(const std::string& s);
+/// Parses "none", "packed", "padded" (also "1"/"on" = packed); throws InvalidArgument("varlen").
+VarlenKind parse_varlen(const std::string& s);
+/// One-line description, e.g. "bf16 b2 hq8 hkv8 sq512 sk512 d128 dv128 causal lse".
+std::string describe(const ProblemDesc& d);
+
+struct CheckResult {
+  double rel_err = 0;      ///< ||o - ref|| / ||ref|| over every written row
+  double max_abs_err = 0;
+  double lse_rel_err = 0;  ///< over finite reference LSE values; 0 when no LSE
+  bool lse_inf_match = true;  ///< -inf exactly where the reference has -inf
+  double tolerance = 0;    ///< fp16 2e-3, bf16 1e-2 relative norm
+  bool pass = false;
+  uint64_t seed = 0;
+  KernelReport kernel;
+};
+
+/// Runs `desc` once on its device with fresh random inputs (outputs poisoned with NaN first)
+/// and compares with reference::forward. `options.config` selects a tile config.
+CheckResult check(Engine& engine, const ProblemDesc& desc, const ForwardOptions& options = {});
+
+struct BenchResult {
+  double median_ms = 0, p20_ms = 0, p80_ms = 0;
+  int samples = 0;
+  double flops = 0;   ///< counted as ../shared/bench/README.md: 4*b*h*sq*sk*d, halved if causal
+  double tflops = 0;  ///< flops / median
+  KernelReport kernel;
+};
+
+/// Times `desc` (no reference): warm-up, then CUDA-event timed repetitions for about
+/// `budget_ms`, each after an L2 flush; median and p20/p80.
+BenchResult bench(Engine& engine, const ProblemDesc& desc, const ForwardOptions& options = {},
+                  double budget_ms = 300.0);
+
+/// Forward FLOPs of the peers' convention (useful work only for causal / window masks).
+double forward_flops(const ProblemDesc& desc);
+
+}  // namespace jitattn::harness

@@ -1,0 +1,98 @@
+#include "runtime/plan.h"
+
+#include <fmt/format.h>
+
+#include <regex>
+
+#include "jitattn/error.h"
+
+namespace jitattn {
+
+KernelSpec make_spec(const Problem& problem, int sm) {
+  KernelSpec s;
+  s.target.sm = sm;
+  s.dtype = problem.dtype;
+  s.head_dim = problem.head_dim;
+  s.head_dim_v = problem.head_dim_v;
+  s.mask = problem.mask;
+  s.window = problem.window;
+  s.varlen = problem.varlen;
+  s.bias = problem.bias;
+  s.alibi = problem.alibi;
+  s.scale = problem.scale;
+  s.softcap = problem.softcap;
+  s.lse = problem.lse;
+  return s;
+}
+
+jitattn_kernel::AttnFwdParams make_params(const AttentionArgs& a, const Problem& pr) {
+  jitattn_kernel::AttnFwdParams p{};
+  p.q = a.q.data;
+  p.k = a.k.data;
+  p.v = a.v.data;
+  p.o = const_cast<void*>(a.o.data);
+  p.lse = a.lse;
+  p.bias = pr.bias ? a.bias.data : nullptr;
+  p.alibi_slopes = pr.alibi ? a.alibi_slopes : nullptr;
+  p.cu_seqlens_q = a.cu_seqlens_q;
+  p.cu_seqlens_k = a.cu_seqlens_k;
+  p.seqused_q = a.seqused_q;
+  p.seqused_k = a.seqused_k;
+  p.q_batch_stride = a.q.stride[0];
+  p.q_row_stride = a.q.stride[1];
+  p.q_head_stride = a.q.stride[2];
+  p.k_batch_stride = a.k.stride[0];
+  p.k_row_stride = a.k.stride[1];
+  p.k_head_stride = a.k.stride[2];
+  p.v_batch_stride = a.v.stride[0];
+  p.v_row_stride = a.v.stride[1];
+  p.v_head_stride = a.v.stride[2];
+  p.o_batch_stride = a.o.stride[0];
+  p.o_row_stride = a.o.stride[1];
+  p.o_head_stride = a.o.stride[2];
+  if (pr.bias) {
+    // A broadcast dimension (size 1) is read at index 0 for every position: stride 0.
+    auto st = [&](int d) { return a.bias.shape[static_cast<size_t>(d)] == 1 ? 0 : a.bias.stride[static_cast<size_t>(d)]; };
+    p.bias_batch_stride = st(0);
+    p.bias_head_stride = st(1);
+    p.bias_row_stride = st(2);
+    p.bias_col_stride = st(3);
+  }
+  if (pr.varlen == VarlenKind::packed) {
+    p.lse_batch_stride = 0;  // packed rows are global: lse[h * total_q + row]
+    p.lse_head_stride = pr.total_q;
+  } else {
+    p.lse_batch_stride = static_cast<long long>(pr.heads_q) * pr.seqlen_q;
+    p.lse_head_stride = pr.seqlen_q;
+  }
+  p.seqlen_q = pr.seqlen_q;
+  p.seqlen_k = pr.seqlen_k;
+  p.heads_q = pr.heads_q;
+  p.group = pr.heads_q / pr.heads_kv;
+  p.window_left = pr.window ? pr.window_left : -1;
+  p.window_right = pr.window ? pr.window_right : -1;
+  return p;
+}
+
+std::array<unsigned, 3> make_grid(const Problem& pr, const TileConfig& c) {
+  const int blocks = (pr.seqlen_q + c.block_m - 1) / c.block_m;
+  return {static_cast<unsigned>(blocks), static_cast<unsigned>(pr.heads_q),
+          static_cast<unsigned>(pr.batch)};
+}
+
+TileConfig parse_config(const std::string& text) {
+  static const std::regex re(R"(bm(\d+)_bn(\d+)_w(\d+)_s(\d+)(_qr)?)");
+  std::smatch m;
+  if (!std::regex_match(text, m, re)) {
+    throw InvalidArgument("config", fmt::format("expected bm<M>_bn<N>_w<warps>_s<stages>[_qr], got '{}'", text));
+  }
+  TileConfig c;
+  c.block_m = std::stoi(m[1]);
+  c.block_n = std::stoi(m[2]);
+  c.warps = std::stoi(m[3]);
+  c.stages = std::stoi(m[4]);
+  c.q_in_regs = m[5].matched;
+  return c;
+}
+
+}  // namespace jitattn
