@@ -51,17 +51,19 @@ ScoreModCode score_mod_code(const KernelSpec& spec) {
     c.init += "    len_q = len_q_; len_k = len_k_; offset = offset_;\n";
   }
   if (spec.bias) {
-    c.fields += "  const elem_t* bias;\n  long long bias_row_stride, bias_col_stride;\n";
+    c.fields += "  const elem_t* bias;\n  long long bias_row_stride;\n  int bias_col_mask;\n";
     c.init +=
         "    bias = static_cast<const elem_t*>(p.bias) + b * p.bias_batch_stride +\n"
         "           h * p.bias_head_stride;\n"
         "    bias_row_stride = p.bias_row_stride;\n"
-        "    bias_col_stride = p.bias_col_stride;\n";
-    // Rows/columns past the sequence are masked later; never read the bias there.
+        "    bias_col_mask = p.bias_col_stride != 0 ? -1 : 0;\n";
+    // Rows/columns past the sequence are masked later; never read the bias there. The last dim
+    // has stride 1 or is broadcast (validate()), so a column is kj & mask: 32-bit offsets from
+    // one row pointer per row, which keeps the hoisted loads' addresses out of the register file.
     c.apply +=
         "    if (qi < len_q && kj < len_k) {\n"
-        "      s = fmaf(elem_to_float(bias[qi * bias_row_stride + kj * bias_col_stride]),\n"
-        "               kLog2e, s);\n"
+        "      const elem_t* row = bias + qi * bias_row_stride;\n"
+        "      s = fmaf(elem_to_float(row[kj & bias_col_mask]), kLog2e, s);\n"
         "    }\n";
   }
   if (spec.alibi) {

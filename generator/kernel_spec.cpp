@@ -112,8 +112,8 @@ std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig&
     return fmt::format("block_m {} / warps {} must be 16 or 32 rows per warp (m16 MMA tiles)",
                        cfg.block_m, cfg.warps);
   }
-  if (cfg.block_n != 32 && cfg.block_n != 64 && cfg.block_n != 128) {
-    return fmt::format("block_n {} unsupported: 32, 64 or 128 (the k8 tail loads 4 n-tiles at once)",
+  if (cfg.block_n != 16 && cfg.block_n != 32 && cfg.block_n != 64 && cfg.block_n != 128) {
+    return fmt::format("block_n {} unsupported: 16, 32, 64 or 128 (P V steps over 16 keys)",
                        cfg.block_n);
   }
   if (cfg.stages < 2 || cfg.stages > 4) {
@@ -136,25 +136,30 @@ std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig&
 }
 
 TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits) {
-  // Register budget per thread is what decides (255 max, no spills): the O accumulator holds
-  // rows_per_warp * head_dim_v / 32 floats and S rows_per_warp * block_n / 32. 32 rows per warp
-  // pays off (fewer K/V shared-memory reads per FLOP) while both fit; large head dims use 16.
+  // Register budget per thread decides (255 max, no spills; measured with NVRTC 13.0, see
+  // bench/NOTES.md): the O accumulator holds rows_per_warp * head_dim_v / 32 floats and S
+  // rows_per_warp * block_n / 32. 32 rows per warp (fewer K/V shared-memory reads per FLOP) fits
+  // up to head dim 64; beyond, 16 rows per warp. A bias tensor adds one hoisted global load per
+  // S element, so its S tile is smaller: block_n 32, and 16 on sm_80 above head dim 128, where
+  // ptxas keeps more live than on sm_90.
   const int d = std::max(spec.head_dim, spec.head_dim_v);
+  const bool plain = spec.mask == MaskKind::none && !spec.window && !spec.alibi &&
+                     spec.softcap == 0.0f && !spec.lse;
   TileConfig c;
-  if (d <= 64) {
+  if (spec.bias) {
+    c = {128, (limits.sm < 90 && d > 128) ? 16 : 32, 8, 2, false};
+  } else if (d <= 64) {
     c = {128, 64, 4, 3, false};
-  } else if (d <= 128) {
-    c = {128, 64, 8, 2, false};
   } else if (d <= 192) {
     c = {128, 64, 8, 2, false};
   } else {
-    c = {128, 64, 8, 2, false};
+    c = {128, plain ? 64 : 32, 8, 2, false};
   }
   // Shrink until it fits the device: stages first, then block_n, then block_m.
   while (why_illegal(spec, c, limits)) {
     if (c.stages > 2) {
       --c.stages;
-    } else if (c.block_n > 32) {
+    } else if (c.block_n > 16) {
       c.block_n /= 2;
     } else if (c.block_m > 64) {
       c.block_m /= 2;

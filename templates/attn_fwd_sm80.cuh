@@ -35,7 +35,7 @@ constexpr int kVElems = kBlockN * kVStride;                 // (BLOCK_N, HEAD_DI
 
 static_assert(kHeadDim % 8 == 0 && kHeadDimV % 8 == 0, "head dims must be multiples of 8");
 static_assert(kRowsPerWarp == 16 || kRowsPerWarp == 32, "block_m / warps must be 16 or 32");
-static_assert(kBlockN % 32 == 0, "block_n must be a multiple of 32");
+static_assert(kBlockN % 16 == 0, "block_n must be a multiple of 16 (k16 steps of P V)");
 static_assert(kStages >= 2, "stages must be >= 2");
 
 // Copies `rows` x kCols elements (rows past `valid_rows` zero-filled) into shared memory.
@@ -260,6 +260,15 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
           for (int j = 0; j < 4; ++j) mma_1688(acc_s[mt][4 * nq + j], qa[mt], kb[j]);
+        }
+      }
+      if constexpr (kNT % 4 != 0) {
+        u32 kb[2];  // b0 of the last two n-tiles
+        ldmatrix_x2(kb, tK + ((kNT - 2) * 8 + (lane % 16)) * kKStride + kK16 * 16);
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          mma_1688(acc_s[mt][kNT - 2], qa[mt], kb[0]);
+          mma_1688(acc_s[mt][kNT - 1], qa[mt], kb[1]);
         }
       }
     }

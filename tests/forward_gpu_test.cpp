@@ -35,7 +35,8 @@ void expect_pass(const ProblemDesc& d, const ForwardOptions& opt = {}) {
                       << ": rel_err " << r.rel_err << " (tol " << r.tolerance << "), max_abs "
                       << r.max_abs_err << ", lse_rel " << r.lse_rel_err << ", lse -inf match "
                       << r.lse_inf_match;
-  EXPECT_EQ(r.kernel.spill_bytes, 0) << r.kernel.name;
+  // Defaults must not spill; explicitly requested configs may (they are tuning candidates).
+  if (opt.config.empty()) EXPECT_EQ(r.kernel.spill_bytes, 0) << r.kernel.name;
 }
 
 ProblemDesc base(int d, DType dt = DType::bf16) {
