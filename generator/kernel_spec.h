@@ -57,11 +57,10 @@ struct TileConfig {
   bool q_in_regs = false;  ///< keep Q fragments in registers instead of re-reading shared memory
 
   bool operator==(const TileConfig&) const = default;
-  std::string canonical() const;  ///< "bm128_bn64_w4_s2_qs" (qr = Q in registers)
+  std::string canonical() const;  ///< "bm128_bn64_w8_s2", suffix "_qr" = Q in registers
 };
 
-/// Derives the spec a problem needs on a target. Throws InvalidArgument for head dims the
-/// generator cannot specialise (not a multiple of 8, or outside [8, kMaxHeadDim]).
+/// Largest head dim (QK or V) the mma.sync family specialises; multiples of 8 from 8 up to it.
 inline constexpr int kMaxHeadDim = 256;
 
 /// Shared memory in bytes the tile config needs for the spec (dynamic shared memory).

@@ -81,7 +81,8 @@ std::array<unsigned, 3> make_grid(const Problem& pr, const TileConfig& c) {
 }
 
 TileConfig parse_config(const std::string& text) {
-  static const std::regex re(R"(bm(\d+)_bn(\d+)_w(\d+)_s(\d+)(_qr)?)");
+  // At most 4 digits each: every legal value fits, and std::stoi can never overflow.
+  static const std::regex re(R"(bm(\d{1,4})_bn(\d{1,4})_w(\d{1,4})_s(\d{1,4})(_qr)?)");
   std::smatch m;
   if (!std::regex_match(text, m, re)) {
     throw InvalidArgument("config", fmt::format("expected bm<M>_bn<N>_w<warps>_s<stages>[_qr], got '{}'", text));

@@ -32,6 +32,7 @@ std::vector<Variant> variants() {
   };
   const Mods mods[] = {
       {"plain", MaskKind::none, false, false, false, false, false, VarlenKind::none},
+      {"causal", MaskKind::causal, false, false, false, false, false, VarlenKind::none},
       {"causal_lse", MaskKind::causal, false, false, false, false, true, VarlenKind::none},
       {"causal_br_window", MaskKind::causal_bottom_right, true, false, false, false, false, VarlenKind::none},
       {"bias", MaskKind::none, false, true, false, false, false, VarlenKind::none},

@@ -1,1 +1,269 @@
+// generate(): the emitted source is deterministic (it keys the binary cache), names its
+// specialisation, bakes the spec into constants, composes only the score modifiers the spec
+// asks for, refuses illegal configs before anything is compiled, and compiles through NVRTC
+// (a handful of compiles here; tests/compile_grid_test.cpp covers the full grid).
+#include "generator/generator.h"
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <utility>
+
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+
+#include "jitattn/error.h"
+#include "runtime/device/nvrtc.h"
+
+namespace jitattn {
+namespace {
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+KernelSpec spec_for(int sm, int head_dim) {
+  KernelSpec s;
+  s.target.sm = sm;
+  s.dtype = DType::bf16;
+  s.head_dim = s.head_dim_v = head_dim;
+  s.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  return s;
+}
+
+// Every mask and modifier at once: the heaviest variant, and the one most likely to differ
+// between two generations if anything in the generator depended on state.
+KernelSpec everything_spec(int sm, int head_dim) {
+  KernelSpec s = spec_for(sm, head_dim);
+  s.mask = MaskKind::causal;
+  s.window = true;
+  s.varlen = VarlenKind::packed;
+  s.bias = true;
+  s.alibi = true;
+  s.softcap = 30.0f;
+  s.lse = true;
+  return s;
+}
+
+KernelSource generate_default(const KernelSpec& spec) {
+  const DeviceLimits limits = limits_for_arch(spec.target.sm);
+  return generate(spec, default_config(spec, limits), limits);
+}
+
+// Preprocessor directive lines naming `directive` ("include", "pragma once"); comments that
+// mention a directive (common.cuh says "no #include at all") do not count.
+int directive_lines(const std::string& source, const std::string& directive) {
+  std::istringstream in(source);
+  int n = 0;
+  for (std::string line; std::getline(in, line);) {
+    size_t i = line.find_first_not_of(" \t");
+    if (i == std::string::npos || line[i] != '#') continue;
+    i = line.find_first_not_of(" \t", i + 1);
+    if (i != std::string::npos && line.compare(i, directive.size(), directive) == 0) ++n;
+  }
+  return n;
+}
+
+// The generated ScoreMod struct: the only place modifier code may appear. The rest of the source
+// (common.cuh, attn_params.h) mentions fast_tanh and bias_row_stride for every spec.
+std::string score_mod_section(const std::string& source) {
+  const size_t begin = source.find("struct ScoreMod {");
+  const size_t end = source.find("\n};", begin);
+  if (begin == std::string::npos || end == std::string::npos) {
+    ADD_FAILURE() << "no struct ScoreMod in the generated source";
+    return {};
+  }
+  return source.substr(begin, end - begin);
+}
+
+TEST(Generator, GenerateIsDeterministic) {
+  const KernelSpec s = everything_spec(90, 128);
+  const KernelSource a = generate_default(s);
+  const KernelSource b = generate_default(s);
+  EXPECT_EQ(a.name, b.name);
+  EXPECT_TRUE(a.source == b.source) << "two generations of one spec differ";
+  EXPECT_EQ(a.threads, b.threads);
+  EXPECT_EQ(a.shared_bytes, b.shared_bytes);
+}
+
+TEST(Generator, KernelNameSpellsOutTheSpecialisation) {
+  const KernelSpec s = spec_for(90, 128);
+  const TileConfig cfg = default_config(s, limits_for_arch(90));
+  const std::string name = generate(s, cfg, limits_for_arch(90)).name;
+  EXPECT_EQ(name.rfind("attn_fwd_sm90_bf16_d128_", 0), 0u) << name;
+  EXPECT_TRUE(contains(name, fmt::format("_{}_", cfg.canonical()))) << name;
+
+  KernelSpec causal = spec_for(80, 64);
+  causal.mask = MaskKind::causal;
+  causal.lse = true;
+  const std::string causal_name = generate_default(causal).name;
+  EXPECT_EQ(causal_name.rfind("attn_fwd_sm80_bf16_d64_causal_lse_", 0), 0u) << causal_name;
+
+  // The name is an extern "C" symbol and the NVRTC name expression: a plain C identifier.
+  for (const std::string& n : {name, causal_name, generate_default(everything_spec(80, 96)).name}) {
+    for (char c : n) {
+      const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                      (c >= '0' && c <= '9') || c == '_';
+      EXPECT_TRUE(ok) << "'" << c << "' in " << n;
+    }
+  }
+}
+
+TEST(Generator, KernelNameDiffersWhenOnlyScaleOrSoftcapDiffers) {
+  // Scale and softcap are baked into the code, so kernels for different values must not share
+  // a symbol (or a cache entry) even though the readable part of the name is the same.
+  const KernelSpec a = spec_for(80, 128);
+  KernelSpec b = a;
+  b.scale = std::nextafter(a.scale, std::numeric_limits<float>::max());
+  EXPECT_NE(generate_default(a).name, generate_default(b).name);
+  KernelSpec c = a;
+  c.softcap = 30.0f;
+  KernelSpec d = a;
+  d.softcap = 50.0f;
+  EXPECT_NE(generate_default(c).name, generate_default(d).name);
+}
+
+TEST(Generator, SourceIsOneSelfContainedTranslationUnit) {
+  // NVRTC gets no include path, and the embedded headers' #pragma once means nothing (NVRTC
+  // warns about it) inside one TU.
+  for (const KernelSpec& s : {spec_for(80, 64), everything_spec(90, 256)}) {
+    const KernelSource k = generate_default(s);
+    EXPECT_EQ(directive_lines(k.source, "include"), 0) << k.name;
+    EXPECT_EQ(directive_lines(k.source, "pragma once"), 0) << k.name;
+    // The scanner itself: the kernel template's unroll pragmas are directive lines it must see.
+    EXPECT_GT(directive_lines(k.source, "pragma unroll"), 0);
+    EXPECT_TRUE(contains(k.source, "#define JITATTN_KERNEL_NAME " + k.name + "\n")) << k.name;
+    EXPECT_TRUE(contains(k.source, "struct AttnFwdParams")) << "params header not embedded";
+  }
+}
+
+TEST(Generator, SourceBakesTheSpecAndConfigIntoConstants) {
+  KernelSpec s = spec_for(80, 80);
+  s.head_dim_v = 64;
+  s.mask = MaskKind::causal;
+  s.lse = true;
+  const TileConfig cfg{64, 32, 4, 3, true};
+  const std::string src = generate(s, cfg, limits_for_arch(80)).source;
+  for (const char* line : {"#define JITATTN_BF16 1\n", "constexpr int kHeadDim = 80;\n",
+                           "constexpr int kHeadDimV = 64;\n", "constexpr int kBlockM = 64;\n",
+                           "constexpr int kBlockN = 32;\n", "constexpr int kWarps = 4;\n",
+                           "constexpr int kStages = 3;\n", "constexpr bool kQInRegs = true;\n",
+                           "constexpr bool kCausal = true;\n", "constexpr bool kBottomRight = false;\n",
+                           "constexpr bool kWindow = false;\n", "constexpr bool kPacked = false;\n",
+                           "constexpr bool kPadded = false;\n", "constexpr bool kLse = true;\n"}) {
+    EXPECT_TRUE(contains(src, line)) << "missing: " << line;
+  }
+
+  // The opposite value of every flag, so a constant stuck at one value shows.
+  KernelSpec t = spec_for(80, 128);
+  t.dtype = DType::f16;
+  t.mask = MaskKind::causal_bottom_right;
+  t.window = true;
+  t.varlen = VarlenKind::padded;
+  const std::string src2 = generate(t, {128, 64, 8, 2, false}, limits_for_arch(80)).source;
+  for (const char* line : {"#define JITATTN_BF16 0\n", "constexpr int kHeadDim = 128;\n",
+                           "constexpr bool kQInRegs = false;\n", "constexpr bool kCausal = true;\n",
+                           "constexpr bool kBottomRight = true;\n", "constexpr bool kWindow = true;\n",
+                           "constexpr bool kPacked = false;\n", "constexpr bool kPadded = true;\n",
+                           "constexpr bool kLse = false;\n"}) {
+    EXPECT_TRUE(contains(src2, line)) << "missing: " << line;
+  }
+  EXPECT_TRUE(contains(generate_default(spec_for(80, 128)).source, "constexpr bool kCausal = false;\n"));
+  EXPECT_TRUE(contains(generate_default(everything_spec(80, 128)).source,
+                       "constexpr bool kPacked = true;\n"));
+}
+
+TEST(Generator, ScoreModifierCodeAppearsOnlyWithItsModifier) {
+  // All 8 combinations of the three score modifiers; masks and LSE are not modifiers and must
+  // leave the raw-score path (scale folded into exp2) in place.
+  for (int bits = 0; bits < 8; ++bits) {
+    KernelSpec s = spec_for(80, 64);
+    s.softcap = (bits & 1) ? 30.0f : 0.0f;
+    s.bias = (bits & 2) != 0;
+    s.alibi = (bits & 4) != 0;
+    s.mask = MaskKind::causal;
+    s.window = true;
+    s.lse = true;
+    const std::string src = generate_default(s).source;
+    const std::string mod = score_mod_section(src);
+    SCOPED_TRACE(s.tag());
+    EXPECT_EQ(contains(mod, "fast_tanh("), s.softcap > 0.0f);
+    EXPECT_EQ(contains(mod, "bias_row_stride"), s.bias);
+    EXPECT_EQ(contains(mod, "alibi_slope_log2"), s.alibi);
+    const bool raw = bits == 0;
+    EXPECT_EQ(contains(src, "constexpr bool kRawScores = true;\n"), raw);
+    EXPECT_EQ(contains(src, "constexpr bool kRawScores = false;\n"), !raw);
+    // With modifiers the scores already carry the scale and log2(e): exp2 takes them as they are.
+    EXPECT_EQ(contains(src, "constexpr float kExpScale = 1.0f;\n"), !raw);
+  }
+}
+
+TEST(Generator, IllegalConfigThrowsInvalidArgumentWithTheReason) {
+  const KernelSpec s = spec_for(80, 128);
+  const DeviceLimits limits = limits_for_arch(80);
+  KernelSpec bad_dim = s;
+  bad_dim.head_dim = 12;
+  const std::pair<KernelSpec, TileConfig> cases[] = {
+      {s, {128, 48, 8, 2, false}},      // block_n
+      {s, {128, 128, 8, 4, false}},     // shared memory
+      {bad_dim, {128, 64, 8, 2, false}},  // spec, not config, is wrong: still refused up front
+  };
+  for (const auto& [spec, cfg] : cases) {
+    const std::optional<std::string> why = why_illegal(spec, cfg, limits);
+    ASSERT_TRUE(why.has_value()) << cfg.canonical();
+    try {
+      const KernelSource k = generate(spec, cfg, limits);
+      ADD_FAILURE() << cfg.canonical() << " generated " << k.name;
+    } catch (const InvalidArgument& e) {
+      EXPECT_EQ(e.argument(), "config");
+      EXPECT_TRUE(contains(e.what(), *why)) << e.what();
+      EXPECT_TRUE(contains(e.what(), cfg.canonical())) << e.what();
+    }
+  }
+}
+
+TEST(Generator, TemplateHashIsNonZeroAndStable) {
+  const uint64_t h = template_hash();
+  EXPECT_NE(h, 0u);
+  // FNV-1a's offset basis is the hash of nothing: the templates would not be embedded.
+  EXPECT_NE(h, 1469598103934665603ull);
+  EXPECT_EQ(template_hash(), h);
+}
+
+TEST(Generator, LaunchShapeMatchesTheConfig) {
+  const KernelSpec s = spec_for(80, 96);
+  for (const TileConfig& cfg : {TileConfig{64, 32, 2, 2, false}, TileConfig{64, 64, 4, 3, true},
+                                TileConfig{128, 64, 8, 2, false}}) {
+    const KernelSource k = generate(s, cfg, limits_for_arch(80));
+    EXPECT_EQ(k.threads, cfg.warps * 32) << cfg.canonical();
+    EXPECT_EQ(k.shared_bytes, shared_memory_bytes(s, cfg)) << cfg.canonical();
+  }
+}
+
+// The two ends of the feature range on sm_80, each with its default config: no spills, no stack
+// (local memory in the inner loop costs more than any tile choice gains), and the name NVRTC
+// reports is the one the runtime will look up.
+void expect_compiles_without_spills(const KernelSpec& s) {
+  const KernelSource k = generate_default(s);
+  const device::CompileResult r = device::compile_to_cubin(k.source, k.name, s.target.sm);
+  EXPECT_EQ(r.kernel_name, k.name);
+  EXPECT_FALSE(r.cubin.empty());
+  EXPECT_GT(r.registers, 0) << "no ptxas report in:\n" << r.log;
+  EXPECT_EQ(r.spill_store_bytes, 0) << k.name << ": " << r.registers << " registers";
+  EXPECT_EQ(r.spill_load_bytes, 0) << k.name << ": " << r.registers << " registers";
+  EXPECT_EQ(r.stack_frame_bytes, 0) << k.name;
+}
+
+TEST(Generator, PlainKernelCompilesForSm80WithoutSpills) {
+  expect_compiles_without_spills(spec_for(80, 128));
+}
+
+TEST(Generator, KernelWithEveryModifierCompilesForSm80WithoutSpills) {
+  expect_compiles_without_spills(everything_spec(80, 128));
+}
+
+}  // namespace
+}  // namespace jitattn

@@ -1,1 +1,489 @@
+// KernelSpec / TileConfig: the canonical text and hash that key every cache, the legality rules
+// the generator relies on to prune configs before compiling, the default config heuristic, and
+// the plan (runtime/plan.h) that turns a validated problem into spec, params and grid.
+#include "generator/kernel_spec.h"
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <initializer_list>
+#include <limits>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include <gtest/gtest.h>
+
+#include "jitattn/error.h"
+#include "runtime/plan.h"
+
+namespace jitattn {
+namespace {
+
+// A spec with a non-zero scale, so that a 1-ulp change of it is a change of a real value.
+KernelSpec base_spec() {
+  KernelSpec s;
+  s.target.sm = 80;
+  s.dtype = DType::bf16;
+  s.head_dim = 128;
+  s.head_dim_v = 128;
+  s.scale = 0.125f;
+  return s;
+}
+
+// ---- canonical() / hash() ---------------------------------------------------------------------
+
+TEST(KernelSpec, CanonicalChangesWithEverySingleField) {
+  // Every field is baked into the kernel, so a field missing from canonical() would make two
+  // different kernels share one cache entry.
+  const std::vector<std::pair<const char*, std::function<void(KernelSpec&)>>> changes = {
+      {"target", [](KernelSpec& s) { s.target.sm = 90; }},
+      {"dtype", [](KernelSpec& s) { s.dtype = DType::f16; }},
+      {"head_dim", [](KernelSpec& s) { s.head_dim = 64; }},
+      {"head_dim_v", [](KernelSpec& s) { s.head_dim_v = 64; }},
+      {"mask causal", [](KernelSpec& s) { s.mask = MaskKind::causal; }},
+      {"mask causal_bottom_right", [](KernelSpec& s) { s.mask = MaskKind::causal_bottom_right; }},
+      {"window", [](KernelSpec& s) { s.window = true; }},
+      {"varlen packed", [](KernelSpec& s) { s.varlen = VarlenKind::packed; }},
+      {"varlen padded", [](KernelSpec& s) { s.varlen = VarlenKind::padded; }},
+      {"bias", [](KernelSpec& s) { s.bias = true; }},
+      {"alibi", [](KernelSpec& s) { s.alibi = true; }},
+      {"scale", [](KernelSpec& s) { s.scale = 0.1f; }},
+      // The scale is baked in as a literal: kernels for neighbouring floats are different kernels.
+      {"scale +1 ulp",
+       [](KernelSpec& s) { s.scale = std::nextafter(s.scale, std::numeric_limits<float>::max()); }},
+      {"softcap", [](KernelSpec& s) { s.softcap = 30.0f; }},
+      {"softcap 1 ulp above 0",
+       [](KernelSpec& s) { s.softcap = std::numeric_limits<float>::denorm_min(); }},
+      {"lse", [](KernelSpec& s) { s.lse = true; }},
+  };
+  const KernelSpec base = base_spec();
+  std::set<std::string> seen = {base.canonical()};
+  for (const auto& [what, change] : changes) {
+    KernelSpec changed = base;
+    change(changed);
+    ASSERT_NE(changed, base) << what << ": the change must change the spec itself";
+    EXPECT_NE(changed.canonical(), base.canonical()) << what;
+    EXPECT_NE(changed.hash(), base.hash()) << what;
+    // Distinct from every other single change too (e.g. the two mask kinds).
+    EXPECT_TRUE(seen.insert(changed.canonical()).second) << what << ": " << changed.canonical();
+  }
+}
+
+TEST(KernelSpec, EqualSpecsGiveEqualCanonicalAndHash) {
+  KernelSpec a = base_spec();
+  a.mask = MaskKind::causal;
+  a.softcap = 50.0f;
+  a.lse = true;
+  KernelSpec b = base_spec();  // built separately: no shared state between the two
+  b.lse = true;
+  b.softcap = 50.0f;
+  b.mask = MaskKind::causal;
+  ASSERT_EQ(a, b);
+  EXPECT_EQ(a.canonical(), b.canonical());
+  EXPECT_EQ(a.hash(), b.hash());
+}
+
+TEST(KernelSpec, CanonicalTextAndHashAreStable) {
+  KernelSpec s = base_spec();
+  s.mask = MaskKind::causal;
+  s.lse = true;
+  EXPECT_EQ(s.canonical(),
+            "fwd sm80 bf16 d128 dv128 mask=causal window=0 varlen=none bias=0 alibi=0 "
+            "scale=0x3e000000 softcap=0x00000000 lse=1");
+  // Literal on purpose: the hash keys the on-disk kernel cache, so it must not depend on the
+  // build, host or standard library. Changing the canonical text (or this value) invalidates
+  // every stored cache entry; bump kGeneratorVersion / the cache schema together with it.
+  EXPECT_EQ(s.hash(), 0x1491b25e9a7860f7ull);
+}
+
+TEST(KernelSpec, TagSpellsOutTheSpecialisation) {
+  EXPECT_EQ(base_spec().tag(), "bf16_d128");  // nothing optional in a plain spec's tag
+
+  KernelSpec a = base_spec();
+  a.head_dim = a.head_dim_v = 80;
+  a.mask = MaskKind::causal;
+  a.bias = true;
+  const std::string ta = a.tag();
+  for (const char* part : {"bf16", "d80", "causal", "bias"}) {
+    EXPECT_NE(ta.find(part), std::string::npos) << part << " missing from " << ta;
+  }
+  for (const char* part : {"dv", "window", "alibi", "softcap", "lse", "packed", "padded"}) {
+    EXPECT_EQ(ta.find(part), std::string::npos) << part << " present in " << ta;
+  }
+
+  KernelSpec b = base_spec();
+  b.dtype = DType::f16;
+  b.head_dim = 64;
+  b.head_dim_v = 128;
+  b.mask = MaskKind::causal_bottom_right;
+  b.window = true;
+  b.varlen = VarlenKind::packed;
+  b.alibi = true;
+  b.softcap = 30.0f;
+  b.lse = true;
+  const std::string tb = b.tag();
+  for (const char* part :
+       {"f16", "d64", "dv128", "causal_br", "window", "packed", "alibi", "softcap", "lse"}) {
+    EXPECT_NE(tb.find(part), std::string::npos) << part << " missing from " << tb;
+  }
+  b.varlen = VarlenKind::padded;
+  EXPECT_NE(b.tag().find("padded"), std::string::npos) << b.tag();
+}
+
+// ---- why_illegal ------------------------------------------------------------------------------
+
+// Checks that why_illegal rejects the pair and that its reason names every one of `parts`.
+::testing::AssertionResult illegal_because(const KernelSpec& spec, const TileConfig& cfg,
+                                            std::initializer_list<std::string> parts) {
+  const std::optional<std::string> why = why_illegal(spec, cfg, limits_for_arch(spec.target.sm));
+  if (!why) {
+    return ::testing::AssertionFailure()
+           << cfg.canonical() << " for " << spec.canonical() << " accepted";
+  }
+  for (const std::string& p : parts) {
+    if (why->find(p) == std::string::npos) {
+      return ::testing::AssertionFailure() << "reason '" << *why << "' does not mention '" << p
+                                           << "'";
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+KernelSpec with_dims(int d, int dv) {
+  KernelSpec s = base_spec();
+  s.head_dim = d;
+  s.head_dim_v = dv;
+  return s;
+}
+
+TEST(TileConfig, CanonicalSpellsOutEveryField) {
+  EXPECT_EQ((TileConfig{128, 64, 4, 2, false}).canonical(), "bm128_bn64_w4_s2");
+  EXPECT_EQ((TileConfig{64, 32, 2, 3, true}).canonical(), "bm64_bn32_w2_s3_qr");
+}
+
+TEST(TileConfig, RejectsUnsupportedHeadDims) {
+  const TileConfig cfg{128, 64, 8, 2, false};
+  // A space after the name: "head_dim_v 12" must not count as naming head_dim.
+  EXPECT_TRUE(illegal_because(with_dims(0, 128), cfg, {"head_dim 0"}));
+  EXPECT_TRUE(illegal_because(with_dims(12, 128), cfg, {"head_dim 12"}));
+  EXPECT_TRUE(illegal_because(with_dims(264, 128), cfg, {"head_dim 264"}));
+  EXPECT_TRUE(illegal_because(with_dims(128, 300), cfg, {"head_dim_v 300"}));
+  EXPECT_TRUE(illegal_because(with_dims(128, 4), cfg, {"head_dim_v 4"}));
+}
+
+TEST(TileConfig, RejectsUnsupportedWarpsAndRowsPerWarp) {
+  const KernelSpec s = base_spec();
+  EXPECT_TRUE(illegal_because(s, {96, 64, 3, 2, false}, {"warps 3"}));
+  // 8 and 64 rows per warp: the kernel's m16 tiling handles exactly 1 or 2 tiles per warp.
+  EXPECT_TRUE(illegal_because(s, {64, 64, 8, 2, false}, {"block_m 64", "warps 8"}));
+  EXPECT_TRUE(illegal_because(s, {256, 64, 4, 2, false}, {"block_m 256", "warps 4"}));
+  EXPECT_TRUE(illegal_because(s, {100, 64, 4, 2, false}, {"block_m 100"}));  // not divisible
+}
+
+TEST(TileConfig, RejectsUnsupportedBlockNAndStages) {
+  const KernelSpec s = base_spec();
+  EXPECT_TRUE(illegal_because(s, {128, 48, 8, 2, false}, {"block_n 48"}));
+  EXPECT_TRUE(illegal_because(s, {128, 64, 8, 1, false}, {"stages 1"}));
+  EXPECT_TRUE(illegal_because(s, {128, 64, 8, 5, false}, {"stages 5"}));
+}
+
+TEST(TileConfig, RejectsQInRegistersAboveHeadDim128) {
+  EXPECT_TRUE(illegal_because(with_dims(192, 192), {128, 64, 8, 2, true}, {"q_in_regs", "192"}));
+  // 128 is the largest head dim whose Q fragments fit beside the accumulators.
+  EXPECT_EQ(why_illegal(with_dims(128, 128), {128, 64, 8, 2, true}, limits_for_arch(80)),
+            std::nullopt);
+}
+
+TEST(TileConfig, RejectsSharedMemoryOverTheLimitNamingBytes) {
+  // 2 B * (128 * 264 + 4 * 128 * (264 + 264)) = 608256 B > 166912 B on sm_80.
+  const KernelSpec s = with_dims(256, 256);
+  EXPECT_TRUE(illegal_because(s, {128, 128, 8, 4, false}, {"608256 bytes", "166912"}));
+}
+
+TEST(TileConfig, SharedMemoryLimitIsPerArchitectureAndInclusive) {
+  // 2 B * (128 * 136 + 2 * 64 * (136 + 136)) = 104448 B: fits sm_80 (166912), not sm_86 (101376).
+  KernelSpec s = base_spec();
+  const TileConfig cfg{128, 64, 8, 2, false};
+  EXPECT_EQ(why_illegal(s, cfg, limits_for_arch(80)), std::nullopt);
+  s.target.sm = 86;
+  EXPECT_TRUE(illegal_because(s, cfg, {"104448 bytes", "101376"}));
+  // 2 B * (128 * 264 + 2 * 16 * (264 + 264)) = 101376 B: exactly sm_86's limit, which is usable.
+  KernelSpec big = with_dims(256, 256);
+  big.target.sm = 86;
+  EXPECT_EQ(why_illegal(big, {128, 16, 8, 2, false}, limits_for_arch(86)), std::nullopt);
+}
+
+TEST(TileConfig, RejectsPreAmpereTargetsAndF32) {
+  KernelSpec old_target = base_spec();
+  old_target.target.sm = 75;
+  EXPECT_TRUE(illegal_because(old_target, {}, {"sm_75"}));
+  KernelSpec f32 = base_spec();
+  f32.dtype = DType::f32;
+  EXPECT_TRUE(illegal_because(f32, {}, {"f32"}));
+}
+
+TEST(TileConfig, AcceptsLegalConfigs) {
+  for (const TileConfig& cfg : {TileConfig{128, 64, 8, 2, false}, TileConfig{64, 32, 2, 3, true},
+                                TileConfig{64, 128, 2, 2, false}, TileConfig{64, 16, 4, 4, false}}) {
+    EXPECT_EQ(why_illegal(base_spec(), cfg, limits_for_arch(80)), std::nullopt) << cfg.canonical();
+  }
+}
+
+TEST(TileConfig, DefaultConfigIsLegalEverywhere) {
+  // The runtime launches default_config without asking: it must be legal for every spec the
+  // generator supports, on every target's shared-memory limit.
+  struct Mods {
+    const char* label;
+    MaskKind mask;
+    bool window, bias, alibi, softcap, lse;
+  };
+  const Mods mods[] = {
+      {"plain", MaskKind::none, false, false, false, false, false},
+      {"bias", MaskKind::none, false, true, false, false, false},
+      {"causal_lse", MaskKind::causal, false, false, false, false, true},
+      {"window_alibi_softcap", MaskKind::none, true, false, true, true, false},
+  };
+  int checked = 0;
+  for (int sm : {80, 86, 90}) {
+    const DeviceLimits limits = limits_for_arch(sm);
+    for (int d = 8; d <= kMaxHeadDim; d += 8) {
+      for (const Mods& m : mods) {
+        KernelSpec s = with_dims(d, d);
+        s.target.sm = sm;
+        s.mask = m.mask;
+        s.window = m.window;
+        s.bias = m.bias;
+        s.alibi = m.alibi;
+        s.softcap = m.softcap ? 30.0f : 0.0f;
+        s.lse = m.lse;
+        const TileConfig cfg = default_config(s, limits);
+        EXPECT_EQ(why_illegal(s, cfg, limits), std::nullopt)
+            << "sm" << sm << " d" << d << " " << m.label << ": " << cfg.canonical();
+        ++checked;
+      }
+    }
+  }
+  EXPECT_EQ(checked, 3 * 32 * 4);
+}
+
+TEST(TileConfig, SharedMemoryBytesFollowsThePaddingRule) {
+  // Rows are padded to an odd number of 16-byte (8-element) chunks: head_dim 80 = 10 chunks
+  // (even) -> 88 elements; head_dim_v 72 = 9 chunks (odd) -> unpadded.
+  //   Q:  64 rows * 88                   =  5632 elements
+  //   KV: 3 stages * 32 rows * (88 + 72) = 15360 elements
+  //   (5632 + 15360) * 2 bytes           = 41984 bytes
+  EXPECT_EQ(shared_memory_bytes(with_dims(80, 72), {64, 32, 4, 3, false}), 41984);
+  // head_dim 40 = 5 chunks (odd) -> unpadded; 2 * (128 * 40 + 2 * 64 * (40 + 40)) = 30720.
+  EXPECT_EQ(shared_memory_bytes(with_dims(40, 40), {128, 64, 4, 2, false}), 30720);
+}
+
+// ---- plan ---------------------------------------------------------------------------------------
+
+// make_params never dereferences: distinct fake addresses are enough.
+const void* fake_pointer(int n) {
+  return reinterpret_cast<const void*>(uintptr_t{0x100000} + static_cast<uintptr_t>(n) * 0x10000);
+}
+
+TensorRef tensor(int n, std::array<int64_t, 4> shape, std::array<int64_t, 4> stride) {
+  TensorRef r;
+  r.data = fake_pointer(n);
+  r.shape = shape;
+  r.stride = stride;
+  return r;
+}
+
+Problem plan_problem() {
+  Problem p;
+  p.batch = 3;
+  p.heads_q = 8;
+  p.heads_kv = 2;
+  p.seqlen_q = 100;
+  p.seqlen_k = 120;
+  p.total_q = 100;
+  p.total_k = 120;
+  p.head_dim = 64;
+  p.head_dim_v = 64;
+  p.scale = 0.125f;
+  return p;
+}
+
+// Strides all different from each other, so a swapped or mis-copied stride shows.
+AttentionArgs plan_args() {
+  AttentionArgs a;
+  a.q = tensor(1, {3, 100, 8, 64}, {1001, 1002, 1003, 1});
+  a.k = tensor(2, {3, 120, 2, 64}, {2001, 2002, 2003, 1});
+  a.v = tensor(3, {3, 120, 2, 64}, {3001, 3002, 3003, 1});
+  a.o = tensor(4, {3, 100, 8, 64}, {4001, 4002, 4003, 1});
+  return a;
+}
+
+TEST(Plan, MakeSpecCopiesEveryFactOfTheProblem) {
+  // Every field differs from KernelSpec's default, so a field make_spec forgets shows up.
+  Problem p = plan_problem();
+  p.dtype = DType::f16;
+  p.head_dim = 96;
+  p.head_dim_v = 64;
+  p.mask = MaskKind::causal_bottom_right;
+  p.window = true;
+  p.varlen = VarlenKind::padded;
+  p.bias = true;
+  p.alibi = true;
+  p.scale = 0.1f;
+  p.softcap = 50.0f;
+  p.lse = true;
+  KernelSpec want;
+  want.target.sm = 90;
+  want.dtype = DType::f16;
+  want.head_dim = 96;
+  want.head_dim_v = 64;
+  want.mask = MaskKind::causal_bottom_right;
+  want.window = true;
+  want.varlen = VarlenKind::padded;
+  want.bias = true;
+  want.alibi = true;
+  want.scale = 0.1f;
+  want.softcap = 50.0f;
+  want.lse = true;
+  const KernelSpec got = make_spec(p, 90);
+  EXPECT_EQ(got.canonical(), want.canonical());
+  EXPECT_TRUE(got == want);
+}
+
+TEST(Plan, MakeParamsCopiesPointersStridesAndSizes) {
+  const Problem pr = plan_problem();
+  const AttentionArgs a = plan_args();
+  const jitattn_kernel::AttnFwdParams p = make_params(a, pr);
+  EXPECT_EQ(p.q, a.q.data);
+  EXPECT_EQ(p.k, a.k.data);
+  EXPECT_EQ(p.v, a.v.data);
+  EXPECT_EQ(p.o, a.o.data);
+  EXPECT_EQ(p.q_batch_stride, 1001);
+  EXPECT_EQ(p.q_row_stride, 1002);
+  EXPECT_EQ(p.q_head_stride, 1003);
+  EXPECT_EQ(p.k_batch_stride, 2001);
+  EXPECT_EQ(p.k_row_stride, 2002);
+  EXPECT_EQ(p.k_head_stride, 2003);
+  EXPECT_EQ(p.v_batch_stride, 3001);
+  EXPECT_EQ(p.v_row_stride, 3002);
+  EXPECT_EQ(p.v_head_stride, 3003);
+  EXPECT_EQ(p.o_batch_stride, 4001);
+  EXPECT_EQ(p.o_row_stride, 4002);
+  EXPECT_EQ(p.o_head_stride, 4003);
+  EXPECT_EQ(p.seqlen_q, 100);
+  EXPECT_EQ(p.seqlen_k, 120);
+  EXPECT_EQ(p.heads_q, 8);
+  EXPECT_EQ(p.group, 4);  // 8 query heads share 2 KV heads: kv head = h / 4
+}
+
+TEST(Plan, MakeParamsPassesBiasAndSlopesOnlyWhenTheProblemUsesThem) {
+  Problem pr = plan_problem();
+  AttentionArgs a = plan_args();
+  a.bias = tensor(5, {3, 8, 100, 120}, {96000, 12000, 120, 1});
+  static const float slopes[8] = {};
+  a.alibi_slopes = slopes;
+  jitattn_kernel::AttnFwdParams p = make_params(a, pr);
+  EXPECT_EQ(p.bias, nullptr);
+  EXPECT_EQ(p.alibi_slopes, nullptr);
+  pr.bias = true;
+  pr.alibi = true;
+  p = make_params(a, pr);
+  EXPECT_EQ(p.bias, a.bias.data);
+  EXPECT_EQ(p.alibi_slopes, slopes);
+  EXPECT_EQ(p.bias_batch_stride, 96000);
+  EXPECT_EQ(p.bias_head_stride, 12000);
+  EXPECT_EQ(p.bias_row_stride, 120);
+  EXPECT_EQ(p.bias_col_stride, 1);
+}
+
+TEST(Plan, MakeParamsGivesBroadcastBiasDimsStrideZero) {
+  // A size-1 dim is read at index 0 for every position, whatever stride the caller gave it.
+  Problem pr = plan_problem();
+  pr.bias = true;
+  AttentionArgs a = plan_args();
+  a.bias = tensor(5, {1, 8, 1, 120}, {9991, 9992, 9993, 1});
+  jitattn_kernel::AttnFwdParams p = make_params(a, pr);
+  EXPECT_EQ(p.bias_batch_stride, 0);
+  EXPECT_EQ(p.bias_head_stride, 9992);
+  EXPECT_EQ(p.bias_row_stride, 0);
+  EXPECT_EQ(p.bias_col_stride, 1);
+
+  a.bias = tensor(5, {3, 1, 100, 1}, {9991, 9992, 9993, 7});
+  p = make_params(a, pr);
+  EXPECT_EQ(p.bias_batch_stride, 9991);
+  EXPECT_EQ(p.bias_head_stride, 0);
+  EXPECT_EQ(p.bias_row_stride, 9993);
+  EXPECT_EQ(p.bias_col_stride, 0);  // the kernel turns this into a column mask of 0
+}
+
+TEST(Plan, MakeParamsLseStridesFollowTheLayout) {
+  Problem pr = plan_problem();
+  pr.lse = true;
+  AttentionArgs a = plan_args();
+  // [batch, heads_q, seqlen_q] contiguous.
+  jitattn_kernel::AttnFwdParams p = make_params(a, pr);
+  EXPECT_EQ(p.lse_batch_stride, 8 * 100);
+  EXPECT_EQ(p.lse_head_stride, 100);
+  // Packed: [heads_q, total_q]; the kernel adds the sequence's first row itself.
+  pr.varlen = VarlenKind::packed;
+  pr.total_q = 250;
+  p = make_params(a, pr);
+  EXPECT_EQ(p.lse_batch_stride, 0);
+  EXPECT_EQ(p.lse_head_stride, 250);
+}
+
+TEST(Plan, MakeParamsWindowIsUnboundedWithoutWindow) {
+  Problem pr = plan_problem();
+  // Stale sizes with window off must not reach the kernel.
+  pr.window_left = 16;
+  pr.window_right = 0;
+  jitattn_kernel::AttnFwdParams p = make_params(plan_args(), pr);
+  EXPECT_EQ(p.window_left, -1);
+  EXPECT_EQ(p.window_right, -1);
+  pr.window = true;
+  p = make_params(plan_args(), pr);
+  EXPECT_EQ(p.window_left, 16);
+  EXPECT_EQ(p.window_right, 0);
+}
+
+TEST(Plan, MakeGridCoversEveryQueryRow) {
+  Problem pr = plan_problem();
+  pr.seqlen_q = 300;
+  pr.heads_q = 6;
+  pr.batch = 5;
+  using Grid = std::array<unsigned, 3>;
+  EXPECT_EQ(make_grid(pr, {128, 64, 8, 2, false}), (Grid{3, 6, 5}));  // 300 = 2 * 128 + 44
+  pr.seqlen_q = 256;
+  EXPECT_EQ(make_grid(pr, {128, 64, 8, 2, false}), (Grid{2, 6, 5}));  // exact multiple
+  pr.seqlen_q = 1;
+  EXPECT_EQ(make_grid(pr, {64, 64, 4, 2, false}), (Grid{1, 6, 5}));
+}
+
+TEST(Plan, ParseConfigRoundTripsCanonical) {
+  for (const TileConfig& c : {TileConfig{128, 64, 8, 2, false}, TileConfig{64, 16, 2, 4, true},
+                              TileConfig{128, 128, 4, 3, true}, TileConfig{256, 32, 8, 2, false}}) {
+    const TileConfig parsed = parse_config(c.canonical());
+    EXPECT_TRUE(parsed == c) << c.canonical() << " parsed as " << parsed.canonical();
+  }
+}
+
+TEST(Plan, ParseConfigRejectsGarbage) {
+  for (const std::string text :
+       {"", "bm128", "bm128_bn64_w4", "bm128_bn64_w4_s2_qs", "bm128_bn64_w4_s2_qr_",
+        " bm128_bn64_w4_s2", "BM128_bn64_w4_s2", "bmx_bn64_w4_s2", "bm-1_bn64_w4_s2",
+        "bm128_bn64_w4_s2 "}) {
+    try {
+      const TileConfig c = parse_config(text);
+      ADD_FAILURE() << "'" << text << "' parsed as " << c.canonical();
+    } catch (const InvalidArgument& e) {
+      EXPECT_EQ(e.argument(), "config") << text;
+      EXPECT_NE(std::string(e.what()).find("'" + text + "'"), std::string::npos) << e.what();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace jitattn
