@@ -213,9 +213,10 @@ std::string describe(const ProblemDesc& d) {
 }
 
 double forward_flops(const ProblemDesc& d) {
+  // As peers.py: causal halves the work; a window of W keys counts W / seqlen_k of it instead.
   double f = 2.0 * d.batch * d.heads_q * double(d.seqlen_q) * double(d.seqlen_k) * (d.head_dim + d.dv());
+  if (d.window && d.window->left >= 0) return f * std::min(1.0, double(d.window->left + 1) / d.seqlen_k);
   if (d.mask != MaskKind::none) f /= 2;
-  if (d.window && d.window->left >= 0) f *= std::min(1.0, double(d.window->left + 1) / d.seqlen_k);
   return f;
 }
 
