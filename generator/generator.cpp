@@ -32,6 +32,7 @@ std::string float_literal(double v) { return fmt::format("{:a}f", static_cast<fl
 struct ScoreModCode {
   std::string fields;
   std::string init;
+  std::string begin_tile;  // per key tile: where this tile's staged inputs are
   std::string apply;
 };
 
@@ -46,11 +47,19 @@ ScoreModCode score_mod_code(const KernelSpec& spec) {
   } else {
     c.apply += fmt::format("    float s = acc * {};\n", float_literal(spec.scale * kLog2e));
   }
-  if (spec.bias || spec.alibi) {
+  if ((spec.bias && !spec.bias_tiled) || spec.alibi) {
     c.fields += "  int len_q, len_k, offset;\n";
     c.init += "    len_q = len_q_; len_k = len_k_; offset = offset_;\n";
   }
-  if (spec.bias) {
+  if (spec.bias && spec.bias_tiled) {
+    // The kernel streams this CTA's (BLOCK_M, BLOCK_N) bias tile into shared memory with the K/V
+    // tiles (zero-filled past the sequence ends, which the mask removes); apply() reads it there.
+    c.fields += "  const elem_t* bias_tile;\n  int m0, n0;\n";
+    c.init += "    m0 = m0_;\n";
+    c.begin_tile += "    bias_tile = tile_; n0 = n0_;\n";
+    c.apply +=
+        "    s = fmaf(elem_to_float(bias_tile[(qi - m0) * cfg::kBiasStride + (kj - n0)]), kLog2e, s);\n";
+  } else if (spec.bias) {
     c.fields += "  const elem_t* bias;\n  long long bias_row_stride;\n  int bias_col_mask;\n";
     c.init +=
         "    bias = static_cast<const elem_t*>(p.bias) + b * p.bias_batch_stride +\n"
@@ -125,6 +134,10 @@ KernelSource generate(const KernelSpec& spec, const TileConfig& cfg, const Devic
   s += fmt::format("constexpr bool kPadded = {};\n", spec.varlen == VarlenKind::padded);
   s += fmt::format("constexpr bool kLse = {};\n", spec.lse);
   s += fmt::format("constexpr bool kRawScores = {};\n", raw);
+  s += fmt::format("constexpr bool kBiasTiled = {};\n", spec.bias && spec.bias_tiled);
+  // Bias tile rows padded like the K/V rows (odd number of 16-byte chunks).
+  s += fmt::format("constexpr int kBiasStride = {};\n",
+                   (cfg.block_n / 8) % 2 == 0 ? cfg.block_n + 8 : cfg.block_n);
   s += fmt::format("// exp2 argument scale: softmax scale * log2(e) on raw scores, 1 after modifiers\n");
   s += fmt::format("constexpr float kExpScale = {};\n",
                    raw ? float_literal(spec.scale * kLog2e) : std::string("1.0f"));
@@ -132,8 +145,12 @@ KernelSource generate(const KernelSpec& spec, const TileConfig& cfg, const Devic
   s += "// Score modifiers composed for this spec (applied to raw Q.K scores, result in log2 units).\n";
   s += "struct ScoreMod {\n" + mod.fields;
   s += "  JITATTN_DEVICE void init(const AttnFwdParams& p, int b, int h, int len_q_, int len_k_,\n"
-       "                          int offset_) {\n";
-  s += "    (void)p; (void)b; (void)h; (void)len_q_; (void)len_k_; (void)offset_;\n" + mod.init;
+       "                          int offset_, int m0_) {\n";
+  s += "    (void)p; (void)b; (void)h; (void)len_q_; (void)len_k_; (void)offset_; (void)m0_;\n" +
+       mod.init;
+  s += "  }\n";
+  s += "  JITATTN_DEVICE void begin_tile(const elem_t* tile_, int n0_) {\n";
+  s += "    (void)tile_; (void)n0_;\n" + mod.begin_tile;
   s += "  }\n";
   s += "  JITATTN_DEVICE float apply(float acc, int qi, int kj) const {\n";
   s += "    (void)qi; (void)kj;\n" + mod.apply;

@@ -41,7 +41,8 @@ std::string KernelSpec::canonical() const {
       "fwd sm{} {} d{} dv{} mask={} window={} varlen={} bias={} alibi={} scale=0x{:08x} "
       "softcap=0x{:08x} lse={}",
       target.sm, dtype_name(dtype), head_dim, head_dim_v, mask_name(mask), int(window),
-      varlen_name(varlen), int(bias), int(alibi), float_bits(scale), float_bits(softcap), int(lse));
+      varlen_name(varlen), bias ? (bias_tiled ? 2 : 1) : 0, int(alibi), float_bits(scale),
+      float_bits(softcap), int(lse));
 }
 
 uint64_t KernelSpec::hash() const {
@@ -59,7 +60,7 @@ std::string KernelSpec::tag() const {
   if (mask != MaskKind::none) s += fmt::format("_{}", mask_name(mask));
   if (window) s += "_window";
   if (varlen != VarlenKind::none) s += fmt::format("_{}", varlen_name(varlen));
-  if (bias) s += "_bias";
+  if (bias) s += bias_tiled ? "_biastile" : "_bias";
   if (alibi) s += "_alibi";
   if (softcap > 0.0f) s += "_softcap";
   if (lse) s += "_lse";
@@ -73,8 +74,9 @@ std::string TileConfig::canonical() const {
 
 int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
   const int q = cfg.block_m * padded_stride(spec.head_dim);
-  const int kv = cfg.block_n * (padded_stride(spec.head_dim) + padded_stride(spec.head_dim_v));
-  return 2 * (q + cfg.stages * kv);
+  int per_stage = cfg.block_n * (padded_stride(spec.head_dim) + padded_stride(spec.head_dim_v));
+  if (spec.bias && spec.bias_tiled) per_stage += cfg.block_m * padded_stride(cfg.block_n);
+  return 2 * (q + cfg.stages * per_stage);
 }
 
 DeviceLimits limits_for_arch(int sm) {
@@ -146,10 +148,15 @@ TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits) {
   // Only a mask on top of plain attention counts as light: LSE, window, ALiBi, softcap and
   // varlen each add live registers (NVRTC 13.0 spill reports, tests/compile_grid_test.cpp).
   const bool light = !spec.window && !spec.alibi && spec.softcap == 0.0f && !spec.lse &&
-                     spec.varlen == VarlenKind::none;
+                     spec.varlen == VarlenKind::none && !spec.bias;
+  // A staged bias tile is cheap on its own, but stacked with other modifiers it needs the
+  // 16-rows-per-warp shape.
+  const bool heavy_bias = spec.bias && (spec.alibi || spec.softcap > 0.0f || spec.window);
   TileConfig c;
-  if (spec.bias) {
+  if (spec.bias && !spec.bias_tiled) {
     c = {128, (limits.sm < 90 && d > 128) ? 16 : 32, 8, 2, false};
+  } else if (heavy_bias) {
+    c = {128, d <= 192 ? 64 : 32, 8, 2, false};
   } else if (d <= 64) {
     c = {128, 64, 4, 3, false};  // H200: 307 TFLOP/s at d64 (FA2 299)
   } else if (d <= 80 && light) {

@@ -32,6 +32,9 @@ struct KernelSpec {
   bool window = false;  ///< sliding-window bounds (sizes are runtime params)
   VarlenKind varlen = VarlenKind::none;
   bool bias = false;       ///< additive bias tensor (strides are runtime params)
+  /// The bias rows are 16-byte aligned with a contiguous key dim, so bias tiles stream through
+  /// shared memory with cp.async; otherwise each score reads its bias element from global memory.
+  bool bias_tiled = false;
   bool alibi = false;      ///< ALiBi from per-head slopes
   float scale = 0.0f;      ///< softmax scale, baked in
   float softcap = 0.0f;    ///< 0 = off; baked in

@@ -18,6 +18,7 @@ KernelSpec make_spec(const Problem& problem, int sm) {
   s.window = problem.window;
   s.varlen = problem.varlen;
   s.bias = problem.bias;
+  s.bias_tiled = problem.bias && problem.bias_tileable;
   s.alibi = problem.alibi;
   s.scale = problem.scale;
   s.softcap = problem.softcap;

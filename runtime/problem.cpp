@@ -310,6 +310,13 @@ Problem validate(const AttentionArgs& args) {
   if (!args.bias.empty()) {
     check_bias(args, p);
     p.bias = true;
+    // The kernel streams bias tiles in 16-byte chunks when every row starts 16-byte aligned and
+    // the key dim is contiguous; other layouts (odd seqlen_k, key broadcast) read per element.
+    const TensorRef& t = args.bias;
+    auto aligned_stride = [&](size_t d) { return t.shape[d] == 1 || t.stride[d] % 8 == 0; };
+    p.bias_tileable = t.shape[3] > 1 && t.stride[3] == 1 && aligned_stride(0) &&
+                      aligned_stride(1) && aligned_stride(2) &&
+                      reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
   }
   if (args.alibi_slopes != nullptr) {
     if (reinterpret_cast<uintptr_t>(args.alibi_slopes) % alignof(float) != 0) {

@@ -28,6 +28,7 @@ struct Problem {
   int window_right = -1;
   VarlenKind varlen = VarlenKind::none;
   bool bias = false;
+  bool bias_tileable = false;  ///< bias rows 16-byte aligned with a contiguous key dim
   bool alibi = false;
   bool lse = false;
 

@@ -32,6 +32,7 @@ constexpr int kVStride = padded_stride(kHeadDimV);
 constexpr int kQElems = kBlockM * kQStride;                 // (BLOCK_M, HEAD_DIM) + pad
 constexpr int kKElems = kBlockN * kKStride;                 // (BLOCK_N, HEAD_DIM) + pad
 constexpr int kVElems = kBlockN * kVStride;                 // (BLOCK_N, HEAD_DIM_V) + pad
+constexpr int kBElems = kBiasTiled ? kBlockM * kBiasStride : 0;  // (BLOCK_M, BLOCK_N) + pad
 
 static_assert(kHeadDim % 8 == 0 && kHeadDimV % 8 == 0, "head dims must be multiples of 8");
 static_assert(kRowsPerWarp == 16 || kRowsPerWarp == 32, "block_m / warps must be 16 or 32");
@@ -39,6 +40,25 @@ static_assert(kBlockN % 16 == 0, "block_n must be a multiple of 16 (k16 steps of
 static_assert(kStages >= 2, "stages must be >= 2");
 
 // Copies `rows` x kCols elements (rows past `valid_rows` zero-filled) into shared memory.
+// Copies a (BLOCK_M, BLOCK_N) bias tile: rows past `valid_rows` and columns past `valid_cols`
+// are zero-filled (a chunk straddling the end copies only its valid bytes).
+JITATTN_DEVICE void load_bias_tile(elem_t* smem, const elem_t* gmem, long long row_stride,
+                                   int valid_rows, int valid_cols, int tid) {
+  constexpr int kChunksPerRow = kBlockN / 8;
+  constexpr int kChunks = kBlockM * kChunksPerRow;
+#pragma unroll
+  for (int c0 = 0; c0 < kChunks; c0 += kThreads) {
+    const int c = c0 + tid;
+    if (kChunks % kThreads == 0 || c < kChunks) {
+      const int r = c / kChunksPerRow;
+      const int col = (c % kChunksPerRow) * 8;
+      const int bytes = r < valid_rows ? 2 * min(8, max(0, valid_cols - col)) : 0;
+      const elem_t* src = bytes > 0 ? gmem + r * row_stride + col : gmem;
+      cp_async_16(smem + r * kBiasStride + col, src, bytes);
+    }
+  }
+}
+
 template <int kRows, int kCols, int kStride>
 JITATTN_DEVICE void load_tile(elem_t* smem, const elem_t* gmem, long long row_stride,
                               int valid_rows, int tid) {
@@ -67,6 +87,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   elem_t* sQ = reinterpret_cast<elem_t*>(smem_raw);
   elem_t* sK = sQ + kQElems;                 // kStages x (BLOCK_N, HEAD_DIM)
   elem_t* sV = sK + kStages * kKElems;       // kStages x (BLOCK_N, HEAD_DIM_V)
+  elem_t* sB = sV + kStages * kVElems;       // kStages x (BLOCK_M, BLOCK_N) bias tiles
 
   const int m_block = blockIdx.x;
   const int h = blockIdx.y;
@@ -135,7 +156,12 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   }
 
   ScoreMod mod;
-  mod.init(p, b, h, len_q, len_k, offset);
+  mod.init(p, b, h, len_q, len_k, offset, m0);
+  // Bias rows of this query block (kBiasTiled): batch/head offsets, then row m0.
+  const elem_t* gB =
+      kBiasTiled ? static_cast<const elem_t*>(p.bias) + b * p.bias_batch_stride +
+                       h * p.bias_head_stride + m0 * p.bias_row_stride
+                 : nullptr;
 
   // ---- prologue: Q and the first kStages-1 K/V tiles in flight -------------------------------
   load_tile<kBlockM, kHeadDim, kQStride>(sQ, gQ, p.q_row_stride, len_q - m0, tid);
@@ -149,6 +175,9 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
                                              p.k_row_stride, len_k - n0, tid);
       load_tile<kBlockN, kHeadDimV, kVStride>(sV + s * kVElems, gV + n0 * p.v_row_stride,
                                               p.v_row_stride, len_k - n0, tid);
+      if constexpr (kBiasTiled) {
+        load_bias_tile(sB + s * kBElems, gB + n0, p.bias_row_stride, len_q - m0, len_k - n0, tid);
+      }
     }
     cp_async_commit();
   }
@@ -183,6 +212,10 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
                                                p.k_row_stride, len_k - n0, tid);
         load_tile<kBlockN, kHeadDimV, kVStride>(sV + slot * kVElems, gV + n0 * p.v_row_stride,
                                                 p.v_row_stride, len_k - n0, tid);
+        if constexpr (kBiasTiled) {
+          load_bias_tile(sB + slot * kBElems, gB + n0, p.bias_row_stride, len_q - m0, len_k - n0,
+                         tid);
+        }
       }
       cp_async_commit();
     }
@@ -276,6 +309,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     // ---- score modifiers and masks --------------------------------------------------------------
     const int n0 = nb * kBlockN;
     if constexpr (!kRawScores) {
+      mod.begin_tile(sB + (it % kStages) * kBElems, n0);
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
@@ -318,6 +352,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     }
 
     // ---- online softmax (exp2 domain; scale folded into one FMA when kRawScores) ---------------
+    float correction[kMT][2];
+    bool max_moved = false;
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
@@ -331,7 +367,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         // A row with no visible key so far keeps max -inf; use 0 so exp2 sees -inf, not NaN.
         const float m_use = (mx == neg_inf()) ? 0.0f : mx;
         const float m_scaled = m_use * kExpScale;
-        const float correction = fast_exp2(row_max[mt][hf] * kExpScale - m_scaled);
+        max_moved |= mx != row_max[mt][hf];
+        correction[mt][hf] = fast_exp2(row_max[mt][hf] * kExpScale - m_scaled);
         row_max[mt][hf] = mx;
         float sum = 0.0f;
 #pragma unroll
@@ -343,26 +380,42 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
             sum += pe;
           }
         }
-        row_sum[mt][hf] = row_sum[mt][hf] * correction + sum;
+        row_sum[mt][hf] = row_sum[mt][hf] * correction[mt][hf] + sum;
+      }
+    }
+    // Rescaling O costs rows_per_warp * head_dim_v / 32 multiplies per thread per tile. Once the
+    // running maxima settle it is a multiply by exactly 1, so the warp skips it unless some row's
+    // maximum moved (exact: an unchanged maximum gives a correction of exactly 1).
+    if (__any_sync(0xffffffffu, max_moved)) {
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
         for (int d = 0; d < kDT; ++d) {
-          acc_o[mt][d][2 * hf] *= correction;
-          acc_o[mt][d][2 * hf + 1] *= correction;
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {
+            acc_o[mt][d][2 * hf] *= correction[mt][hf];
+            acc_o[mt][d][2 * hf + 1] *= correction[mt][hf];
+          }
         }
       }
     }
 
     // ---- O += P V: P from the S accumulators, V via ldmatrix.trans -----------------------------
+    // P is packed to 16-bit pairs for the whole tile first, so the fp32 S accumulators die here:
+    // half the registers during P V, which is what lets 32 rows per warp fit at larger head dims.
+    u32 pa[kMT][kBlockN / 16][4];  // (16, 16) A fragments of P
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        pa[mt][kk][0] = pack2(acc_s[mt][2 * kk][0], acc_s[mt][2 * kk][1]);
+        pa[mt][kk][1] = pack2(acc_s[mt][2 * kk][2], acc_s[mt][2 * kk][3]);
+        pa[mt][kk][2] = pack2(acc_s[mt][2 * kk + 1][0], acc_s[mt][2 * kk + 1][1]);
+        pa[mt][kk][3] = pack2(acc_s[mt][2 * kk + 1][2], acc_s[mt][2 * kk + 1][3]);
+      }
+    }
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      u32 pa[kMT][4];  // (16, 16) A fragment of P
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) {
-        pa[mt][0] = pack2(acc_s[mt][2 * kk][0], acc_s[mt][2 * kk][1]);
-        pa[mt][1] = pack2(acc_s[mt][2 * kk][2], acc_s[mt][2 * kk][3]);
-        pa[mt][2] = pack2(acc_s[mt][2 * kk + 1][0], acc_s[mt][2 * kk + 1][1]);
-        pa[mt][3] = pack2(acc_s[mt][2 * kk + 1][2], acc_s[mt][2 * kk + 1][3]);
-      }
       const elem_t* v_rows = tV + (kk * 16 + ((lane / 8) % 2) * 8 + (lane % 8)) * kVStride;
 #pragma unroll
       for (int dp = 0; dp < kDT / 2; ++dp) {
@@ -370,15 +423,15 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         ldmatrix_x4_trans(vb, v_rows + dp * 16 + (lane / 16) * 8);
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt) {
-          mma_16816(acc_o[mt][2 * dp], pa[mt], vb[0], vb[1]);
-          mma_16816(acc_o[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
+          mma_16816(acc_o[mt][2 * dp], pa[mt][kk], vb[0], vb[1]);
+          mma_16816(acc_o[mt][2 * dp + 1], pa[mt][kk], vb[2], vb[3]);
         }
       }
       if constexpr (kDT % 2 != 0) {
         u32 vb[2];
         ldmatrix_x2_trans(vb, tV + (kk * 16 + (lane % 16)) * kVStride + (kDT - 1) * 8);
 #pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) mma_16816(acc_o[mt][kDT - 1], pa[mt], vb[0], vb[1]);
+        for (int mt = 0; mt < kMT; ++mt) mma_16816(acc_o[mt][kDT - 1], pa[mt][kk], vb[0], vb[1]);
       }
     }
   }

@@ -29,6 +29,7 @@ std::vector<Variant> variants() {
     MaskKind mask;
     bool window, bias, alibi, softcap, lse;
     VarlenKind varlen;
+    bool bias_tiled = false;
   };
   const Mods mods[] = {
       {"plain", MaskKind::none, false, false, false, false, false, VarlenKind::none},
@@ -39,6 +40,8 @@ std::vector<Variant> variants() {
       {"alibi", MaskKind::none, false, false, true, false, false, VarlenKind::padded},
       {"softcap_packed", MaskKind::none, false, false, false, true, false, VarlenKind::packed},
       {"everything", MaskKind::causal, true, true, true, true, true, VarlenKind::packed},
+      {"bias_tiled", MaskKind::none, false, true, false, false, false, VarlenKind::none, true},
+      {"everything_tiled", MaskKind::causal, true, true, true, true, true, VarlenKind::packed, true},
   };
   std::vector<Variant> out;
   for (int sm : {80, 90}) {
@@ -58,6 +61,7 @@ std::vector<Variant> variants() {
           s.mask = m.mask;
           s.window = m.window;
           s.bias = m.bias;
+          s.bias_tiled = m.bias_tiled;
           s.alibi = m.alibi;
           s.softcap = m.softcap ? 30.0f : 0.0f;
           s.lse = m.lse;

@@ -35,6 +35,10 @@ void expect_pass(const ProblemDesc& d, const ForwardOptions& opt = {}) {
                       << ": rel_err " << r.rel_err << " (tol " << r.tolerance << "), max_abs "
                       << r.max_abs_err << ", lse_rel " << r.lse_rel_err << ", lse -inf match "
                       << r.lse_inf_match;
+  // A bias with 16-byte aligned rows must take the shared-memory (tiled) path.
+  if (d.bias != "none" && d.bias[3] == 'k' && d.seqlen_k % 8 == 0) {
+    EXPECT_NE(r.kernel.name.find("biastile"), std::string::npos) << r.kernel.name;
+  }
   // Defaults must not spill; explicitly requested configs may (they are tuning candidates).
   if (opt.config.empty()) EXPECT_EQ(r.kernel.spill_bytes, 0) << r.kernel.name;
 }
@@ -113,6 +117,24 @@ std::vector<Case> feature_cases() {
       p.bias = b;
       add(fmt::format("bias_{}_d{}", b, d), p);
     }
+    // seqlen_k 256: bias rows are 16-byte aligned, so the bias streams through shared memory
+    // (spec bias_tiled); padded varlen makes chunks straddle each batch's end.
+    for (const char* b : {"bhqk", "1hqk", "b1qk", "11qk", "b11k"}) {
+      p = base(d);
+      p.seqlen_k = 256;
+      p.bias = b;
+      add(fmt::format("biastile_{}_d{}", b, d), p);
+    }
+    p = base(d);
+    p.seqlen_k = 256;
+    p.bias = "1hqk";
+    p.varlen = VarlenKind::padded;
+    p.mask = MaskKind::causal_bottom_right;
+    add(fmt::format("biastile_padded_causal_br_d{}", d), p);
+    p.varlen = VarlenKind::packed;
+    p.alibi = true;
+    p.softcap = 10.0f;
+    add(fmt::format("biastile_packed_alibi_softcap_d{}", d), p);
     p = base(d);
     p.heads_q = 8;
     p.heads_kv = 2;
