@@ -149,13 +149,11 @@ TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits) {
   // varlen each add live registers (NVRTC 13.0 spill reports, tests/compile_grid_test.cpp).
   const bool light = !spec.window && !spec.alibi && spec.softcap == 0.0f && !spec.lse &&
                      spec.varlen == VarlenKind::none && !spec.bias;
-  // A staged bias tile is cheap on its own, but stacked with other modifiers it needs the
-  // 16-rows-per-warp shape.
-  const bool heavy_bias = spec.bias && (spec.alibi || spec.softcap > 0.0f || spec.window);
   TileConfig c;
   if (spec.bias && !spec.bias_tiled) {
     c = {128, (limits.sm < 90 && d > 128) ? 16 : 32, 8, 2, false};
-  } else if (heavy_bias) {
+  } else if (spec.bias) {
+    // A staged bias tile keeps 16 rows per warp: with 32 (d64) it spills once LSE is on.
     c = {128, d <= 192 ? 64 : 32, 8, 2, false};
   } else if (d <= 64) {
     c = {128, 64, 4, 3, false};  // H200: 307 TFLOP/s at d64 (FA2 299)

@@ -36,11 +36,11 @@ std::vector<Variant> variants() {
       {"causal", MaskKind::causal, false, false, false, false, false, VarlenKind::none},
       {"causal_lse", MaskKind::causal, false, false, false, false, true, VarlenKind::none},
       {"causal_br_window", MaskKind::causal_bottom_right, true, false, false, false, false, VarlenKind::none},
-      {"bias", MaskKind::none, false, true, false, false, false, VarlenKind::none},
+      {"bias_lse", MaskKind::none, false, true, false, false, true, VarlenKind::none},
       {"alibi", MaskKind::none, false, false, true, false, false, VarlenKind::padded},
       {"softcap_packed", MaskKind::none, false, false, false, true, false, VarlenKind::packed},
       {"everything", MaskKind::causal, true, true, true, true, true, VarlenKind::packed},
-      {"bias_tiled", MaskKind::none, false, true, false, false, false, VarlenKind::none, true},
+      {"bias_tiled_lse", MaskKind::none, false, true, false, false, true, VarlenKind::none, true},
       {"everything_tiled", MaskKind::causal, true, true, true, true, true, VarlenKind::packed, true},
   };
   std::vector<Variant> out;
