@@ -118,8 +118,8 @@ std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig&
     return fmt::format("block_n {} unsupported: 16, 32, 64 or 128 (P V steps over 16 keys)",
                        cfg.block_n);
   }
-  if (cfg.stages < 2 || cfg.stages > 4) {
-    return fmt::format("stages {} unsupported: 2 to 4", cfg.stages);
+  if (cfg.stages < 1 || cfg.stages > 4) {
+    return fmt::format("stages {} unsupported: 1 (single buffer) to 4", cfg.stages);
   }
   if (cfg.q_in_regs && spec.head_dim > 128) {
     return fmt::format("q_in_regs with head_dim {} > 128 needs more than 32 registers of Q per "

@@ -37,7 +37,7 @@ constexpr int kBElems = kBiasTiled ? kBlockM * kBiasStride : 0;  // (BLOCK_M, BL
 static_assert(kHeadDim % 8 == 0 && kHeadDimV % 8 == 0, "head dims must be multiples of 8");
 static_assert(kRowsPerWarp == 16 || kRowsPerWarp == 32, "block_m / warps must be 16 or 32");
 static_assert(kBlockN % 16 == 0, "block_n must be a multiple of 16 (k16 steps of P V)");
-static_assert(kStages >= 2, "stages must be >= 2");
+static_assert(kStages >= 1, "stages must be >= 1");
 
 // Copies `rows` x kCols elements (rows past `valid_rows` zero-filled) into shared memory.
 // Copies a (BLOCK_M, BLOCK_N) bias tile: rows past `valid_rows` and columns past `valid_cols`
@@ -164,7 +164,18 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
                  : nullptr;
 
   // ---- prologue: Q and the first kStages-1 K/V tiles in flight -------------------------------
+  // kStages == 1 is FlashAttention-2's single-buffer schedule: V(n) streams in during S = Q K(n)^T
+  // and K(n+1) during softmax and P V(n). Half the K/V shared memory of a ring, so two CTAs fit
+  // per SM at large head dims and one computes while the other waits (bench/NOTES.md).
   load_tile<kBlockM, kHeadDim, kQStride>(sQ, gQ, p.q_row_stride, len_q - m0, tid);
+  if constexpr (kStages == 1) {
+    const int n0 = nb_begin * kBlockN;
+    load_tile<kBlockN, kHeadDim, kKStride>(sK, gK + n0 * p.k_row_stride, p.k_row_stride,
+                                           len_k - n0, tid);
+    if constexpr (kBiasTiled) {
+      load_bias_tile(sB, gB + n0, p.bias_row_stride, len_q - m0, len_k - n0, tid);
+    }
+  }
   cp_async_commit();
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -201,6 +212,14 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
 
   for (int nb = nb_begin; nb < nb_end; ++nb) {
     const int it = nb - nb_begin;
+    if constexpr (kStages == 1) {
+      cp_async_wait<0>();
+      __syncthreads();  // K(it) landed; every warp finished P V(it-1), so sV is free
+      const int n0 = nb * kBlockN;
+      load_tile<kBlockN, kHeadDimV, kVStride>(sV, gV + n0 * p.v_row_stride, p.v_row_stride,
+                                              len_k - n0, tid);
+      cp_async_commit();
+    } else {
     cp_async_wait<kStages - 2>();
     __syncthreads();  // tile `it` landed; every warp finished with the slot refilled below
     {
@@ -218,6 +237,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         }
       }
       cp_async_commit();
+    }
     }
     const elem_t* tK = sK + (it % kStages) * kKElems;
     const elem_t* tV = sV + (it % kStages) * kVElems;
@@ -349,6 +369,20 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           }
         }
       }
+    }
+
+    if constexpr (kStages == 1) {
+      cp_async_wait<0>();
+      __syncthreads();  // V(it) landed; every warp finished with K(it) and the bias tile
+      if (nb + 1 < nb_end) {
+        const int n1 = (nb + 1) * kBlockN;
+        load_tile<kBlockN, kHeadDim, kKStride>(sK, gK + n1 * p.k_row_stride, p.k_row_stride,
+                                               len_k - n1, tid);
+        if constexpr (kBiasTiled) {
+          load_bias_tile(sB, gB + n1, p.bias_row_stride, len_q - m0, len_k - n1, tid);
+        }
+      }
+      cp_async_commit();
     }
 
     // ---- online softmax (exp2 domain; scale folded into one FMA when kRawScores) ---------------

@@ -135,6 +135,7 @@ std::vector<Case> feature_cases() {
     p.alibi = true;
     p.softcap = 10.0f;
     add(fmt::format("biastile_packed_alibi_softcap_d{}", d), p);
+    add(fmt::format("biastile_packed_alibi_softcap_single_buffer_d{}", d), p, "bm64_bn64_w4_s1");
     p = base(d);
     p.heads_q = 8;
     p.heads_kv = 2;
@@ -182,7 +183,8 @@ std::vector<Case> feature_cases() {
   }
   // Non-default tile configs compute the same function.
   for (const char* cfg : {"bm64_bn32_w4_s2", "bm64_bn64_w2_s3", "bm128_bn128_w4_s2", "bm128_bn64_w4_s4",
-                          "bm64_bn64_w4_s2_qr", "bm128_bn32_w8_s3", "bm32_bn64_w2_s2"}) {
+                          "bm64_bn64_w4_s2_qr", "bm128_bn32_w8_s3", "bm32_bn64_w2_s2", "bm64_bn64_w4_s1",
+                          "bm128_bn64_w8_s1", "bm128_bn32_w4_s1_qr"}) {
     for (int d : {40, 64, 96}) {
       ProblemDesc p = base(d);
       p.mask = MaskKind::causal_bottom_right;
