@@ -159,8 +159,10 @@ TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits) {
     c = {128, 64, 4, 3, false};  // H200: 307 TFLOP/s at d64 (FA2 299)
   } else if (d <= 80 && light) {
     c = {128, 64, 4, 2, false};  // H200: 293 at d80 (FA2 261); spills with modifiers
+  } else if (d <= 112) {
+    c = {128, 32, 4, 2, false};  // H200 d96: 284 (causal 261); 32 rows per warp fit with block_n 32
   } else if (d <= 128) {
-    c = {128, 128, 8, 2, false};  // H200: 260 at d96, 275 at d128; spills above d128
+    c = {128, 128, 8, 2, false};  // H200 d128: 275; 32 rows per warp spill here even at block_n 32
   } else if (d <= 192) {
     c = {128, 64, 8, 2, false};
   } else {
