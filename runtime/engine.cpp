@@ -126,7 +126,7 @@ KernelReport Engine::forward(const AttentionArgs& args, const ForwardOptions& op
   const Problem problem = validate(args);
   std::optional<TileConfig> forced;
   if (!options.config.empty()) forced = parse_config(options.config);
-  if (problem.empty()) return {};
+  if (!problem.has_output_rows()) return {};
 
   // Device checks need the driver; all of them run before anything is launched.
   device::driver();

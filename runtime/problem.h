@@ -34,6 +34,9 @@ struct Problem {
 
   /// batch == 0 or a zero sequence length: a valid no-op.
   bool empty() const;
+  /// There are query rows to write. With no keys (seqlen_k == 0) the problem is empty() but its
+  /// rows are fully masked: the output is 0 and the LSE -inf, so the kernel still runs.
+  bool has_output_rows() const { return batch > 0 && heads_q > 0 && seqlen_q > 0 && total_q > 0; }
 };
 
 /// Checks every argument that can be checked without a device and returns the normalised

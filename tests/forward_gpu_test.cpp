@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <thread>
 
 #include "jitattn/jitattn.h"
@@ -256,6 +257,30 @@ TEST(ForwardGpu, HostPointerRejectedBeforeLaunch) {
   } catch (const InvalidArgument& e) {
     EXPECT_EQ(e.argument(), "q.data") << e.what();
   }
+}
+
+TEST(ForwardGpu, NoKeysGivesZeroOutputAndNegInfLse) {
+  JITATTN_REQUIRE_GPU();
+  device::ScopedContext ctx(0);
+  const int b = 2, s = 37, h = 3, d = 64;
+  device::DeviceBuffer q(size_t{2} * b * s * h * d), o(size_t{2} * b * s * h * d), lse(sizeof(float) * b * h * s);
+  q.fill(0x3c);  // any finite values: no key can see them
+  o.fill(0xFF);  // NaN poison
+  lse.fill(0xFF);
+  AttentionArgs a;
+  a.q = TensorRef::contiguous(q.data(), DType::f16, {b, s, h, d});
+  a.k = TensorRef::contiguous(nullptr, DType::f16, {b, 0, h, d});
+  a.v = TensorRef::contiguous(nullptr, DType::f16, {b, 0, h, d});
+  a.o = TensorRef::contiguous(o.data(), DType::f16, {b, s, h, d});
+  a.lse = static_cast<float*>(lse.data());
+  engine().forward(a);
+  JITATTN_CU_CHECK(device::driver().cuCtxSynchronize());
+  std::vector<uint16_t> out(size_t{b} * s * h * d);
+  o.download(out.data(), out.size() * 2);
+  std::vector<float> l(size_t{b} * h * s);
+  lse.download(l.data(), l.size() * sizeof(float));
+  for (uint16_t x : out) ASSERT_EQ(x, 0u);
+  for (float x : l) ASSERT_TRUE(std::isinf(x) && x < 0) << x;
 }
 
 TEST(ForwardGpu, EmptyProblemIsANoOp) {
