@@ -89,7 +89,9 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   elem_t* sV = sK + kStages * kKElems;       // kStages x (BLOCK_N, HEAD_DIM_V)
   elem_t* sB = sV + kStages * kVElems;       // kStages x (BLOCK_M, BLOCK_N) bias tiles
 
-  const int m_block = blockIdx.x;
+  // Causal work grows with the query block, so the heaviest blocks go first: the last wave then
+  // holds the shortest blocks and the tail is shorter.
+  const int m_block = kCausal ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
   const int h = blockIdx.y;
   const int b = blockIdx.z;
   const int tid = threadIdx.x;
