@@ -293,22 +293,3 @@ TEST(ForwardGpu, EmptyProblemIsANoOp) {
 }  // namespace
 }  // namespace jitattn
 
-namespace jitattn {
-namespace {
-// Diagnostic: one small case chosen by environment (JITATTN_DEBUG_CASE="sq,sk,d,mask,alibi").
-TEST(ForwardGpuDebug, EnvCase) {
-  const char* c = std::getenv("JITATTN_DEBUG_CASE");
-  if (c == nullptr) GTEST_SKIP() << "set JITATTN_DEBUG_CASE";
-  JITATTN_REQUIRE_GPU();
-  ProblemDesc p;
-  int mask = 0, alibi = 0;
-  std::sscanf(c, "%d,%d,%d,%d,%d", &p.seqlen_q, &p.seqlen_k, &p.head_dim, &mask, &alibi);
-  p.batch = 1;
-  p.heads_q = p.heads_kv = 1;
-  p.mask = static_cast<MaskKind>(mask);
-  p.alibi = alibi != 0;
-  p.seed = 1;
-  expect_pass(p);
-}
-}  // namespace
-}  // namespace jitattn
