@@ -1,0 +1,80 @@
+// The search space of a spec on a device, pruned before anything is compiled: first by the
+// generator's own legality rules (why_illegal), then by a static register model, so NVRTC time
+// is spent only on candidates that have a chance of compiling without spills.
+#include <fmt/format.h>
+
+#include <bit>
+#include <cstdint>
+
+#include "tuner/tuner.h"
+
+namespace jitattn::tuner {
+namespace {
+
+// ptxas' hard per-thread limit on sm_80/sm_90.
+constexpr int kMaxRegisters = 255;
+// Accumulators alone above this leave too few of the 255 registers for addresses, softmax state,
+// fragments of K/V and loop counters: ptxas spills. Conservative on purpose (the ptxas report
+// after compiling is the precise filter); it must never prune default_config, which is checked
+// by tests/tuner_test.cpp for every head dim on sm_80 and sm_90. The densest default
+// (d80, 32 rows per warp, block_n 64) holds 144 accumulator registers.
+constexpr int kAccumulatorRegisterCeiling = 200;
+
+// Registers per thread that the static model expects for accumulators (and Q fragments).
+int accumulator_registers(const KernelSpec& spec, const TileConfig& cfg) {
+  const int rows_per_warp = cfg.block_m / cfg.warps;
+  // An m16n8 MMA spreads a 16x8 float tile over 32 lanes: rows*cols/32 floats per thread for the
+  // O accumulator (rows x head_dim_v) and the S tile (rows x block_n).
+  int regs = rows_per_warp * (spec.head_dim_v + cfg.block_n) / 32;
+  // Q fragments in registers: rows x head_dim 16-bit values, two per register, over 32 lanes.
+  if (cfg.q_in_regs) regs += rows_per_warp * spec.head_dim / 64;
+  return regs;
+}
+
+}  // namespace
+
+std::vector<Candidate> search_space(const KernelSpec& spec, const DeviceLimits& limits) {
+  static constexpr int kBlockM[] = {32, 64, 128};
+  static constexpr int kBlockN[] = {16, 32, 64, 128};
+  static constexpr int kWarps[] = {2, 4, 8};
+  static constexpr int kStages[] = {1, 2, 3, 4};
+
+  std::vector<Candidate> out;
+  out.reserve(std::size(kBlockM) * std::size(kBlockN) * std::size(kWarps) * std::size(kStages) *
+              2);
+  // Nested loops in a fixed order: the order is part of what a resumed tuning relies on.
+  for (int bm : kBlockM) {
+    for (int bn : kBlockN) {
+      for (int w : kWarps) {
+        for (int s : kStages) {
+          for (bool qr : {false, true}) {
+            Candidate c;
+            c.config = TileConfig{bm, bn, w, s, qr};
+            if (auto why = why_illegal(spec, c.config, limits)) {
+              c.pruned = std::move(*why);
+            } else if (const int regs = accumulator_registers(spec, c.config);
+                       regs > kAccumulatorRegisterCeiling) {
+              c.pruned = fmt::format(
+                  "static model: ~{} accumulator registers of {} (would spill)", regs,
+                  kMaxRegisters);
+            }
+            out.push_back(std::move(c));
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+std::string shape_bucket(const Problem& problem) {
+  // Power-of-two ceiling; 0 stays 0 (an empty problem is its own bucket), 1 stays 1.
+  auto ceil2 = [](int64_t v) -> uint64_t {
+    return v <= 0 ? 0 : std::bit_ceil(static_cast<uint64_t>(v));
+  };
+  const int64_t bh = static_cast<int64_t>(problem.batch) * problem.heads_q;
+  return fmt::format("sq={},sk={},bh={}", ceil2(problem.seqlen_q), ceil2(problem.seqlen_k),
+                     ceil2(bh));
+}
+
+}  // namespace jitattn::tuner
