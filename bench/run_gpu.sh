@@ -30,6 +30,20 @@ case "${1:-tests}" in
       --error-exitcode 99 "$B/forward_gpu_test"
     grep -h "ERROR SUMMARY" "$OUT/memcheck.log" | sort | uniq -c
     ;;
+  tune)
+    # Tune a plan into a fresh cache, then a new process runs every line with the tuned configs
+    # and cached binaries (no NVRTC), then bench reports tuned vs default.
+    export JITATTN_CACHE="$OUT/tune_cache.db"; rm -f "$JITATTN_CACHE"
+    PLAN=${PLAN:-bench/plans/example.plan}
+    /usr/bin/time -f "tune wall %e s" "$B/jitattn" tune --plan "$PLAN" --budget ${BUDGET:-15} 2>&1 | grep -v "^tuning \["
+    grep -v '^#' "$PLAN" | while read -r line; do
+      [ -z "$line" ] && continue
+      "$B/jitattn" check $line --json | python3 -c "import json,sys; j=json.load(sys.stdin); print('warm check', j['config'], j['config_source'], 'cached binary' if j['binary_from_cache'] else 'COMPILED', 'pass' if j['pass'] else 'FAIL')"
+      "$B/jitattn" bench $line --json --budget-ms 200 | python3 -c "import json,sys; j=json.load(sys.stdin); print('tuned ', j['config'], j['config_source'], j['tflops'])"
+      JITATTN_CACHE=off "$B/jitattn" bench $line --json --budget-ms 200 | python3 -c "import json,sys; j=json.load(sys.stdin); print('default', j['config'], j['config_source'], j['tflops'])"
+    done
+    "$B/jitattn" cache ls | tail -n 5
+    ;;
   bench)
     GRID="--hdims ${HDIMS:-64,80,96,128,256} --seqlens ${SEQLENS:-4096}"
     "$B/jitattn" bench --grid $GRID --masks ${MASKS:-none,causal,alibi,bias} --json > "$OUT/ours.jsonl"

@@ -94,7 +94,13 @@ void line(std::string_view label, std::string_view value) {
 
 std::string compiled_text(const KernelReport& k) {
   return k.compiled_now ? fmt::format("compiled now, {:.0f} ms", k.compile_ms)
-                        : std::string("already loaded");
+         : k.binary_from_cache ? std::string("binary from the cache (no compile)")
+                               : std::string("already loaded");
+}
+
+// Which config ran and why: "exact (tuned, ...)" / "nearest (...)" / "default (...)" / "forced".
+std::string config_text(const KernelReport& k) {
+  return fmt::format("{} [{}: {}]", k.config, k.config_source, k.config_reason);
 }
 
 // ---- From a problem description to a kernel, with no device. ----
@@ -136,43 +142,6 @@ TensorRef fake_tensor(uintptr_t address, DType dtype, std::array<int64_t, 4> sha
 
 // Runs the same validation users get from forward(), on AttentionArgs shaped like the ones the
 // harness builds, so gen/compile refuse exactly what check/bench would.
-Problem problem_without_device(const harness::ProblemDesc& d) {
-  uintptr_t next = 0x10000000;
-  auto address = [&next] { return next += 0x1000000; };  // distinct, 256-byte aligned
-  const bool packed = d.varlen == VarlenKind::packed;
-  const int64_t b = packed ? 1 : d.batch;
-  const int64_t sq = packed ? int64_t{d.batch} * d.seqlen_q : d.seqlen_q;
-  const int64_t sk = packed ? int64_t{d.batch} * d.seqlen_k : d.seqlen_k;
-  AttentionArgs a;
-  a.q = fake_tensor(address(), d.dtype, {b, sq, d.heads_q, d.head_dim}, d.layout);
-  a.k = fake_tensor(address(), d.dtype, {b, sk, d.heads_kv, d.head_dim}, d.layout);
-  a.v = fake_tensor(address(), d.dtype, {b, sk, d.heads_kv, d.dv()}, d.layout);
-  a.o = fake_tensor(address(), d.dtype, {b, sq, d.heads_q, d.dv()}, d.layout);
-  a.mask = d.mask;
-  a.window = d.window;
-  a.softcap = d.softcap;
-  a.scale = d.scale;
-  a.varlen = d.varlen;
-  if (d.lse) a.lse = reinterpret_cast<float*>(address());
-  if (d.alibi) a.alibi_slopes = reinterpret_cast<const float*>(address());
-  if (d.bias != "none") {
-    const int64_t full[4] = {d.batch, d.heads_q, d.seqlen_q, d.seqlen_k};
-    std::array<int64_t, 4> shape{};
-    for (size_t i = 0; i < 4; ++i) shape[i] = d.bias[i] == '1' ? 1 : full[i];
-    a.bias = fake_tensor(address(), d.dtype, shape, {0, 1, 2, 3});
-  }
-  if (packed) {
-    a.cu_seqlens_q = reinterpret_cast<const int32_t*>(address());
-    a.cu_seqlens_k = reinterpret_cast<const int32_t*>(address());
-    a.batch = d.batch;
-    a.max_seqlen_q = d.seqlen_q;
-    a.max_seqlen_k = d.seqlen_k;
-  } else if (d.varlen == VarlenKind::padded) {
-    a.seqused_q = reinterpret_cast<const int32_t*>(address());
-    a.seqused_k = reinterpret_cast<const int32_t*>(address());
-  }
-  return validate(a);
-}
 
 struct BuiltKernel {
   KernelSpec spec;
@@ -335,7 +304,9 @@ int run_check(const CheckOptions& o) {
   if (o.json) {
     JsonObject j;
     j.add("problem", harness::describe(desc)).add("flags", flags).add("kernel", r.kernel.name)
-        .add("config", r.kernel.config).add("compiled_now", r.kernel.compiled_now)
+        .add("config", r.kernel.config).add("config_source", r.kernel.config_source)
+        .add("config_reason", r.kernel.config_reason).add("compiled_now", r.kernel.compiled_now)
+        .add("binary_from_cache", r.kernel.binary_from_cache)
         .add("max_abs_err", r.max_abs_err).add("rel_err", r.rel_err);
     if (desc.lse) j.add("lse_rel_err", r.lse_rel_err).add("lse_inf_match", r.lse_inf_match);
     else j.raw("lse_rel_err", "null");
@@ -345,7 +316,7 @@ int run_check(const CheckOptions& o) {
     line("problem", harness::describe(desc));
     line("flags", flags);
     line("kernel", fmt::format("{} ({})", r.kernel.name, compiled_text(r.kernel)));
-    line("config", r.kernel.config);
+    line("config", config_text(r.kernel));
     line("max abs", fmt::format("{:.3e}", r.max_abs_err));
     line("rel err", fmt::format("{:.3e}  (tolerance {:.0e})", r.rel_err, r.tolerance));
     if (desc.lse) {
@@ -367,7 +338,9 @@ std::string bench_json(const harness::ProblemDesc& d, const harness::BenchResult
   j.add("problem", harness::describe(d)).add("dtype", dtype_flag(d.dtype)).add("b", d.batch)
       .add("h", d.heads_q).add("s", d.seqlen_q).add("d", d.head_dim).add("mask", peers_mask(d))
       .add("mode", "fwd").add("backend", "jitattn").add("flags", to_flags(d))
-      .add("kernel", r.kernel.name).add("config", r.kernel.config).add("ms", r.median_ms)
+      .add("kernel", r.kernel.name).add("config", r.kernel.config)
+      .add("config_source", r.kernel.config_source).add("binary_from_cache", r.kernel.binary_from_cache)
+      .add("ms", r.median_ms)
       .add("p20_ms", r.p20_ms).add("p80_ms", r.p80_ms).add("tflops", r.tflops)
       .add("samples", r.samples);
   if (!grid_mask.empty()) j.add("grid_mask", grid_mask);
@@ -518,11 +491,50 @@ int run_bench(const BenchOptions& o) {
   }
   line("problem", harness::describe(desc));
   line("kernel", fmt::format("{} ({})", r.kernel.name, compiled_text(r.kernel)));
-  line("config", r.kernel.config);
+  line("config", config_text(r.kernel));
   line("time", fmt::format("median {:.4f} ms  p20 {:.4f}  p80 {:.4f}  ({} samples)", r.median_ms,
                            r.p20_ms, r.p80_ms, r.samples));
   line("speed", fmt::format("{:.1f} TFLOP/s  ({:.3g} FLOP, peers.py's count)", r.tflops, r.flops));
   return 0;
+}
+
+// Declared in commands.h: the validated Problem of a description, without device memory.
+Problem problem_without_device(const harness::ProblemDesc& d) {
+  uintptr_t next = 0x10000000;
+  auto address = [&next] { return next += 0x1000000; };  // distinct, 256-byte aligned
+  const bool packed = d.varlen == VarlenKind::packed;
+  const int64_t b = packed ? 1 : d.batch;
+  const int64_t sq = packed ? int64_t{d.batch} * d.seqlen_q : d.seqlen_q;
+  const int64_t sk = packed ? int64_t{d.batch} * d.seqlen_k : d.seqlen_k;
+  AttentionArgs a;
+  a.q = fake_tensor(address(), d.dtype, {b, sq, d.heads_q, d.head_dim}, d.layout);
+  a.k = fake_tensor(address(), d.dtype, {b, sk, d.heads_kv, d.head_dim}, d.layout);
+  a.v = fake_tensor(address(), d.dtype, {b, sk, d.heads_kv, d.dv()}, d.layout);
+  a.o = fake_tensor(address(), d.dtype, {b, sq, d.heads_q, d.dv()}, d.layout);
+  a.mask = d.mask;
+  a.window = d.window;
+  a.softcap = d.softcap;
+  a.scale = d.scale;
+  a.varlen = d.varlen;
+  if (d.lse) a.lse = reinterpret_cast<float*>(address());
+  if (d.alibi) a.alibi_slopes = reinterpret_cast<const float*>(address());
+  if (d.bias != "none") {
+    const int64_t full[4] = {d.batch, d.heads_q, d.seqlen_q, d.seqlen_k};
+    std::array<int64_t, 4> shape{};
+    for (size_t i = 0; i < 4; ++i) shape[i] = d.bias[i] == '1' ? 1 : full[i];
+    a.bias = fake_tensor(address(), d.dtype, shape, {0, 1, 2, 3});
+  }
+  if (packed) {
+    a.cu_seqlens_q = reinterpret_cast<const int32_t*>(address());
+    a.cu_seqlens_k = reinterpret_cast<const int32_t*>(address());
+    a.batch = d.batch;
+    a.max_seqlen_q = d.seqlen_q;
+    a.max_seqlen_k = d.seqlen_k;
+  } else if (d.varlen == VarlenKind::padded) {
+    a.seqused_q = reinterpret_cast<const int32_t*>(address());
+    a.seqused_k = reinterpret_cast<const int32_t*>(address());
+  }
+  return validate(a);
 }
 
 }  // namespace jitattn::cli

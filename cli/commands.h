@@ -7,6 +7,8 @@
 #include <string>
 
 #include "cli/problem_flags.h"
+#include "runtime/harness.h"
+#include "runtime/problem.h"
 
 namespace jitattn::cli {
 
@@ -56,5 +58,9 @@ int run_compile(const CompileOptions& options);
 int run_check(const CheckOptions& options);
 /// Times the problem (or the --grid of problems).
 int run_bench(const BenchOptions& options);
+
+/// The validated Problem of `desc` built on fake aligned pointers (no device needed): the same
+/// validation and error messages as a real call. Used by gen, compile and tune.
+Problem problem_without_device(const harness::ProblemDesc& desc);
 
 }  // namespace jitattn::cli

@@ -6,8 +6,11 @@
 #include <fmt/format.h>
 
 #include <exception>
+#include <iostream>
 
+#include "cli/cache_commands.h"
 #include "cli/commands.h"
+#include "cli/tune_command.h"
 #include "cli/problem_flags.h"
 #include "jitattn/error.h"
 
@@ -82,6 +85,10 @@ int main(int argc, char** argv) {
   bench->add_option("--window-size", o.bench.window_size, "keys per window for mask 'window'")
       ->capture_default_str();
 
+  const auto cache_commands = add_cache_commands(app);
+  jitattn::cli::TuneOptions tune_options;
+  jitattn::cli::add_tune_command(app, tune_options);
+
   if (argc <= 1) {
     fmt::print("{}", app.help());
     return 0;
@@ -89,6 +96,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
+    if (app.got_subcommand("cache")) return run_cache_commands(*cache_commands);
+    if (app.got_subcommand("tune")) return jitattn::cli::run_tune(tune_options, std::cout);
     return run(app, o);
   } catch (const jitattn::CompileError& e) {
     fmt::print(stderr, "error: {}\nnvrtc options: {}\n", e.what(), e.options());

@@ -3,16 +3,23 @@
 
 #include <fmt/format.h>
 
+#include <atomic>
+#include <filesystem>
+#include <cstdlib>
+#include <iostream>
 #include <map>
 #include <mutex>
 #include <unordered_map>
 
+#include "cache/sha256.h"
+#include "cache/store.h"
 #include "generator/generator.h"
 #include "jitattn/error.h"
 #include "runtime/device/driver.h"
 #include "runtime/device/nvrtc.h"
 #include "runtime/plan.h"
 #include "runtime/problem.h"
+#include "tuner/tuner.h"
 
 namespace jitattn {
 namespace {
@@ -31,12 +38,26 @@ struct KernelSlot {
   std::unique_ptr<LoadedKernel> kernel;
 };
 
+// The config a (spec, shape bucket) runs with, decided once per process and device.
+struct ConfigChoice {
+  TileConfig config;
+  std::string source;  // exact / nearest / default
+  std::string reason;
+};
+
 struct DeviceState {
   device::DeviceInfo info;
   DeviceLimits limits;
+  cache::DeviceKey key;
   std::mutex mu;
   std::unordered_map<std::string, std::shared_ptr<KernelSlot>> kernels;  // by spec + config
+  std::unordered_map<std::string, ConfigChoice> choices;                 // by spec + bucket
 };
+
+bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::string_view(v) == value;
+}
 
 // Every device pointer of a call must live on the device that owns q.
 void require_on_device(const void* p, int device, const char* argument) {
@@ -51,6 +72,38 @@ void require_on_device(const void* p, int device, const char* argument) {
 }  // namespace
 
 struct Engine::Impl {
+  EngineOptions options;
+  std::atomic<int> compiles{0};
+  // The cache: one SQLite connection, used under store_mu (a Store is one connection).
+  std::mutex store_mu;
+  bool store_tried = false;
+  std::unique_ptr<cache::Store> store;
+
+  // Opens the cache on first use; without one (disabled, unopenable) returns null and the
+  // engine compiles and uses defaults. Call with store_mu held.
+  cache::Store* cache_store() {
+    if (store_tried) return store.get();
+    store_tried = true;
+    if (options.cache_path == "off" || (options.cache_path.empty() && env_is("JITATTN_CACHE", "off"))) {
+      return nullptr;
+    }
+    const std::filesystem::path path =
+        options.cache_path.empty() ? cache::default_cache_path() : std::filesystem::path(options.cache_path);
+    cache::StoreOptions so;
+    so.warn = [](const std::string& w) { std::cerr << "jitattn: cache: " << w << "\n"; };
+    try {
+      store = std::make_unique<cache::Store>(path, so);
+    } catch (const Error& first) {
+      try {  // a shared, read-only cache still serves lookups and binaries
+        so.read_only = true;
+        store = std::make_unique<cache::Store>(path, so);
+      } catch (const Error&) {
+        std::cerr << "jitattn: cache " << path << " not used: " << first.what() << "\n";
+      }
+    }
+    return store.get();
+  }
+
   std::mutex mu;
   std::map<int, std::unique_ptr<DeviceState>> devices;
   // Compiled cubins by (arch, kernel name): devices of one arch share them.
@@ -66,27 +119,112 @@ struct Engine::Impl {
       st->limits.sm = st->info.sm();
       st->limits.max_shared_per_block = st->info.max_shared_per_block_optin;
       st->limits.max_threads_per_block = st->info.max_threads_per_block;
+      st->key = cache::DeviceKey{fmt::format("sm_{}", st->info.sm()), st->info.sm_count,
+                                 static_cast<int64_t>(st->info.l2_bytes)};
       slot = std::move(st);
     }
     return *slot;
   }
 
-  std::shared_ptr<const device::CompileResult> compile(const KernelSource& src, int sm, bool* compiled_now) {
+  std::shared_ptr<const device::CompileResult> compile(const KernelSource& src, int sm,
+                                                       bool* compiled_now, bool* from_cache) {
     const auto key = std::make_pair(sm, src.name);
     {
       std::lock_guard lock(compiled_mu);
       if (auto it = compiled.find(key); it != compiled.end()) return it->second;
     }
-    auto result = std::make_shared<const device::CompileResult>(
-        device::compile_to_cubin(src.source, src.name, sm));
-    *compiled_now = true;
+    // The cache file's binaries are keyed by the exact source, options, NVRTC version and target,
+    // so a hit is the cubin NVRTC would produce now.
+    const cache::BinaryKey bkey{cache::sha256_hex(src.source),
+                                cache::normalize_options(device::compile_options(sm)),
+                                device::nvrtc_version(), fmt::format("sm_{}", sm)};
+    std::shared_ptr<const device::CompileResult> result;
+    {
+      std::lock_guard lock(store_mu);
+      if (cache::Store* st = cache_store()) {
+        try {
+          if (auto b = st->get_binary(bkey)) {
+            auto r = std::make_shared<device::CompileResult>();
+            r->kernel_name = b->kernel_name;
+            r->cubin = std::move(b->cubin);
+            r->registers = b->registers;
+            r->spill_store_bytes = b->spill_bytes;
+            r->options = bkey.options;
+            result = std::move(r);
+            *from_cache = true;
+          }
+        } catch (const Error& e) {
+          std::cerr << "jitattn: cache lookup of " << src.name << " failed: " << e.what() << "\n";
+        }
+      }
+    }
+    if (!result) {
+      auto r = std::make_shared<const device::CompileResult>(
+          device::compile_to_cubin(src.source, src.name, sm));
+      ++compiles;
+      *compiled_now = true;
+      std::lock_guard lock(store_mu);
+      if (cache::Store* st = cache_store(); st != nullptr && !st->read_only()) {
+        try {
+          cache::Binary b;
+          b.key = bkey;
+          b.kernel_name = r->kernel_name;
+          b.cubin = r->cubin;
+          b.registers = r->registers;
+          b.spill_bytes = r->spill_store_bytes + r->spill_load_bytes;
+          b.shared_bytes = src.shared_bytes;
+          st->put_binary(b);
+        } catch (const Error& e) {
+          std::cerr << "jitattn: cache could not store " << src.name << ": " << e.what() << "\n";
+        }
+      }
+      result = std::move(r);
+    }
     std::lock_guard lock(compiled_mu);
     return compiled.emplace(key, std::move(result)).first->second;
   }
 
+  // The tuned config for (spec, bucket) from the cache, else the generator's default; decided
+  // once per process and device, so a warm call does no SQL.
+  ConfigChoice choose_config(DeviceState& dev, const KernelSpec& spec, const Problem& problem) {
+    const std::string bucket = tuner::shape_bucket(problem);
+    const std::string key = spec.canonical() + "|" + bucket;
+    {
+      std::lock_guard lock(dev.mu);
+      if (auto it = dev.choices.find(key); it != dev.choices.end()) return it->second;
+    }
+    ConfigChoice c{default_config(spec, dev.limits), "default", "no cache"};
+    {
+      std::lock_guard lock(store_mu);
+      if (cache::Store* st = cache_store()) {
+        try {
+          const cache::Lookup l =
+              st->best_config(cache::current_context(dev.key), cache::hex64(spec.hash()), bucket);
+          c.reason = l.reason;
+          if (l.config) {
+            TileConfig tuned = parse_config(*l.config);
+            if (auto why = why_illegal(spec, tuned, dev.limits)) {
+              c.reason = fmt::format("tuned config {} refused ({}); using the default", *l.config, *why);
+            } else {
+              c.config = tuned;
+              c.source = l.source == cache::Lookup::Source::exact ? "exact" : "nearest";
+            }
+          } else if ((options.record_untuned || env_is("JITATTN_RECORD_UNTUNED", "1")) &&
+                     !st->read_only()) {
+            st->record_untuned(spec.canonical(), cache::hex64(spec.hash()), bucket, dev.key.arch);
+          }
+        } catch (const Error& e) {
+          c.reason = fmt::format("cache lookup failed: {}", e.what());
+        }
+      }
+    }
+    std::lock_guard lock(dev.mu);
+    return dev.choices.emplace(key, c).first->second;
+  }
+
   // Returns the loaded kernel; the device's primary context must be current.
   LoadedKernel& kernel(DeviceState& dev, const KernelSpec& spec, const TileConfig& cfg,
-                       bool* compiled_now) {
+                       bool* compiled_now, bool* from_cache) {
     // Keyed by the canonical texts, so a warm call generates no source.
     const std::string key = spec.canonical() + " " + cfg.canonical();
     std::shared_ptr<KernelSlot> slot;
@@ -100,7 +238,7 @@ struct Engine::Impl {
     if (!slot->kernel) {
       KernelSource src = generate(spec, cfg, dev.limits);
       auto k = std::make_unique<LoadedKernel>();
-      k->compiled = compile(src, spec.target.sm, compiled_now);
+      k->compiled = compile(src, spec.target.sm, compiled_now, from_cache);
       k->module = device::Module::load(k->compiled->cubin);
       k->function = k->module.function(src.name);
       if (src.shared_bytes > 48 * 1024) {
@@ -114,8 +252,12 @@ struct Engine::Impl {
   }
 };
 
-Engine::Engine() : impl_(std::make_unique<Impl>()) {}
+Engine::Engine(EngineOptions options) : impl_(std::make_unique<Impl>()) {
+  impl_->options = std::move(options);
+}
 Engine::~Engine() = default;
+
+int Engine::compile_count() const { return impl_->compiles.load(); }
 
 Engine& Engine::global() {
   static Engine engine;
@@ -149,14 +291,21 @@ KernelReport Engine::forward(const AttentionArgs& args, const ForwardOptions& op
 
   DeviceState& state = impl_->device_state(dev);
   const KernelSpec spec = make_spec(problem, state.info.sm());
-  const TileConfig cfg = forced ? *forced : default_config(spec, state.limits);
+  ConfigChoice choice;
+  if (forced) {
+    choice = {*forced, "forced", "ForwardOptions::config"};
+  } else {
+    choice = impl_->choose_config(state, spec, problem);
+  }
+  const TileConfig& cfg = choice.config;
   if (auto why = why_illegal(spec, cfg, state.limits)) {
     throw InvalidArgument("config", fmt::format("{}: {}", cfg.canonical(), *why));
   }
 
   device::ScopedContext ctx(dev);
   bool compiled_now = false;
-  LoadedKernel& k = impl_->kernel(state, spec, cfg, &compiled_now);
+  bool from_cache = false;
+  LoadedKernel& k = impl_->kernel(state, spec, cfg, &compiled_now, &from_cache);
   jitattn_kernel::AttnFwdParams params = make_params(args, problem);
   void* launch_args[] = {&params};
   device::launch(k.function, make_grid(problem, cfg), {static_cast<unsigned>(k.source.threads), 1, 1},
@@ -173,6 +322,9 @@ KernelReport Engine::forward(const AttentionArgs& args, const ForwardOptions& op
   r.shared_bytes = k.source.shared_bytes;
   r.compile_ms = k.compiled->compile_ms;
   r.compiled_now = compiled_now;
+  r.binary_from_cache = from_cache;
+  r.config_source = choice.source;
+  r.config_reason = choice.reason;
   return r;
 }
 

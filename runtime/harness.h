@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -77,5 +78,23 @@ BenchResult bench(Engine& engine, const ProblemDesc& desc, const ForwardOptions&
 
 /// Forward FLOPs of the peers' convention (useful work only for causal / window masks).
 double forward_flops(const ProblemDesc& desc);
+
+/// One problem built once on its device: inputs uploaded once, the float64 reference computed
+/// on the first check and reused, so many configs can be verified and timed on the same data
+/// (the tuner's measurement path; `jitattn bench` uses the same code).
+class Runner {
+ public:
+  explicit Runner(const ProblemDesc& desc);
+  ~Runner();
+  Runner(const Runner&) = delete;
+  Runner& operator=(const Runner&) = delete;
+
+  CheckResult check(Engine& engine, const ForwardOptions& options = {});
+  BenchResult bench(Engine& engine, const ForwardOptions& options = {}, double budget_ms = 300.0);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 }  // namespace jitattn::harness

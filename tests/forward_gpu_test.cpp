@@ -5,7 +5,11 @@
 
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <filesystem>
+#include <random>
 #include <thread>
 
 #include "jitattn/jitattn.h"
@@ -25,8 +29,9 @@ using harness::ProblemDesc;
     }                                                                                 \
   } while (0)
 
+// Tests run without the user's cache so results never depend on what earlier runs stored.
 Engine& engine() {
-  static Engine e;
+  static Engine e(EngineOptions{"off", false});
   return e;
 }
 
@@ -211,7 +216,7 @@ INSTANTIATE_TEST_SUITE_P(ForwardGpu, Features, ::testing::ValuesIn(feature_cases
 // ---- runtime behaviour ------------------------------------------------------------------------
 TEST(ForwardGpu, SecondCallReusesCompiledKernel) {
   JITATTN_REQUIRE_GPU();
-  Engine e;
+  Engine e(EngineOptions{"off", false});
   ProblemDesc p = base(96);
   const auto first = harness::check(e, p);
   const auto second = harness::check(e, p);
@@ -221,9 +226,36 @@ TEST(ForwardGpu, SecondCallReusesCompiledKernel) {
   EXPECT_TRUE(second.pass);
 }
 
+TEST(ForwardGpu, WarmCacheLoadsBinariesWithoutNvrtc) {
+  JITATTN_REQUIRE_GPU();
+  const auto dir = std::filesystem::temp_directory_path() /
+                   fmt::format("jitattn_warm_{}_{}", ::getpid(), std::random_device{}());
+  std::filesystem::create_directories(dir);
+  EngineOptions eo;
+  eo.cache_path = (dir / "cache.db").string();
+  ProblemDesc p = base(88);
+  p.mask = MaskKind::causal;
+  {
+    Engine cold(eo);
+    const auto r = harness::check(cold, p);
+    EXPECT_TRUE(r.pass);
+    EXPECT_EQ(cold.compile_count(), 1);
+    EXPECT_FALSE(r.kernel.binary_from_cache);
+    EXPECT_EQ(r.kernel.config_source, "default");
+  }
+  {
+    Engine warm(eo);  // a fresh engine: nothing in memory, the binary comes from the file
+    const auto r = harness::check(warm, p);
+    EXPECT_TRUE(r.pass);
+    EXPECT_EQ(warm.compile_count(), 0);
+    EXPECT_TRUE(r.kernel.binary_from_cache);
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST(ForwardGpu, ConcurrentThreadsShareOneEngine) {
   JITATTN_REQUIRE_GPU();
-  Engine e;
+  Engine e(EngineOptions{"off", false});
   std::vector<std::thread> threads;
   std::vector<int> ok(6, 0);
   for (int i = 0; i < 6; ++i) {

@@ -16,6 +16,17 @@ struct ForwardOptions {
   std::string config;
 };
 
+/// Engine-wide settings.
+struct EngineOptions {
+  /// SQLite cache of tuned configs and compiled binaries. Empty: $JITATTN_CACHE, else
+  /// $XDG_CACHE_HOME/jitattn/cache.db (~/.cache/jitattn/cache.db). "off" (or JITATTN_CACHE=off):
+  /// no cache. A cache that cannot be opened is reported once on stderr and then not used.
+  std::string cache_path;
+  /// Log shapes that have no tuned config to the cache, for `jitattn tune --pending` later
+  /// (PyTorch TunableOp's record-untuned mode). Also set by JITATTN_RECORD_UNTUNED=1.
+  bool record_untuned = false;
+};
+
 /// What ran: the kernel, its specialisation and its compile report.
 struct KernelReport {
   std::string name;    ///< kernel symbol, spells out the specialisation
@@ -28,13 +39,18 @@ struct KernelReport {
   int shared_bytes = 0;  ///< dynamic shared memory per CTA
   double compile_ms = 0.0;
   bool compiled_now = false;  ///< false when the kernel was already loaded in this process
+  bool binary_from_cache = false;  ///< the cubin came from the cache file (no NVRTC call)
+  /// Where the config came from: "forced" (ForwardOptions::config), "exact" / "nearest" (tuned
+  /// rows in the cache for this device and spec), or "default" (the generator's heuristic).
+  std::string config_source;
+  std::string config_reason;  ///< why, e.g. the cache's lookup explanation
 };
 
 /// Owns the compiled kernels of every device it has run on. Thread-safe: one Engine may be used
 /// from many threads and for several GPUs at once.
 class Engine {
  public:
-  Engine();
+  explicit Engine(EngineOptions options = {});
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -46,6 +62,9 @@ class Engine {
 
   /// The process-wide engine used by jitattn::forward().
   static Engine& global();
+
+  /// NVRTC compiles this engine has run (a warm cache gives 0).
+  int compile_count() const;
 
  private:
   struct Impl;

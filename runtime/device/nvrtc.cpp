@@ -122,10 +122,8 @@ bool parse_ptxas_info(const std::string& log, const std::string& lowered_name,
   return found;
 }
 
-CompileResult compile_to_cubin(const std::string& source, const std::string& kernel_name, int sm,
-                               bool arch_specific,
-                               const std::vector<std::string>& extra_options) {
-  const auto start = std::chrono::steady_clock::now();
+std::vector<std::string> compile_options(int sm, bool arch_specific,
+                                         const std::vector<std::string>& extra_options) {
   const std::string arch = fmt::format("sm_{}{}", sm, arch_specific ? "a" : "");
   // A real sm_XX target makes NVRTC run ptxas itself and return a cubin; -v puts ptxas' resource
   // report in the program log, which is how CI catches spills without a GPU. --no-cache: where
@@ -135,6 +133,15 @@ CompileResult compile_to_cubin(const std::string& source, const std::string& ker
   std::vector<std::string> options = {"--gpu-architecture=" + arch, "-std=c++17",
                                       "--ptxas-options=-v", "--no-cache"};
   options.insert(options.end(), extra_options.begin(), extra_options.end());
+  return options;
+}
+
+CompileResult compile_to_cubin(const std::string& source, const std::string& kernel_name, int sm,
+                               bool arch_specific,
+                               const std::vector<std::string>& extra_options) {
+  const auto start = std::chrono::steady_clock::now();
+  const std::string arch = fmt::format("sm_{}{}", sm, arch_specific ? "a" : "");
+  const std::vector<std::string> options = compile_options(sm, arch_specific, extra_options);
 
   CompileResult result;
   result.options = join(options);

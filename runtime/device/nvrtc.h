@@ -31,6 +31,10 @@ CompileResult compile_to_cubin(const std::string& source, const std::string& ker
                                bool arch_specific = false,
                                const std::vector<std::string>& extra_options = {});
 
+/// The NVRTC options compile_to_cubin uses for these arguments (part of binary cache keys).
+std::vector<std::string> compile_options(int sm, bool arch_specific = false,
+                                         const std::vector<std::string>& extra_options = {});
+
 /// NVRTC's "major.minor", e.g. "13.0".
 std::string nvrtc_version();
 

@@ -1,0 +1,264 @@
+// `jitattn tune`: tune one problem or a plan of problems on this GPU into the cache.
+//
+// Per spec: claim the key (so two processes never tune the same one), enumerate and prune the
+// search space, compile the survivors in parallel and store their binaries, then verify each
+// candidate against the float64 reference on a small problem of the same spec and time it on the
+// real one (the same Runner code `jitattn bench` uses), committing every measurement as it
+// completes. Already-measured configs are skipped, so an interrupted run resumes.
+#include "cli/tune_command.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <sstream>
+
+#include "cache/sha256.h"
+#include "cache/store.h"
+#include "cli/commands.h"
+#include "generator/generator.h"
+#include "jitattn/error.h"
+#include "runtime/device/driver.h"
+#include "runtime/device/nvrtc.h"
+#include "runtime/harness.h"
+#include "runtime/plan.h"
+#include "tuner/tuner.h"
+
+namespace jitattn::cli {
+namespace {
+
+// The verification problem: the same spec on a small shape, so the reference is cheap. Sequence
+// lengths keep their remainder mod 8, which decides whether a bias is streamed (a spec fact).
+harness::ProblemDesc small_version(const harness::ProblemDesc& d) {
+  harness::ProblemDesc s = d;
+  const int group = std::max(1, d.heads_q / std::max(1, d.heads_kv));
+  s.batch = std::min(d.batch, 2);
+  s.heads_kv = 1;
+  s.heads_q = group;
+  auto shrink = [](int n) { return n <= 384 ? n : 384 + n % 8; };
+  s.seqlen_q = shrink(d.seqlen_q);
+  s.seqlen_k = shrink(d.seqlen_k);
+  return s;
+}
+
+class GpuMeasurer : public tuner::Measurer {
+ public:
+  GpuMeasurer(Engine& engine, const harness::ProblemDesc& desc)
+      : engine_(engine), verify_(small_version(desc)), timing_(desc) {}
+
+  tuner::Measurement measure(const tuner::Candidate& c, double budget_ms) override {
+    tuner::Measurement m;
+    ForwardOptions opt;
+    opt.config = c.config.canonical();
+    try {
+      const harness::CheckResult chk = verify_.check(engine_, opt);
+      if (!chk.pass) {
+        m.error = fmt::format("verification failed: rel err {:.3e} (tol {:.0e})", chk.rel_err, chk.tolerance);
+        return m;
+      }
+      const harness::BenchResult b = timing_.bench(engine_, opt, budget_ms);
+      m.ok = true;
+      m.median_ms = b.median_ms;
+      m.p20_ms = b.p20_ms;
+      m.p80_ms = b.p80_ms;
+      m.samples = b.samples;
+    } catch (const Error& e) {
+      m.error = e.what();
+    }
+    return m;
+  }
+
+ private:
+  Engine& engine_;
+  harness::Runner verify_;
+  harness::Runner timing_;
+};
+
+std::string host_name() {
+  char buf[256] = {};
+  return gethostname(buf, sizeof buf - 1) == 0 ? std::string(buf) : std::string();
+}
+
+// Tunes one problem; returns false when it could not (claimed elsewhere, nothing ok).
+bool tune_one(const harness::ProblemDesc& desc, const TuneOptions& o, std::ostream& out) {
+  const device::DeviceInfo info = device::device_info(desc.device);
+  DeviceLimits limits;
+  limits.sm = info.sm();
+  limits.max_shared_per_block = info.max_shared_per_block_optin;
+  limits.max_threads_per_block = info.max_threads_per_block;
+  const cache::DeviceKey key{fmt::format("sm_{}", info.sm()), info.sm_count, static_cast<int64_t>(info.l2_bytes)};
+  const cache::TuningContext ctx = cache::current_context(key);
+
+  const Problem problem = problem_without_device(desc);
+  const KernelSpec spec = make_spec(problem, info.sm());
+  const std::string spec_hash = cache::hex64(spec.hash());
+  const std::string bucket = tuner::shape_bucket(problem);
+  out << fmt::format("tune {}\n  spec {} ({})\n  bucket {} on {} ({})\n", harness::describe(desc), spec_hash,
+                     spec.canonical(), bucket, info.name, key.arch);
+
+  cache::Store store(o.cache_path.empty() ? cache::default_cache_path() : std::filesystem::path(o.cache_path));
+  const std::string claim = fmt::format("{}|{}|{}", key.arch, spec_hash, bucket);
+  if (!store.try_claim(claim, o.budget_seconds * 4 + 120)) {
+    out << "  skipped: another process is tuning this key\n";
+    return false;
+  }
+  struct Release {
+    cache::Store& s;
+    const std::string& k;
+    ~Release() {
+      try {
+        s.release_claim(k);
+      } catch (...) {
+      }
+    }
+  } release{store, claim};
+
+  // Resume: configs already measured for this exact key are not measured again.
+  std::set<std::string> done;
+  cache::ResultFilter filter;
+  filter.device_arch = key.arch;
+  filter.spec_hash = spec_hash;
+  filter.bucket = bucket;
+  for (const auto& r : store.all_results(filter)) {
+    if (r.context.generator_version == ctx.generator_version && r.context.template_hash == ctx.template_hash) {
+      done.insert(r.config);
+    }
+  }
+
+  std::vector<tuner::Candidate> cands = tuner::search_space(spec, limits);
+  const size_t legal = static_cast<size_t>(std::count_if(cands.begin(), cands.end(), [](auto& c) { return !c.pruned; }));
+  tuner::compile_all(spec, limits, cands);
+  // Binaries go into the cache so the measurement engine (and later processes) load them.
+  const std::string options = cache::normalize_options(device::compile_options(info.sm()));
+  const std::string nvrtc = device::nvrtc_version();
+  std::vector<tuner::Candidate> todo;
+  for (auto& c : cands) {
+    if (c.pruned) continue;
+    cache::Binary b;
+    b.key = {cache::sha256_hex(generate(spec, c.config, limits).source), options, nvrtc, key.arch};
+    b.kernel_name = c.kernel_name;
+    b.cubin = c.cubin;
+    b.registers = c.registers;
+    b.spill_bytes = c.spill_bytes;
+    b.shared_bytes = shared_memory_bytes(spec, c.config);
+    store.put_binary(b);
+    if (!done.count(c.config.canonical())) todo.push_back(c);
+  }
+  out << fmt::format("  {} candidates, {} legal, {} compiled without spills, {} already measured, {} to measure\n",
+                     cands.size(), legal, todo.size() + done.size(), done.size(), todo.size());
+  for (const auto& c : cands) {
+    if (c.pruned && o.verbose) out << fmt::format("    pruned {}: {}\n", c.config.canonical(), *c.pruned);
+  }
+
+  EngineOptions eo;
+  eo.cache_path = store.path().string();
+  Engine engine(eo);
+  GpuMeasurer measurer(engine, desc);
+  tuner::TuneOptions topt;
+  topt.budget_seconds = o.budget_seconds;
+  topt.progress = tuner::stderr_progress();
+  topt.on_measured = [&](const tuner::Candidate& c, const tuner::Measurement& m) {
+    cache::TuningResult r;
+    r.context = ctx;
+    r.spec_hash = spec_hash;
+    r.spec = spec.canonical();
+    r.bucket = bucket;
+    r.config = c.config.canonical();
+    r.status = m.ok ? cache::ResultStatus::ok : cache::ResultStatus::failed_verify;
+    if (m.ok) {
+      r.median_ms = m.median_ms;
+      r.p20_ms = m.p20_ms;
+      r.p80_ms = m.p80_ms;
+      r.samples = m.samples;
+    }
+    r.error = m.error;
+    r.provenance.host = host_name();
+    r.provenance.driver_version = std::to_string(info.driver_version);
+    r.provenance.device_name = info.name;
+    r.provenance.clock_mhz = info.clock_khz / 1000;
+    store.put_result(r);  // committed now: an interrupted run keeps every finished measurement
+  };
+  const tuner::TuneOutcome outcome = tuner::tune(todo, measurer, topt);
+
+  const cache::Lookup best = store.best_config(ctx, spec_hash, bucket);
+  if (!best.config) {
+    out << "  no config passed verification: " << best.reason << "\n";
+    return false;
+  }
+  const std::string def = default_config(spec, limits).canonical();
+  double default_ms = 0;
+  for (const auto& r : store.all_results(filter)) {
+    if (r.config == def && r.status == cache::ResultStatus::ok) default_ms = r.median_ms;
+  }
+  out << fmt::format("  best {} {:.3f} ms ({}, {} measured this run)", *best.config, best.row->median_ms,
+                     outcome.strategy.empty() ? "resumed" : outcome.strategy, outcome.measured.size());
+  if (default_ms > 0) {
+    out << fmt::format("; default {} {:.3f} ms: {:.2f}x", def, default_ms, default_ms / best.row->median_ms);
+  }
+  out << "\n";
+  return true;
+}
+
+// A plan: one problem per line, written as problem flags ("--head-dim 128 --mask causal ...");
+// '#' starts a comment.
+std::vector<harness::ProblemDesc> read_plan(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw InvalidArgument("--plan", fmt::format("cannot read {}", path));
+  std::vector<harness::ProblemDesc> out;
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    if (auto hash = line.find('#'); hash != std::string::npos) line.erase(hash);
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    CLI::App app{"plan line"};
+    ProblemFlags flags;
+    add_problem_flags(&app, &flags);
+    try {
+      app.parse(line, false);
+    } catch (const CLI::ParseError& e) {
+      throw InvalidArgument("--plan", fmt::format("{} line {}: {}", path, n, e.what()));
+    }
+    out.push_back(problem_desc(flags));
+  }
+  return out;
+}
+
+}  // namespace
+
+void add_tune_command(CLI::App& app, TuneOptions& o) {
+  CLI::App* tune = app.add_subcommand("tune", "tune tile configs on this GPU into the cache");
+  add_problem_flags(tune, &o.problem);
+  tune->add_option("--plan", o.plan, "a file of problems, one line of problem flags each");
+  tune->add_option("--budget", o.budget_seconds, "measurement budget per spec, seconds")->default_val(30);
+  tune->add_option("--shard", o.shard, "I/N: tune every N-th plan line starting at I (split a plan over GPUs)");
+  tune->add_option("--cache", o.cache_path, "cache file (default: $JITATTN_CACHE or ~/.cache/jitattn/cache.db)");
+  tune->add_flag("--verbose", o.verbose, "list pruned candidates with their reasons");
+  tune->callback([&o] { o.selected = true; });
+}
+
+int run_tune(const TuneOptions& o, std::ostream& out) {
+  std::vector<harness::ProblemDesc> plan =
+      o.plan.empty() ? std::vector<harness::ProblemDesc>{problem_desc(o.problem)} : read_plan(o.plan);
+  int index = 0, count = 1;
+  if (!o.shard.empty()) {
+    if (std::sscanf(o.shard.c_str(), "%d/%d", &index, &count) != 2 || count < 1 || index < 0 || index >= count) {
+      throw InvalidArgument("--shard", fmt::format("expected I/N with 0 <= I < N, got '{}'", o.shard));
+    }
+  }
+  std::string why;
+  if (!device::driver_available(&why) || device::device_count() == 0) {
+    throw NoDevice(why.empty() ? "no CUDA device found" : why);
+  }
+  int tuned = 0, failed = 0;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    if (static_cast<int>(i % static_cast<size_t>(count)) != index) continue;
+    (tune_one(plan[i], o, out) ? tuned : failed) += 1;
+  }
+  out << fmt::format("tuned {} spec(s), {} not tuned\n", tuned, failed);
+  return failed == 0 ? 0 : 1;
+}
+
+}  // namespace jitattn::cli

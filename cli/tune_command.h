@@ -1,0 +1,27 @@
+// `jitattn tune`: tune problems (flags or a --plan file) on this GPU into the SQLite cache.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <ostream>
+#include <string>
+
+#include "cli/problem_flags.h"
+
+namespace jitattn::cli {
+
+struct TuneOptions {
+  ProblemFlags problem;
+  std::string plan;        ///< file: one line of problem flags per problem
+  double budget_seconds = 30;
+  std::string shard;       ///< "I/N"
+  std::string cache_path;  ///< empty: the default cache
+  bool verbose = false;
+  bool selected = false;   ///< set when the subcommand was given
+};
+
+void add_tune_command(CLI::App& app, TuneOptions& options);
+/// Returns the exit code; throws jitattn errors (NoDevice, InvalidArgument, CacheError).
+int run_tune(const TuneOptions& options, std::ostream& out);
+
+}  // namespace jitattn::cli
