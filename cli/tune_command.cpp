@@ -8,7 +8,6 @@
 #include "cli/tune_command.h"
 
 #include <fmt/format.h>
-#include <unistd.h>
 
 #include <fstream>
 #include <iostream>
@@ -24,6 +23,7 @@
 #include "runtime/device/nvrtc.h"
 #include "runtime/harness.h"
 #include "runtime/plan.h"
+#include "tuner/record.h"
 #include "tuner/tuner.h"
 
 namespace jitattn::cli {
@@ -75,11 +75,6 @@ class GpuMeasurer : public tuner::Measurer {
   harness::Runner verify_;
   harness::Runner timing_;
 };
-
-std::string host_name() {
-  char buf[256] = {};
-  return gethostname(buf, sizeof buf - 1) == 0 ? std::string(buf) : std::string();
-}
 
 // Tunes one problem; returns false when it could not (claimed elsewhere, nothing ok).
 bool tune_one(const harness::ProblemDesc& desc, const TuneOptions& o, std::ostream& out) {
@@ -160,25 +155,8 @@ bool tune_one(const harness::ProblemDesc& desc, const TuneOptions& o, std::ostre
   topt.budget_seconds = o.budget_seconds;
   topt.progress = tuner::stderr_progress();
   topt.on_measured = [&](const tuner::Candidate& c, const tuner::Measurement& m) {
-    cache::TuningResult r;
-    r.context = ctx;
-    r.spec_hash = spec_hash;
-    r.spec = spec.canonical();
-    r.bucket = bucket;
-    r.config = c.config.canonical();
-    r.status = m.ok ? cache::ResultStatus::ok : cache::ResultStatus::failed_verify;
-    if (m.ok) {
-      r.median_ms = m.median_ms;
-      r.p20_ms = m.p20_ms;
-      r.p80_ms = m.p80_ms;
-      r.samples = m.samples;
-    }
-    r.error = m.error;
-    r.provenance.host = host_name();
-    r.provenance.driver_version = std::to_string(info.driver_version);
-    r.provenance.device_name = info.name;
-    r.provenance.clock_mhz = info.clock_khz / 1000;
-    store.put_result(r);  // committed now: an interrupted run keeps every finished measurement
+    // Committed now: an interrupted run keeps every finished measurement.
+    store.put_result(tuner::result_row(ctx, spec, bucket, c, m, info));
   };
   const tuner::TuneOutcome outcome = tuner::tune(todo, measurer, topt);
 

@@ -253,6 +253,36 @@ TEST(ForwardGpu, WarmCacheLoadsBinariesWithoutNvrtc) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(ForwardGpu, OnFirstUseTunesOnceThenTheCacheServesIt) {
+  JITATTN_REQUIRE_GPU();
+  const auto dir = std::filesystem::temp_directory_path() /
+                   fmt::format("jitattn_tune_{}_{}", ::getpid(), std::random_device{}());
+  std::filesystem::create_directories(dir);
+  EngineOptions eo;
+  eo.cache_path = (dir / "cache.db").string();
+  eo.tune = TunePolicy::on_first_use;
+  eo.tune_budget_seconds = 2;
+  ProblemDesc p = base(72);
+  p.seqlen_q = p.seqlen_k = 700;
+  {
+    Engine tuning(eo);
+    const auto first = harness::check(tuning, p);  // tunes, then runs the winner
+    EXPECT_TRUE(first.pass);
+    EXPECT_EQ(first.kernel.config_source, "tuned-now") << first.kernel.config_reason;
+    const auto second = harness::check(tuning, p);  // same process: no second tuning
+    EXPECT_TRUE(second.pass);
+    EXPECT_EQ(second.kernel.config, first.kernel.config);
+  }
+  eo.tune = TunePolicy::off;
+  Engine later(eo);  // a new engine: the tuned row and the winner's binary come from the file
+  const auto r = harness::check(later, p);
+  EXPECT_TRUE(r.pass);
+  EXPECT_EQ(r.kernel.config_source, "exact") << r.kernel.config_reason;
+  EXPECT_TRUE(r.kernel.binary_from_cache);
+  EXPECT_EQ(later.compile_count(), 0);
+  std::filesystem::remove_all(dir);
+}
+
 TEST(ForwardGpu, ConcurrentThreadsShareOneEngine) {
   JITATTN_REQUIRE_GPU();
   Engine e(EngineOptions{"off", false});

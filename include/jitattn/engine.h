@@ -16,6 +16,10 @@ struct ForwardOptions {
   std::string config;
 };
 
+/// When the engine tunes: never during a call (use what `jitattn tune` stored), or the first
+/// time a (spec, shape bucket) without tuned rows is seen.
+enum class TunePolicy { off, on_first_use };
+
 /// Engine-wide settings.
 struct EngineOptions {
   /// SQLite cache of tuned configs and compiled binaries. Empty: $JITATTN_CACHE, else
@@ -25,6 +29,12 @@ struct EngineOptions {
   /// Log shapes that have no tuned config to the cache, for `jitattn tune --pending` later
   /// (PyTorch TunableOp's record-untuned mode). Also set by JITATTN_RECORD_UNTUNED=1.
   bool record_untuned = false;
+  /// off (default) or on_first_use; JITATTN_TUNE=on-first-use selects it too. On-first-use
+  /// tuning runs the candidates on the caller's own buffers (each verified against the default
+  /// kernel's output on the same inputs), stores every measurement in the cache and then uses the
+  /// winner; the call that tunes takes about tune_budget_seconds longer.
+  TunePolicy tune = TunePolicy::off;
+  double tune_budget_seconds = 10.0;
 };
 
 /// What ran: the kernel, its specialisation and its compile report.
