@@ -88,6 +88,8 @@ int main(int argc, char** argv) {
   const auto cache_commands = add_cache_commands(app);
   jitattn::cli::TuneOptions tune_options;
   jitattn::cli::add_tune_command(app, tune_options);
+  jitattn::cli::RunOptions run_options;
+  jitattn::cli::add_run_command(app, run_options);
 
   if (argc <= 1) {
     fmt::print("{}", app.help());
@@ -98,6 +100,7 @@ int main(int argc, char** argv) {
   try {
     if (app.got_subcommand("cache")) return run_cache_commands(*cache_commands);
     if (app.got_subcommand("tune")) return jitattn::cli::run_tune(tune_options, std::cout);
+    if (app.got_subcommand("run")) return jitattn::cli::run_plan(run_options, std::cout);
     return run(app, o);
   } catch (const jitattn::CompileError& e) {
     fmt::print(stderr, "error: {}\nnvrtc options: {}\n", e.what(), e.options());

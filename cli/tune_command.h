@@ -20,7 +20,15 @@ struct TuneOptions {
   bool selected = false;   ///< set when the subcommand was given
 };
 
+struct RunOptions {
+  std::string plan;
+  bool selected = false;
+};
+
 void add_tune_command(CLI::App& app, TuneOptions& options);
+/// `jitattn run --plan FILE`: every problem once in one process (the warm-start measurement).
+void add_run_command(CLI::App& app, RunOptions& options);
+int run_plan(const RunOptions& options, std::ostream& out);
 /// Returns the exit code; throws jitattn errors (NoDevice, InvalidArgument, CacheError).
 int run_tune(const TuneOptions& options, std::ostream& out);
 

@@ -302,6 +302,11 @@ CheckResult Runner::check(Engine& engine, const ForwardOptions& options) {
   return r;
 }
 
+KernelReport Runner::run(Engine& engine, const ForwardOptions& options) {
+  device::ScopedContext ctx(impl_->desc.device);
+  return engine.forward(impl_->setup.dev_args, options);
+}
+
 BenchResult Runner::bench(Engine& engine, const ForwardOptions& options, double budget_ms) {
   device::ScopedContext ctx(impl_->desc.device);
   const ProblemDesc& d = impl_->desc;

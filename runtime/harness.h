@@ -90,6 +90,8 @@ class Runner {
   Runner& operator=(const Runner&) = delete;
 
   CheckResult check(Engine& engine, const ForwardOptions& options = {});
+  /// One forward call, asynchronous (no synchronisation, no reference): for timing whole runs.
+  KernelReport run(Engine& engine, const ForwardOptions& options = {});
   BenchResult bench(Engine& engine, const ForwardOptions& options = {}, double budget_ms = 300.0);
 
  private:
