@@ -2,6 +2,7 @@
 // (ls, show, export, verify) open the file read-only, so they work on a shared read-only cache
 // and never create or migrate one by accident.
 #include "cli/cache_commands.h"
+#include "cli/json.h"
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -25,31 +26,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using cache::TuningResult;
-
-// ---- JSON: one flat object per line (commands.cpp keeps its helper private). ----
-
-std::string json_string(std::string_view s) {
-  std::string out = "\"";
-  for (const char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          out += fmt::format("\\u{:04x}", static_cast<unsigned>(static_cast<unsigned char>(c)));
-        } else {
-          out += c;  // UTF-8 passes through unchanged
-        }
-    }
-  }
-  return out + "\"";
-}
-
-// JSON has no NaN: an unmeasured timing is null.
-std::string json_number(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
 
 // ---- Opening the cache. ----
 
