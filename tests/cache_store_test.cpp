@@ -17,6 +17,7 @@
 
 #include "cache/sha256.h"
 #include "cache/store.h"
+#include "tests/test_util.h"
 
 namespace fs = std::filesystem;
 using namespace jitattn;
@@ -24,22 +25,8 @@ using namespace jitattn::cache;
 
 namespace {
 
-/// A fresh folder under the system temp dir, removed with everything in it at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    std::random_device rd;
-    path = fs::temp_directory_path() /
-           ("jitattn-cache-test-" + std::to_string(getpid()) + "-" + std::to_string(counter++) +
-            "-" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path / name; }
+struct TempDir : test::TempDir {
+  TempDir() : test::TempDir("jitattn-cache-test") {}
 };
 
 const DeviceKey kH100{"sm_90a", 132, 50331648};

@@ -14,6 +14,7 @@
 
 #include "cache/sha256.h"
 #include "cache/store.h"
+#include "tests/test_util.h"
 #include "cli/cache_commands.h"
 
 namespace fs = std::filesystem;
@@ -29,22 +30,8 @@ StoreOptions read_only_options(bool read_only) {
   return options;
 }
 
-/// A fresh folder under the system temp dir, removed with everything in it at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    std::random_device rd;
-    path = fs::temp_directory_path() /
-           ("jitattn-cli-cache-test-" + std::to_string(getpid()) + "-" +
-            std::to_string(counter++) + "-" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
+struct TempDir : test::TempDir {
+  TempDir() : test::TempDir("jitattn-cli-cache-test") {}
 };
 
 const DeviceKey kH100{"sm_90a", 132, 50331648};

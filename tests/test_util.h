@@ -5,6 +5,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <ostream>
 #include <random>
 #include <string>
@@ -64,6 +65,21 @@ std::mt19937_64 seeded_rng();
 bool has_env(const char* name);
 /// The variable's value, or `fallback` when unset.
 std::string env_or(const char* name, const std::string& fallback);
+
+/// A fresh folder under the system temp dir (unique per process and call), removed with
+/// everything in it at scope exit.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix = "jitattn-test");
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
 
 }  // namespace jitattn::test
 
