@@ -378,6 +378,21 @@ std::vector<TuningResult> Store::all_results(const ResultFilter& filter) const {
   return out;
 }
 
+namespace {
+
+// Parameters ?1..?7 of the lookup statements: schema version, the tuning context, the spec.
+void bind_lookup_key(Stmt& s, const TuningContext& context, const std::string& spec_hash) {
+  s.bind(1, kSchemaVersion)
+      .bind(2, context.generator_version)
+      .bind(3, context.template_hash)
+      .bind(4, context.device.arch)
+      .bind(5, context.device.sm_count)
+      .bind(6, context.device.l2_bytes)
+      .bind(7, spec_hash);
+}
+
+}  // namespace
+
 Lookup Store::best_config(const TuningContext& context, const std::string& spec_hash,
                           const std::string& bucket) const {
   parse_bucket(bucket);  // a malformed request is the caller's bug, not "no result"
@@ -387,13 +402,7 @@ Lookup Store::best_config(const TuningContext& context, const std::string& spec_
                    "template_hash=?3 AND device_arch=?4 AND device_sm_count=?5 AND "
                    "device_l2_bytes=?6 AND spec_hash=?7 AND status='ok' AND median_ms IS NOT NULL "
                    "ORDER BY median_ms, config");
-  s.bind(1, kSchemaVersion)
-      .bind(2, context.generator_version)
-      .bind(3, context.template_hash)
-      .bind(4, context.device.arch)
-      .bind(5, context.device.sm_count)
-      .bind(6, context.device.l2_bytes)
-      .bind(7, spec_hash);
+  bind_lookup_key(s, context, spec_hash);
   std::vector<TuningResult> rows;
   while (s.step()) rows.push_back(read_result(s));
 
@@ -407,13 +416,7 @@ Lookup Store::best_config(const TuningContext& context, const std::string& spec_
          "FROM tuning_results WHERE spec_hash = ?7 AND NOT (schema_version=?1 AND "
          "generator_version=?2 AND template_hash=?3 AND device_arch=?4 AND device_sm_count=?5 "
          "AND device_l2_bytes=?6)");
-  f.bind(1, kSchemaVersion)
-      .bind(2, context.generator_version)
-      .bind(3, context.template_hash)
-      .bind(4, context.device.arch)
-      .bind(5, context.device.sm_count)
-      .bind(6, context.device.l2_bytes)
-      .bind(7, spec_hash);
+  bind_lookup_key(f, context, spec_hash);
   f.step();
   out.foreign_rows = f.int64(0);
   std::string foreign;
