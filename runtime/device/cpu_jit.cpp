@@ -1,0 +1,369 @@
+// In-process clang -> LLVM module -> host object code, and ORC LLJIT loading. See cpu_jit.h.
+#include "runtime/device/cpu_jit.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
+
+#include "jitattn/error.h"
+
+#if JITATTN_WITH_LLVM
+#include <clang/Basic/Diagnostic.h>
+#include <clang/Basic/DiagnosticOptions.h>
+#include <clang/CodeGen/CodeGenAction.h>
+#include <clang/Frontend/CompilerInstance.h>
+#include <clang/Frontend/CompilerInvocation.h>
+#include <clang/Frontend/TextDiagnosticPrinter.h>
+#include <clang/Lex/PreprocessorOptions.h>
+#include <llvm/ADT/SmallVector.h>
+#include <llvm/ADT/StringMap.h>
+#include <llvm/Config/llvm-config.h>
+#include <llvm/ExecutionEngine/Orc/ExecutionUtils.h>
+#include <llvm/ExecutionEngine/Orc/LLJIT.h>
+#include <llvm/IR/LLVMContext.h>
+#include <llvm/IR/LegacyPassManager.h>
+#include <llvm/IR/Module.h>
+#include <llvm/MC/TargetRegistry.h>
+#include <llvm/Support/MemoryBuffer.h>
+#include <llvm/Support/TargetSelect.h>
+#include <llvm/Support/raw_ostream.h>
+#include <llvm/Target/TargetMachine.h>
+#include <llvm/Target/TargetOptions.h>
+#include <llvm/TargetParser/Host.h>
+#endif
+
+namespace jitattn::device {
+
+std::string HostCpu::arch_key() const {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the triple and features
+  for (unsigned char c : triple + "|" + features) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return fmt::format("cpu-{}-{:08x}", name, static_cast<uint32_t>(h ^ (h >> 32)));
+}
+
+#if JITATTN_WITH_LLVM
+
+namespace {
+
+void init_llvm() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    llvm::InitializeNativeTarget();
+    llvm::InitializeNativeTargetAsmPrinter();
+    llvm::InitializeNativeTargetAsmParser();
+  });
+}
+
+std::string error_text(llvm::Error e) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  os << e;
+  return os.str();
+}
+
+constexpr const char* kInputName = "jitattn_kernel.cpp";
+
+}  // namespace
+
+bool cpu_jit_available() { return true; }
+
+const HostCpu& host_cpu() {
+  static const HostCpu cpu = [] {
+    HostCpu c;
+    c.triple = llvm::sys::getProcessTriple();
+    c.name = llvm::sys::getHostCPUName().str();
+    // A CPU this LLVM does not know by name (e.g. a newer one under a VM) is "generic"; the
+    // feature list below still enables everything it has (AVX2, AVX-512, FMA, ...).
+    if (c.name == "generic" && c.triple.rfind("x86_64", 0) == 0) c.name = "x86-64";
+    llvm::StringMap<bool> map;
+    std::vector<std::string> on;
+    if (llvm::sys::getHostCPUFeatures(map)) {
+      for (const auto& f : map) {
+        if (f.getValue()) on.push_back("+" + f.getKey().str());
+      }
+    }
+    std::sort(on.begin(), on.end());
+    c.features = fmt::format("{}", fmt::join(on, ","));
+    c.threads = std::max(1u, std::thread::hardware_concurrency());
+    return c;
+  }();
+  return cpu;
+}
+
+std::string llvm_version() { return LLVM_VERSION_STRING; }
+
+std::vector<std::string> cpu_compile_options() {
+  // cc1 options: the driver's -O3 set (loop and SLP vectorizers on), C++17 with no exceptions,
+  // RTTI or standard headers (cc1 sets no errno for math builtins by default), FMA contraction,
+  // position-independent
+  // code for the JIT linker, and the host CPU.
+  const HostCpu& cpu = host_cpu();
+  std::vector<std::string> o = {"-triple", cpu.triple, "-target-cpu", cpu.name,
+                                "-O3", "-vectorize-loops", "-vectorize-slp", "-std=c++17",
+                                "-fno-rtti", "-ffp-contract=fast",
+                                "-nostdsysteminc", "-nobuiltininc", "-mrelocation-model", "pic",
+                                "-pic-level", "2", "-x", "c++"};
+  if (!cpu.features.empty()) {
+    size_t start = 0;
+    while (start <= cpu.features.size()) {
+      size_t end = cpu.features.find(',', start);
+      if (end == std::string::npos) end = cpu.features.size();
+      o.push_back("-target-feature");
+      o.push_back(cpu.features.substr(start, end - start));
+      start = end + 1;
+    }
+  }
+  return o;
+}
+
+CpuCompileResult compile_cpu(const std::string& source, const std::string& kernel_name) {
+  init_llvm();
+  const auto t0 = std::chrono::steady_clock::now();
+  CpuCompileResult result;
+  result.kernel_name = kernel_name;
+
+  std::vector<std::string> options = cpu_compile_options();
+  options.push_back(kInputName);
+  std::vector<const char*> argv;
+  for (const auto& o : options) argv.push_back(o.c_str());
+
+  std::string diag_text;
+  llvm::raw_string_ostream diag_os(diag_text);
+  auto diag_opts = llvm::makeIntrusiveRefCnt<clang::DiagnosticOptions>();
+  auto* printer = new clang::TextDiagnosticPrinter(diag_os, diag_opts.get());
+  clang::CompilerInstance ci;
+  ci.createDiagnostics(printer, /*ShouldOwnClient=*/true);
+  ci.setVerboseOutputStream(diag_os);  // "N errors generated." goes to the log, not stderr
+  auto invocation = std::make_shared<clang::CompilerInvocation>();
+  if (!clang::CompilerInvocation::CreateFromArgs(*invocation, argv, ci.getDiagnostics())) {
+    throw CompileError(fmt::format("clang rejected the CPU compile options for {}", kernel_name),
+                       diag_os.str(), fmt::format("{}", fmt::join(options, " ")));
+  }
+  // The source lives in memory only: the frontend reads the remapped buffer, no file is written.
+  invocation->getPreprocessorOpts().addRemappedFile(
+      kInputName, llvm::MemoryBuffer::getMemBufferCopy(source, kInputName).release());
+  invocation->getFrontendOpts().DisableFree = false;
+  ci.setInvocation(std::move(invocation));
+
+  llvm::LLVMContext context;
+  clang::EmitLLVMOnlyAction action(&context);
+  const bool ok = ci.ExecuteAction(action);
+  std::unique_ptr<llvm::Module> module = ok ? action.takeModule() : nullptr;
+  result.log = diag_os.str();
+  if (!module) {
+    throw CompileError(fmt::format("clang failed to compile CPU kernel {}", kernel_name), result.log,
+                       fmt::format("{}", fmt::join(options, " ")));
+  }
+  const llvm::Function* fn = module->getFunction(kernel_name);
+  if (fn == nullptr || fn->isDeclaration()) {
+    throw CompileError(fmt::format("the CPU source does not define extern \"C\" {}", kernel_name),
+                       result.log, fmt::format("{}", fmt::join(options, " ")));
+  }
+
+  // Module (already optimised by clang at -O3) -> object code in memory.
+  const HostCpu& cpu = host_cpu();
+  std::string err;
+  const llvm::Target* target = llvm::TargetRegistry::lookupTarget(cpu.triple, err);
+  if (target == nullptr) throw CompileError("LLVM has no target for the host: " + err, result.log, "");
+  llvm::TargetOptions topts;
+  topts.AllowFPOpFusion = llvm::FPOpFusion::Fast;
+  std::unique_ptr<llvm::TargetMachine> tm(target->createTargetMachine(
+      cpu.triple, cpu.name, cpu.features, topts, llvm::Reloc::PIC_, llvm::CodeModel::Small,
+      llvm::CodeGenOpt::Aggressive));
+  module->setDataLayout(tm->createDataLayout());
+  llvm::SmallVector<char, 0> buffer;
+  {
+    llvm::raw_svector_ostream os(buffer);
+    llvm::legacy::PassManager pm;
+    if (tm->addPassesToEmitFile(pm, os, nullptr, llvm::CGFT_ObjectFile)) {
+      throw CompileError("LLVM cannot emit object code for the host target", result.log, "");
+    }
+    pm.run(*module);
+  }
+  result.object.assign(buffer.begin(), buffer.end());
+  result.compile_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  return result;
+}
+
+struct CpuModule::Impl {
+  std::unique_ptr<llvm::orc::LLJIT> jit;
+};
+
+CpuModule CpuModule::load(const std::vector<char>& object, const std::string& kernel_name) {
+  init_llvm();
+  auto jit = llvm::orc::LLJITBuilder().create();
+  if (!jit) throw CompileError("ORC LLJIT could not start", error_text(jit.takeError()), "");
+  // Calls the optimiser may have introduced (memset, memcpy) resolve to this process' libc.
+  auto gen = llvm::orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(
+      (*jit)->getDataLayout().getGlobalPrefix());
+  if (!gen) throw CompileError("ORC could not search this process' symbols", error_text(gen.takeError()), "");
+  (*jit)->getMainJITDylib().addGenerator(std::move(*gen));
+  auto buffer = llvm::MemoryBuffer::getMemBufferCopy(llvm::StringRef(object.data(), object.size()),
+                                                     kernel_name + ".o");
+  if (auto e = (*jit)->addObjectFile(std::move(buffer))) {
+    throw CompileError(fmt::format("ORC could not link the object of {}", kernel_name), error_text(std::move(e)), "");
+  }
+  auto addr = (*jit)->lookup(kernel_name);
+  if (!addr) {
+    throw CompileError(fmt::format("the object does not define {}", kernel_name), error_text(addr.takeError()), "");
+  }
+  CpuModule m;
+  m.impl_->jit = std::move(*jit);
+  m.kernel_ = addr->toPtr<Kernel>();
+  return m;
+}
+
+#else  // no LLVM in this build
+
+namespace {
+[[noreturn]] void no_llvm() {
+  throw Unsupported("this jitattn was built without LLVM (JITATTN_WITH_LLVM=OFF), so it has no CPU "
+                    "backend; install Debian's llvm-16-dev and libclang-16-dev and rebuild");
+}
+}  // namespace
+
+bool cpu_jit_available() { return false; }
+const HostCpu& host_cpu() {
+  static const HostCpu cpu = [] {
+    HostCpu c;
+    c.name = "unknown";
+    c.threads = std::max(1u, std::thread::hardware_concurrency());
+    return c;
+  }();
+  return cpu;
+}
+std::string llvm_version() { return "none"; }
+std::vector<std::string> cpu_compile_options() { return {}; }
+CpuCompileResult compile_cpu(const std::string&, const std::string&) { no_llvm(); }
+
+struct CpuModule::Impl {};
+CpuModule CpuModule::load(const std::vector<char>&, const std::string&) { no_llvm(); }
+
+#endif
+
+CpuModule::CpuModule() : impl_(std::make_unique<Impl>()) {}
+CpuModule::~CpuModule() = default;
+CpuModule::CpuModule(CpuModule&&) noexcept = default;
+CpuModule& CpuModule::operator=(CpuModule&&) noexcept = default;
+
+// ---- thread pool ---------------------------------------------------------------------------
+
+namespace {
+
+// A fixed pool of host_cpu().threads - 1 workers; each parallel_for is one job that the caller
+// and the workers drain in chunks. Jobs from different callers run one after another.
+class Pool {
+ public:
+  Pool() {
+    const int n = std::max(0, host_cpu().threads - 1);
+    for (int i = 0; i < n; ++i) workers_.emplace_back([this] { work(); });
+  }
+  ~Pool() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  void run(long long items, long long grain, const std::function<void(long long, long long)>& fn,
+           int threads) {
+    std::lock_guard serial(run_mu_);
+    Job job;
+    job.items = items;
+    job.grain = std::max(1LL, grain);
+    job.fn = &fn;
+    const long long chunks = (items + job.grain - 1) / job.grain;
+    const int helpers = static_cast<int>(std::min<long long>(
+        chunks - 1, (threads > 0 ? std::min(threads, size()) : size()) - 1));
+    job.helpers_left = std::max(0, helpers);
+    {
+      std::lock_guard lock(mu_);
+      job_ = &job;
+    }
+    cv_.notify_all();
+    drain(job);
+    std::unique_lock lock(mu_);
+    // Workers that joined must finish before `job` leaves scope; late ones are turned away.
+    job.closed = true;
+    done_cv_.wait(lock, [&] { return job.active == 0; });
+    job_ = nullptr;
+    if (job.error) std::rethrow_exception(job.error);
+  }
+
+ private:
+  struct Job {
+    long long items = 0, grain = 1;
+    const std::function<void(long long, long long)>* fn = nullptr;
+    std::atomic<long long> next{0};
+    int helpers_left = 0;  // guarded by mu_
+    int active = 0;        // guarded by mu_
+    bool closed = false;   // guarded by mu_
+    std::exception_ptr error;
+    std::mutex error_mu;
+  };
+
+  static void drain(Job& job) {
+    for (;;) {
+      const long long begin = job.next.fetch_add(job.grain);
+      if (begin >= job.items) return;
+      try {
+        (*job.fn)(begin, std::min(job.items, begin + job.grain));
+      } catch (...) {
+        std::lock_guard lock(job.error_mu);
+        if (!job.error) job.error = std::current_exception();
+        job.next.store(job.items);  // stop handing out work
+      }
+    }
+  }
+
+  void work() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || (job_ != nullptr && !job_->closed && job_->helpers_left > 0); });
+      if (stop_) return;
+      Job* job = job_;
+      --job->helpers_left;
+      ++job->active;
+      lock.unlock();
+      drain(*job);
+      lock.lock();
+      if (--job->active == 0) done_cv_.notify_all();
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex run_mu_;
+  std::mutex mu_;
+  std::condition_variable cv_, done_cv_;
+  Job* job_ = nullptr;
+  bool stop_ = false;
+};
+
+}  // namespace
+
+void parallel_for(long long items, long long grain, const std::function<void(long long, long long)>& fn,
+                  int threads) {
+  if (items <= 0) return;
+  static Pool pool;
+  if (threads == 1 || items <= grain) {
+    fn(0, items);
+    return;
+  }
+  pool.run(items, grain, fn, threads);
+}
+
+}  // namespace jitattn::device
