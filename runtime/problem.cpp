@@ -197,10 +197,10 @@ Problem validate(const AttentionArgs& args) {
   const TensorRef& o = args.o;
   Problem p;
 
-  // Types.
-  if (q.dtype != DType::f16 && q.dtype != DType::bf16) {
+  // Types. f32 is valid here; only the CPU backend runs it (the GPU path refuses it).
+  if (q.dtype != DType::f16 && q.dtype != DType::bf16 && q.dtype != DType::f32) {
     throw InvalidArgument("q.dtype",
-                          fmt::format("must be f16 or bf16, got {}", dtype_name(q.dtype)));
+                          fmt::format("must be f16, bf16 or f32, got {}", dtype_name(q.dtype)));
   }
   p.dtype = q.dtype;
   const std::pair<const TensorRef*, const char*> others[] = {{&k, "k"}, {&v, "v"}, {&o, "o"}};

@@ -198,7 +198,8 @@ TEST(Problem, RejectsMisalignedData) {
   expect_invalid(a, "o.data");
 }
 
-TEST(Problem, RejectsUnsupportedDType) { expect_invalid(make_args({}, DType::f32), "q.dtype"); }
+// f32 is a valid problem (the CPU backend runs it); the GPU engine refuses it by itself.
+TEST(Problem, AcceptsF32) { EXPECT_EQ(validate(make_args({}, DType::f32)).dtype, DType::f32); }
 
 TEST(Problem, RejectsMixedDTypes) {
   AttentionArgs a = make_args();

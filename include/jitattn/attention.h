@@ -37,7 +37,7 @@ enum class VarlenKind { none, packed, padded };
 /// tensor and ALiBi (-slope_h * |i + offset - j|) are added; masked keys get -inf. The output is
 /// softmax(s) @ v. A row with every key masked gives 0 and LSE -inf, never NaN.
 struct AttentionArgs {
-  TensorRef q;  ///< [batch, seqlen_q, heads_q, head_dim]      f16 or bf16
+  TensorRef q;  ///< [batch, seqlen_q, heads_q, head_dim]      f16 or bf16 (f32 on the CPU)
   TensorRef k;  ///< [batch, seqlen_k, heads_kv, head_dim]     same dtype
   TensorRef v;  ///< [batch, seqlen_k, heads_kv, head_dim_v]   same dtype
   TensorRef o;  ///< [batch, seqlen_q, heads_q, head_dim_v]    written; same dtype

@@ -7,7 +7,8 @@
 
 namespace jitattn {
 
-/// Element type of a tensor. Attention inputs are f16 or bf16 (fp32 accumulation inside).
+/// Element type of a tensor. Attention inputs are f16 or bf16 (fp32 accumulation inside); the
+/// CPU backend also takes f32.
 enum class DType { f16, bf16, f32 };
 
 /// Bytes per element.
