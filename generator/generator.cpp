@@ -4,6 +4,7 @@
 
 #include <bit>
 #include <cmath>
+#include <initializer_list>
 #include <string_view>
 
 #include "jitattn/error.h"
@@ -11,20 +12,29 @@
 namespace jitattn {
 namespace detail {
 std::string_view embedded_template(std::string_view name);  // generated at build time
-}  // namespace detail
-
-namespace {
-
-constexpr double kLog2e = 1.4426950408889634;
 
 std::string_view require_template(std::string_view name) {
-  const std::string_view text = detail::embedded_template(name);
+  const std::string_view text = embedded_template(name);
   if (text.empty()) throw Error(fmt::format("kernel template {} is not embedded", name));
   return text;
 }
 
-// A float literal that round-trips exactly (hex float), so baked constants are bit-exact.
 std::string float_literal(double v) { return fmt::format("{:a}f", static_cast<float>(v)); }
+
+std::string params_header() {
+  std::string params(require_template("attn_params.h"));
+  if (auto at = params.find("#pragma once"); at != std::string::npos) params.erase(at, 12);
+  return params;
+}
+
+}  // namespace detail
+
+namespace {
+
+using detail::float_literal;
+using detail::require_template;
+
+constexpr double kLog2e = 1.4426950408889634;
 
 // Score modifiers are one mechanism: each contributes lines to ScoreMod::init/apply, and the
 // kernel's main loop only ever calls mod.apply(acc, qi, kj). Without any modifier the kernel keeps
@@ -102,6 +112,7 @@ KernelSource generate(const KernelSpec& spec, const TileConfig& cfg, const Devic
   if (auto why = why_illegal(spec, cfg, limits)) {
     throw InvalidArgument("config", fmt::format("{} for {}: {}", cfg.canonical(), spec.canonical(), *why));
   }
+  if (spec.target.cpu) return detail::generate_cpu(spec, cfg);
   KernelSource out;
   out.name = kernel_name(spec, cfg);
   out.threads = cfg.warps * 32;
@@ -116,9 +127,7 @@ KernelSource generate(const KernelSpec& spec, const TileConfig& cfg, const Devic
   s += fmt::format("#define JITATTN_KERNEL_NAME {}\n", out.name);
   s += require_template("common.cuh");
   // The params header is shared with the host; its include guard means nothing inside one TU.
-  std::string params(require_template("attn_params.h"));
-  if (auto at = params.find("#pragma once"); at != std::string::npos) params.erase(at, 12);
-  s += params;
+  s += detail::params_header();
   s += "\nnamespace jitattn_kernel {\nnamespace cfg {\n";
   s += fmt::format("constexpr int kHeadDim = {};\n", spec.head_dim);
   s += fmt::format("constexpr int kHeadDimV = {};\n", spec.head_dim_v);
@@ -159,15 +168,25 @@ KernelSource generate(const KernelSpec& spec, const TileConfig& cfg, const Devic
   return out;
 }
 
-uint64_t template_hash() {
+namespace {
+
+uint64_t hash_templates(std::initializer_list<std::string_view> names) {
   uint64_t h = 1469598103934665603ull;
-  for (std::string_view name : {"common.cuh", "attn_params.h", "attn_fwd_sm80.cuh"}) {
+  for (std::string_view name : names) {
     for (unsigned char c : require_template(name)) {
       h ^= c;
       h *= 1099511628211ull;
     }
   }
   return h;
+}
+
+}  // namespace
+
+uint64_t template_hash() { return hash_templates({"common.cuh", "attn_params.h", "attn_fwd_sm80.cuh"}); }
+
+uint64_t cpu_template_hash() {
+  return hash_templates({"common_cpu.h", "attn_params.h", "attn_fwd_cpu.h"});
 }
 
 }  // namespace jitattn

@@ -1,8 +1,11 @@
-// Source generation: KernelSpec + TileConfig -> CUDA source text for NVRTC. Deterministic: equal
-// inputs give byte-identical output.
+// Source generation: KernelSpec + TileConfig -> source text. GPU specs give CUDA for NVRTC, CPU
+// specs C++17 for the in-process clang (generator_cpu.cpp). Deterministic: equal inputs give
+// byte-identical output.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "generator/kernel_spec.h"
 
@@ -14,14 +17,31 @@ inline constexpr int kGeneratorVersion = 1;
 struct KernelSource {
   std::string name;    ///< extern "C" kernel symbol, spells out the specialisation
   std::string source;  ///< full translation unit, no #include of host headers
-  int threads = 128;
-  int shared_bytes = 0;  ///< dynamic shared memory to launch with
+  int threads = 128;     ///< GPU: threads per CTA; CPU: 0
+  int shared_bytes = 0;  ///< GPU: dynamic shared memory to launch with; CPU: 0
 };
 
 /// Generates the kernel. Throws InvalidArgument if why_illegal(spec, cfg, limits) says so.
+/// CPU kernels follow the ABI of runtime/device/cpu_jit.h:
+///   extern "C" void NAME(const jitattn_kernel::AttnFwdParams* p, long long begin, long long end)
+/// over work items (b * heads_q + h) * ceil(seqlen_q / block_m) + m_block.
 KernelSource generate(const KernelSpec& spec, const TileConfig& cfg, const DeviceLimits& limits);
 
-/// Hash of the embedded template text (FNV-1a), part of cache keys.
+/// Hash of the embedded GPU template text (FNV-1a), part of GPU cache keys.
 uint64_t template_hash();
+/// Hash of the embedded CPU template text (FNV-1a), part of CPU cache keys. Kept apart from
+/// template_hash() so that CPU template changes leave GPU tuning results valid.
+uint64_t cpu_template_hash();
+
+namespace detail {
+/// An embedded template's text; throws Error when it is not embedded.
+std::string_view require_template(std::string_view name);
+/// A float literal that round-trips exactly (hex float), so baked constants are bit-exact.
+std::string float_literal(double v);
+/// The embedded params header with its include guard removed (one TU, nothing to guard).
+std::string params_header();
+/// generate() for a CPU spec, after why_illegal (generator_cpu.cpp).
+KernelSource generate_cpu(const KernelSpec& spec, const TileConfig& cfg);
+}  // namespace detail
 
 }  // namespace jitattn

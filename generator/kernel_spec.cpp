@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <initializer_list>
 
 #include "jitattn/error.h"
 
@@ -37,12 +38,14 @@ int padded_stride(int dim) { return ((dim / 8) % 2 == 0) ? dim + 8 : dim; }
 }  // namespace
 
 std::string KernelSpec::canonical() const {
+  // The GPU text is unchanged since the first cache schema: stored keys stay valid.
+  const std::string target_text = target.cpu ? std::string("cpu") : fmt::format("sm{}", target.sm);
+  const int bias_kind = !bias ? 0 : (bias_tiled && !target.cpu ? 2 : 1);
   return fmt::format(
-      "fwd sm{} {} d{} dv{} mask={} window={} varlen={} bias={} alibi={} scale=0x{:08x} "
+      "fwd {} {} d{} dv{} mask={} window={} varlen={} bias={} alibi={} scale=0x{:08x} "
       "softcap=0x{:08x} lse={}",
-      target.sm, dtype_name(dtype), head_dim, head_dim_v, mask_name(mask), int(window),
-      varlen_name(varlen), bias ? (bias_tiled ? 2 : 1) : 0, int(alibi), float_bits(scale),
-      float_bits(softcap), int(lse));
+      target_text, dtype_name(dtype), head_dim, head_dim_v, mask_name(mask), int(window),
+      varlen_name(varlen), bias_kind, int(alibi), float_bits(scale), float_bits(softcap), int(lse));
 }
 
 uint64_t KernelSpec::hash() const {
@@ -60,7 +63,7 @@ std::string KernelSpec::tag() const {
   if (mask != MaskKind::none) s += fmt::format("_{}", mask_name(mask));
   if (window) s += "_window";
   if (varlen != VarlenKind::none) s += fmt::format("_{}", varlen_name(varlen));
-  if (bias) s += bias_tiled ? "_biastile" : "_bias";
+  if (bias) s += bias_tiled && !target.cpu ? "_biastile" : "_bias";
   if (alibi) s += "_alibi";
   if (softcap > 0.0f) s += "_softcap";
   if (lse) s += "_lse";
@@ -68,8 +71,17 @@ std::string KernelSpec::tag() const {
 }
 
 std::string TileConfig::canonical() const {
+  if (cpu() && !q_in_regs) return fmt::format("cpu_bm{}_bn{}", block_m, block_n);
   return fmt::format("bm{}_bn{}_w{}_s{}{}", block_m, block_n, warps, stages,
                      q_in_regs ? "_qr" : "");
+}
+
+int cpu_scratch_bytes(const KernelSpec& spec, const TileConfig& cfg) {
+  const long long d = spec.head_dim, dv = spec.head_dim_v, m = cfg.block_m, n = cfg.block_n;
+  // Q^T, K block, V block, S^T, O accumulator, then row max / sum / correction (templates/
+  // attn_fwd_cpu.h, attn_fwd_item).
+  const long long floats = d * m + n * d + n * dv + n * m + m * dv + 3 * m;
+  return static_cast<int>(std::min<long long>(4 * floats, 1ll << 30));
 }
 
 int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
@@ -93,6 +105,45 @@ DeviceLimits limits_for_arch(int sm) {
   return l;
 }
 
+DeviceLimits limits_for_cpu() {
+  DeviceLimits l;
+  l.cpu = true;
+  l.sm = 0;
+  l.max_shared_per_block = 0;
+  l.max_threads_per_block = 0;
+  return l;
+}
+
+namespace {
+
+bool is_in(int v, std::initializer_list<int> menu) {
+  return std::find(menu.begin(), menu.end(), v) != menu.end();
+}
+
+// The CPU kernel (templates/attn_fwd_cpu.h): query rows are the vector lanes of S^T, so block_m
+// is a power of 2 (a whole number of vectors, or one narrower vector below the host's width);
+// block_n is a power of 2 of at least 16, a multiple of every micro-kernel's key step.
+std::optional<std::string> why_illegal_cpu(const KernelSpec& spec, const TileConfig& cfg) {
+  if (cfg.warps != 0 || cfg.stages != 0 || cfg.q_in_regs) {
+    return fmt::format("{} is a GPU config: CPU configs have warps 0, stages 0 (cpu_bm<M>_bn<N>)",
+                       cfg.canonical());
+  }
+  if (!is_in(cfg.block_m, {4, 8, 16, 32, 64})) {
+    return fmt::format("block_m {} unsupported on the CPU: 4, 8, 16, 32 or 64", cfg.block_m);
+  }
+  if (!is_in(cfg.block_n, {16, 32, 64, 128, 256})) {
+    return fmt::format("block_n {} unsupported on the CPU: 16, 32, 64, 128 or 256", cfg.block_n);
+  }
+  const int scratch = cpu_scratch_bytes(spec, cfg);
+  if (scratch > kCpuScratchBudget) {
+    return fmt::format("needs {} bytes of scratch per work item, the CPU stack budget is {}",
+                       scratch, kCpuScratchBudget);
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
 std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig& cfg,
                                        const DeviceLimits& limits) {
   auto dim_ok = [](int d) { return d >= 8 && d <= kMaxHeadDim && d % 8 == 0; };
@@ -104,6 +155,12 @@ std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig&
     return fmt::format("head_dim_v {} unsupported: multiples of 8 from 8 to {}", spec.head_dim_v,
                        kMaxHeadDim);
   }
+  if (spec.target.cpu != limits.cpu) {
+    return spec.target.cpu
+               ? std::string("spec targets the CPU but the device limits are a GPU's")
+               : fmt::format("spec targets sm_{} but the device limits are the CPU's", spec.target.sm);
+  }
+  if (spec.target.cpu) return why_illegal_cpu(spec, cfg);
   if (spec.target.sm < 80) return fmt::format("sm_{} unsupported: mma.sync family needs sm_80+", spec.target.sm);
   if (spec.dtype == DType::f32) return std::string("dtype f32 unsupported on the GPU: f16 or bf16");
   if (cfg.warps != 2 && cfg.warps != 4 && cfg.warps != 8) {
@@ -137,7 +194,28 @@ std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig&
   return std::nullopt;
 }
 
+namespace {
+
+TileConfig default_config_cpu(const KernelSpec& spec) {
+  TileConfig c = cpu_config(32, 64);
+  // Shrink until the scratch fits: block_n first (it only sets how many keys share one softmax
+  // step), then block_m.
+  while (why_illegal_cpu(spec, c)) {
+    if (c.block_n > 16) {
+      c.block_n /= 2;
+    } else if (c.block_m > 4) {
+      c.block_m /= 2;
+    } else {
+      break;
+    }
+  }
+  return c;
+}
+
+}  // namespace
+
 TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits) {
+  if (spec.target.cpu) return default_config_cpu(spec);
   // Register budget per thread decides (255 max, no spills; measured with NVRTC 13.0, see
   // bench/NOTES.md): the O accumulator holds rows_per_warp * head_dim_v / 32 floats and S
   // rows_per_warp * block_n / 32. 32 rows per warp (fewer K/V shared-memory reads per FLOP) fits

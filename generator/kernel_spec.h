@@ -14,9 +14,12 @@
 
 namespace jitattn {
 
-/// Target architecture as compute capability major*10+minor (80 = sm_80, 90 = sm_90).
+/// Target: a GPU architecture as compute capability major*10+minor (80 = sm_80, 90 = sm_90), or
+/// the host CPU (`cpu`; sm is then ignored). The CPU's ISA is not part of the spec: the same
+/// source is compiled for whichever host runs it, and the binary cache keys on the host features.
 struct Target {
   int sm = 80;
+  bool cpu = false;
   bool operator==(const Target&) const = default;
 };
 
@@ -44,6 +47,7 @@ struct KernelSpec {
 
   /// Canonical text form, e.g. "fwd sm80 bf16 d128 dv128 mask=causal window=0 varlen=none
   /// bias=0 alibi=0 scale=0x3db504f3 softcap=0x00000000 lse=1". Floats as exact bit patterns.
+  /// CPU specs read "fwd cpu f32 d64 ..." and ignore bias_tiled (bias=1 whenever bias is set).
   std::string canonical() const;
   /// 64-bit FNV-1a of canonical(); stable across builds and hosts.
   uint64_t hash() const;
@@ -51,17 +55,24 @@ struct KernelSpec {
   std::string tag() const;
 };
 
-/// How a spec is computed on the mma.sync (sm_80+) kernel family.
+/// How a spec is computed. GPU (mma.sync, sm_80+): all fields. CPU: block_m query rows per work
+/// item and block_n keys per step, with warps = 0, stages = 0 and q_in_regs = false.
 struct TileConfig {
-  int block_m = 128;   ///< query rows per CTA
+  int block_m = 128;   ///< query rows per CTA (CPU: per work item)
   int block_n = 64;    ///< keys per main-loop step
-  int warps = 4;       ///< warps per CTA; each owns block_m / warps query rows (16 or 32)
-  int stages = 2;      ///< K/V shared-memory pipeline depth (cp.async)
+  int warps = 4;       ///< warps per CTA; each owns block_m / warps query rows (16 or 32); CPU: 0
+  int stages = 2;      ///< K/V shared-memory pipeline depth (cp.async); CPU: 0
   bool q_in_regs = false;  ///< keep Q fragments in registers instead of re-reading shared memory
 
   bool operator==(const TileConfig&) const = default;
-  std::string canonical() const;  ///< "bm128_bn64_w8_s2", suffix "_qr" = Q in registers
+  /// A CPU config: warps and stages 0.
+  bool cpu() const { return warps == 0 && stages == 0; }
+  /// "bm128_bn64_w8_s2", suffix "_qr" = Q in registers; CPU configs "cpu_bm32_bn128".
+  std::string canonical() const;
 };
+
+/// A CPU config (warps and stages 0).
+inline TileConfig cpu_config(int block_m, int block_n) { return {block_m, block_n, 0, 0, false}; }
 
 /// Largest head dim (QK or V) the mma.sync family specialises; multiples of 8 from 8 up to it.
 inline constexpr int kMaxHeadDim = 256;
@@ -69,15 +80,28 @@ inline constexpr int kMaxHeadDim = 256;
 /// Shared memory in bytes the tile config needs for the spec (dynamic shared memory).
 int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg);
 
+/// Scratch (stack) bytes one CPU work item uses: Q^T, K and V blocks, S^T and the O accumulator
+/// in fp32, plus per-row state.
+int cpu_scratch_bytes(const KernelSpec& spec, const TileConfig& cfg);
+
+/// Stack budget of one CPU work item. The kernel keeps its blocks on the calling thread's stack
+/// (no allocation inside a kernel), so every thread running kernels needs a stack of at least
+/// twice this (glibc's default for new threads is 8 MiB); it is also half the 1 MiB L2 per core
+/// of the machine the CPU defaults were measured on, where the blocks must stay.
+inline constexpr int kCpuScratchBudget = 512 * 1024;
+
 /// Limits of the device a config must fit.
 struct DeviceLimits {
   int sm = 80;
   int max_shared_per_block = 166912;  ///< opt-in maximum (sm_80: 163 KB; sm_90: 227 KB)
   int max_threads_per_block = 1024;
+  bool cpu = false;  ///< the host CPU (sm and the GPU limits are ignored)
 };
 
 /// Limits of a known architecture (used when compiling without a device).
 DeviceLimits limits_for_arch(int sm);
+/// Limits of the host CPU.
+DeviceLimits limits_for_cpu();
 
 /// Why a config is illegal for a spec on a device; nullopt when it is legal.
 std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig& cfg,
