@@ -55,7 +55,9 @@ std::string hex64(uint64_t value) {
 }
 
 TuningContext current_context(const DeviceKey& device) {
-  return {kGeneratorVersion, hex64(template_hash()), device};
+  // CPU rows (arch "cpu-...") depend on the CPU template only, GPU rows on the GPU templates.
+  const bool cpu = device.arch.rfind("cpu-", 0) == 0;
+  return {kGeneratorVersion, hex64(cpu ? cpu_template_hash() : template_hash()), device};
 }
 
 std::string to_string(ResultStatus status) {

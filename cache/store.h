@@ -74,7 +74,8 @@ struct TuningContext {
   bool operator==(const TuningContext&) const = default;
 };
 
-/// The running build's context on `device` (kGeneratorVersion, hex64(template_hash())).
+/// The running build's context on `device`: kGeneratorVersion and the template hash (the CPU
+/// template's for a CPU arch "cpu-...", the GPU templates' otherwise).
 TuningContext current_context(const DeviceKey& device);
 
 /// Never part of a key: who measured or compiled a row, where and when.

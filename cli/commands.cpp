@@ -18,6 +18,7 @@
 #include "generator/kernel_spec.h"
 #include "jitattn/engine.h"
 #include "jitattn/error.h"
+#include "runtime/backend.h"
 #include "runtime/device/driver.h"
 #include "runtime/device/nvrtc.h"
 #include "runtime/harness.h"
@@ -114,21 +115,6 @@ BuiltKernel build_kernel(const harness::ProblemDesc& desc, const std::string& co
   return k;
 }
 
-// ---- Devices. ----
-
-// check and bench need a driver and the requested device; say which is missing, not just "failed".
-void require_device(int ordinal) {
-  std::string reason;
-  if (!device::driver_available(&reason)) throw NoDevice(reason);
-  const int count = device::device_count();
-  if (count == 0) throw NoDevice("the CUDA driver is loaded but reports no devices");
-  if (ordinal >= count) {
-    throw InvalidArgument("device", fmt::format("ordinal {} is out of range: this machine has {} "
-                                                "device(s)",
-                                                ordinal, count));
-  }
-}
-
 // peers.py's mask names: none, causal, bias (its ALiBi bias), window (causal sliding window).
 // Combinations peers.py does not run are joined with '+'.
 std::string peers_mask(const harness::ProblemDesc& d) {
@@ -143,6 +129,30 @@ std::string peers_mask(const harness::ProblemDesc& d) {
 std::string driver_version_text(int v) { return fmt::format("{}.{}", v / 1000, (v % 1000) / 10); }
 
 }  // namespace
+
+// ---- Devices. ----
+
+// check and bench need the requested device (auto resolved: a GPU when present, else the CPU);
+// say what is missing, not just "failed". Returns the resolved device.
+Device require_device(Device wanted) {
+  const Device d = harness::resolve_device(wanted);
+  if (d.kind == Device::Kind::cpu) {
+    cpu_backend();  // Unsupported when this build has no LLVM
+    return d;
+  }
+  const int ordinal = d.ordinal;
+  std::string reason;
+  if (!device::driver_available(&reason)) throw NoDevice(reason);
+  const int count = device::device_count();
+  if (count == 0) throw NoDevice("the CUDA driver is loaded but reports no devices");
+  if (ordinal >= count) {
+    throw InvalidArgument("device", fmt::format("ordinal {} is out of range: this machine has {} "
+                                                "device(s)",
+                                                ordinal, count));
+  }
+  return d;
+}
+
 
 // ---- info ----
 
@@ -246,8 +256,8 @@ int run_compile(const CompileOptions& o) {
 // ---- check ----
 
 int run_check(const CheckOptions& o) {
-  const harness::ProblemDesc desc = problem_desc(o.problem);
-  require_device(desc.device);
+  harness::ProblemDesc desc = problem_desc(o.problem);
+  desc.device = require_device(desc.device);
   Engine engine;
   ForwardOptions options;
   options.config = o.problem.config;
@@ -355,7 +365,7 @@ int run_grid(const BenchOptions& o) {
   const std::vector<int> seqlens = parse_int_list(o.seqlens, "seqlens");
   const std::vector<std::string> masks = parse_grid_masks(o.masks);
   if (o.window_size <= 0) throw InvalidArgument("window-size", fmt::format("must be > 0, got {}", o.window_size));
-  require_device(o.problem.device);
+  const Device where = require_device(Device::parse(o.problem.device));
 
   Engine engine;
   ForwardOptions options;
@@ -384,6 +394,7 @@ int run_grid(const BenchOptions& o) {
         row.batch = std::max(1, f.tokens / s);
         try {
           row.desc = problem_desc(f);
+          row.desc.device = where;
           row.result = harness::bench(engine, row.desc, options, o.budget_ms);
           if (o.json) fmt::print("{}\n", bench_json(row.desc, *row.result, mask));
           else fmt::print("{:<60} {:>9.3f} ms {:>8.1f} TFLOP/s\n", harness::describe(row.desc), row.result->median_ms, row.result->tflops);
@@ -431,8 +442,8 @@ int run_grid(const BenchOptions& o) {
 int run_bench(const BenchOptions& o) {
   if (o.budget_ms <= 0) throw InvalidArgument("budget-ms", fmt::format("must be > 0, got {}", o.budget_ms));
   if (o.grid) return run_grid(o);
-  const harness::ProblemDesc desc = problem_desc(o.problem);
-  require_device(desc.device);
+  harness::ProblemDesc desc = problem_desc(o.problem);
+  desc.device = require_device(desc.device);
   Engine engine;
   ForwardOptions options;
   options.config = o.problem.config;

@@ -63,4 +63,8 @@ int run_bench(const BenchOptions& options);
 /// validation and error messages as a real call. Used by gen, compile and tune.
 Problem problem_without_device(const harness::ProblemDesc& desc);
 
+/// `wanted` resolved (auto: a GPU when present, else the CPU) and checked to exist: NoDevice
+/// without a driver or device, Unsupported for the CPU in a build without LLVM.
+Device require_device(Device wanted);
+
 }  // namespace jitattn::cli

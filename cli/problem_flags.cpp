@@ -42,7 +42,8 @@ Window parse_window(const std::string& text) {
 DType parse_dtype_flag(const std::string& text) {
   if (text == "bf16") return DType::bf16;
   if (text == "fp16" || text == "f16") return DType::f16;
-  throw InvalidArgument("dtype", fmt::format("expected bf16 or fp16, got '{}'", text));
+  if (text == "fp32" || text == "f32") return DType::f32;
+  throw InvalidArgument("dtype", fmt::format("expected bf16, fp16 or fp32 (CPU only), got '{}'", text));
 }
 
 std::array<int, 4> parse_layout(const std::string& text) {
@@ -69,8 +70,8 @@ std::string bias_pattern_error(const std::string& pattern) {
 }
 
 void add_problem_flags(CLI::App* app, ProblemFlags* f) {
-  app->add_option("--dtype", f->dtype, "element type of q/k/v/o")
-      ->check(CLI::IsMember({"bf16", "fp16"}))
+  app->add_option("--dtype", f->dtype, "element type of q/k/v/o (fp32: CPU backend only)")
+      ->check(CLI::IsMember({"bf16", "fp16", "fp32"}))
       ->capture_default_str();
   app->add_option("--batch", f->batch, "batch size")->capture_default_str();
   app->add_option("--heads-q", f->heads_q, "query heads")->capture_default_str();
@@ -108,7 +109,9 @@ void add_problem_flags(CLI::App* app, ProblemFlags* f) {
       ->capture_default_str();
   app->add_option("--config", f->config,
                   "tile config, e.g. bm128_bn64_w8_s2[_qr] (default: the generator's choice)");
-  app->add_option("--device", f->device, "CUDA device ordinal")->capture_default_str();
+  app->add_option("--device", f->device,
+                  "where to run: auto (a GPU when present, else the CPU), cpu, cuda or cuda:N")
+      ->capture_default_str();
   app->add_option("--tokens", f->tokens,
                   "total tokens: batch = max(1, T / seqlen-q), overrides --batch");
   app->add_option("--width", f->width,
@@ -148,12 +151,11 @@ harness::ProblemDesc problem_desc(const ProblemFlags& f) {
   d.lse = f.lse;
   d.seed = f.seed;
   d.layout = parse_layout(f.layout);
-  if (f.device < 0) throw InvalidArgument("device", fmt::format("must be >= 0, got {}", f.device));
-  d.device = f.device;
+  d.device = Device::parse(f.device);
   return d;
 }
 
-std::string dtype_flag(DType t) { return t == DType::f16 ? "fp16" : "bf16"; }
+std::string dtype_flag(DType t) { return t == DType::f16 ? "fp16" : t == DType::f32 ? "fp32" : "bf16"; }
 
 std::string mask_flag(MaskKind m) {
   switch (m) {
@@ -187,7 +189,7 @@ std::string to_flags(const harness::ProblemDesc& d) {
   if (d.varlen != VarlenKind::none) s += fmt::format(" --varlen {}", varlen_flag(d.varlen));
   if (d.lse) s += " --lse";
   if (d.layout == kLayoutBHSD) s += " --layout bhsd";
-  if (d.device != 0) s += fmt::format(" --device {}", d.device);
+  if (d.device.kind != Device::Kind::automatic) s += fmt::format(" --device {}", d.device.str());
   return s;
 }
 

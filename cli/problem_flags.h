@@ -36,7 +36,7 @@ struct ProblemFlags {
   uint64_t seed = 0;
   std::string layout = "bshd";
   std::string config;  ///< tile config text; empty = the default for the spec
-  int device = 0;
+  std::string device = "auto";  ///< auto, cpu, cuda, cuda:N (or N)
   int tokens = 0;  ///< > 0: batch = max(1, tokens / seqlen_q)   (peers.py's grid convention)
   int width = 0;   ///< > 0: heads = max(1, width / head_dim)
 };

@@ -1,4 +1,5 @@
-// `jitattn tune`: tune one problem or a plan of problems on this GPU into the cache.
+// `jitattn tune`: tune one problem or a plan of problems on this GPU (or the CPU backend) into the
+// cache.
 //
 // Per spec: claim the key (so two processes never tune the same one), enumerate and prune the
 // search space, compile the survivors in parallel and store their binaries, then verify each
@@ -21,6 +22,7 @@
 #include "cli/commands.h"
 #include "generator/generator.h"
 #include "jitattn/error.h"
+#include "runtime/backend.h"
 #include "runtime/device/driver.h"
 #include "runtime/device/nvrtc.h"
 #include "runtime/harness.h"
@@ -45,9 +47,11 @@ harness::ProblemDesc small_version(const harness::ProblemDesc& d) {
   return s;
 }
 
-class GpuMeasurer : public tuner::Measurer {
+// Verifies on the small problem against the float64 reference, then times on the real one (GPU:
+// CUDA events after an L2 flush; CPU: a steady clock).
+class RunnerMeasurer : public tuner::Measurer {
  public:
-  GpuMeasurer(Engine& engine, const harness::ProblemDesc& desc)
+  RunnerMeasurer(Engine& engine, const harness::ProblemDesc& desc)
       : engine_(engine), verify_(small_version(desc)), timing_(desc) {}
 
   tuner::Measurement measure(const tuner::Candidate& c, double budget_ms) override {
@@ -80,20 +84,18 @@ class GpuMeasurer : public tuner::Measurer {
 
 // Tunes one problem; returns false when it could not (claimed elsewhere, nothing ok).
 bool tune_one(const harness::ProblemDesc& desc, const TuneOptions& o, std::ostream& out) {
-  const device::DeviceInfo info = device::device_info(desc.device);
-  DeviceLimits limits;
-  limits.sm = info.sm();
-  limits.max_shared_per_block = info.max_shared_per_block_optin;
-  limits.max_threads_per_block = info.max_threads_per_block;
-  const cache::DeviceKey key{fmt::format("sm_{}", info.sm()), info.sm_count, static_cast<int64_t>(info.l2_bytes)};
+  const BackendInfo backend =
+      desc.device.kind == Device::Kind::cpu ? cpu_backend() : cuda_backend(desc.device.ordinal);
+  const DeviceLimits& limits = backend.limits;
+  const cache::DeviceKey& key = backend.key;
   const cache::TuningContext ctx = cache::current_context(key);
 
   const Problem problem = problem_without_device(desc);
-  const KernelSpec spec = make_spec(problem, info.sm());
+  const KernelSpec spec = make_spec(problem, backend.target);
   const std::string spec_hash = cache::hex64(spec.hash());
   const std::string bucket = tuner::shape_bucket(problem);
   out << fmt::format("tune {}\n  spec {} ({})\n  bucket {} on {} ({})\n", harness::describe(desc), spec_hash,
-                     spec.canonical(), bucket, info.name, key.arch);
+                     spec.canonical(), bucket, backend.name, key.arch);
 
   cache::Store store(o.cache_path.empty() ? cache::default_cache_path() : std::filesystem::path(o.cache_path));
   const std::string claim = fmt::format("{}|{}|{}", key.arch, spec_hash, bucket);
@@ -128,16 +130,14 @@ bool tune_one(const harness::ProblemDesc& desc, const TuneOptions& o, std::ostre
   const size_t legal = static_cast<size_t>(std::count_if(cands.begin(), cands.end(), [](auto& c) { return !c.pruned; }));
   tuner::compile_all(spec, limits, cands);
   // Binaries go into the cache so the measurement engine (and later processes) load them.
-  const std::string options = cache::normalize_options(device::compile_options(info.sm()));
-  const std::string nvrtc = device::nvrtc_version();
   std::vector<tuner::Candidate> todo;
   for (auto& c : cands) {
     if (c.pruned) continue;
     cache::Binary b;
-    b.key = {cache::sha256_hex(generate(spec, c.config, limits).source), options, nvrtc, key.arch};
+    b.key = binary_key(c.source, backend);
     b.kernel_name = c.kernel_name;
     b.cubin = c.cubin;
-    b.registers = c.registers;
+    b.registers = std::max(0, c.registers);  // -1 (CPU, no report) is stored as 0
     b.spill_bytes = c.spill_bytes;
     b.shared_bytes = shared_memory_bytes(spec, c.config);
     store.put_binary(b);
@@ -152,13 +152,13 @@ bool tune_one(const harness::ProblemDesc& desc, const TuneOptions& o, std::ostre
   EngineOptions eo;
   eo.cache_path = store.path().string();
   Engine engine(eo);
-  GpuMeasurer measurer(engine, desc);
+  RunnerMeasurer measurer(engine, desc);
   tuner::TuneOptions topt;
   topt.budget_seconds = o.budget_seconds;
   topt.progress = tuner::stderr_progress();
   topt.on_measured = [&](const tuner::Candidate& c, const tuner::Measurement& m) {
     // Committed now: an interrupted run keeps every finished measurement.
-    store.put_result(tuner::result_row(ctx, spec, bucket, c, m, info));
+    store.put_result(tuner::result_row(ctx, spec, bucket, c, m, backend));
   };
   const tuner::TuneOutcome outcome = tuner::tune(todo, measurer, topt);
 
@@ -212,15 +212,25 @@ void add_run_command(CLI::App& app, RunOptions& o) {
   CLI::App* run = app.add_subcommand(
       "run", "run every problem of a plan once in this process: warm-start time and compile count");
   run->add_option("--plan", o.plan, "a file of problems, one line of problem flags each")->required();
+  run->add_option("--device", o.device, "auto, cpu, cuda or cuda:N for every problem (default: each line's)")
+      ->capture_default_str();
   run->callback([&o] { o.selected = true; });
 }
 
-int run_plan(const RunOptions& o, std::ostream& out) {
-  std::string why;
-  if (!device::driver_available(&why) || device::device_count() == 0) {
-    throw NoDevice(why.empty() ? "no CUDA device found" : why);
+namespace {
+// The plan's problems with their devices resolved and checked; `device` (unless auto) overrides
+// the lines' own --device.
+std::vector<harness::ProblemDesc> resolve_plan(std::vector<harness::ProblemDesc> plan, const std::string& device) {
+  const Device all = Device::parse(device);
+  for (auto& d : plan) {
+    d.device = require_device(all.kind == Device::Kind::automatic ? d.device : all);
   }
-  const std::vector<harness::ProblemDesc> plan = read_plan(o.plan);
+  return plan;
+}
+}  // namespace
+
+int run_plan(const RunOptions& o, std::ostream& out) {
+  const std::vector<harness::ProblemDesc> plan = resolve_plan(read_plan(o.plan), o.device);
   // Inputs are built first; the clock covers the calls only: first call to all results.
   std::vector<std::unique_ptr<harness::Runner>> runners;
   for (const auto& d : plan) runners.push_back(std::make_unique<harness::Runner>(d));
@@ -228,7 +238,12 @@ int run_plan(const RunOptions& o, std::ostream& out) {
   const auto start = std::chrono::steady_clock::now();
   std::vector<KernelReport> reports;
   for (auto& r : runners) reports.push_back(r->run(engine));
-  JITATTN_CU_CHECK(device::driver().cuCtxSynchronize());
+  for (const auto& d : plan) {
+    if (d.device.kind == Device::Kind::cuda) {
+      device::ScopedContext ctx(d.device.ordinal);
+      JITATTN_CU_CHECK(device::driver().cuCtxSynchronize());
+    }
+  }
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   int exact = 0, from_cache = 0;
   for (size_t i = 0; i < reports.size(); ++i) {
@@ -237,13 +252,13 @@ int run_plan(const RunOptions& o, std::ostream& out) {
     out << fmt::format("  {:<60} {:<22} {:<8} {}\n", harness::describe(plan[i]), reports[i].config,
                        reports[i].config_source, reports[i].binary_from_cache ? "cached binary" : reports[i].compiled_now ? "compiled" : "loaded");
   }
-  out << fmt::format("{} problems: first call to all results {:.1f} ms; {} NVRTC compiles; {} tuned (exact), {} binaries from the cache\n",
+  out << fmt::format("{} problems: first call to all results {:.1f} ms; {} compiles; {} tuned (exact), {} binaries from the cache\n",
                      plan.size(), ms, engine.compile_count(), exact, from_cache);
   return 0;
 }
 
 void add_tune_command(CLI::App& app, TuneOptions& o) {
-  CLI::App* tune = app.add_subcommand("tune", "tune tile configs on this GPU into the cache");
+  CLI::App* tune = app.add_subcommand("tune", "tune tile configs on this GPU (or the CPU) into the cache");
   add_problem_flags(tune, &o.problem);
   tune->add_option("--plan", o.plan, "a file of problems, one line of problem flags each");
   tune->add_option("--budget", o.budget_seconds, "measurement budget per spec, seconds")->default_val(30);
@@ -255,16 +270,14 @@ void add_tune_command(CLI::App& app, TuneOptions& o) {
 
 int run_tune(const TuneOptions& o, std::ostream& out) {
   std::vector<harness::ProblemDesc> plan =
-      o.plan.empty() ? std::vector<harness::ProblemDesc>{problem_desc(o.problem)} : read_plan(o.plan);
+      o.plan.empty() ? std::vector<harness::ProblemDesc>{problem_desc(o.problem)}
+                     : resolve_plan(read_plan(o.plan), o.problem.device);
+  if (o.plan.empty()) plan[0].device = require_device(plan[0].device);
   int index = 0, count = 1;
   if (!o.shard.empty()) {
     if (std::sscanf(o.shard.c_str(), "%d/%d", &index, &count) != 2 || count < 1 || index < 0 || index >= count) {
       throw InvalidArgument("--shard", fmt::format("expected I/N with 0 <= I < N, got '{}'", o.shard));
     }
-  }
-  std::string why;
-  if (!device::driver_available(&why) || device::device_count() == 0) {
-    throw NoDevice(why.empty() ? "no CUDA device found" : why);
   }
   int tuned = 0, failed = 0;
   for (size_t i = 0; i < plan.size(); ++i) {

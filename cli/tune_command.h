@@ -22,6 +22,7 @@ struct TuneOptions {
 
 struct RunOptions {
   std::string plan;
+  std::string device = "auto";  ///< overrides the plan lines' devices unless auto
   bool selected = false;
 };
 

@@ -17,6 +17,8 @@
 #include "cache/store.h"
 #include "generator/generator.h"
 #include "jitattn/error.h"
+#include "runtime/backend.h"
+#include "runtime/device/cpu_jit.h"
 #include "runtime/device/driver.h"
 #include "runtime/device/nvrtc.h"
 #include "runtime/plan.h"
@@ -28,10 +30,12 @@
 namespace jitattn {
 namespace {
 
-// A kernel loaded on one device. The compile result is shared by every device of the same arch.
+// A kernel loaded on one device (a CUDA module) or on the CPU (a JIT-linked object). The compile
+// result (cubin or host object code) is shared by every device of the same target.
 struct LoadedKernel {
   device::Module module;
   CUfunction function = nullptr;
+  device::CpuModule cpu_module;
   KernelSource source;
   std::shared_ptr<const device::CompileResult> compiled;
 };
@@ -50,9 +54,7 @@ struct ConfigChoice {
 };
 
 struct DeviceState {
-  device::DeviceInfo info;
-  DeviceLimits limits;
-  cache::DeviceKey key;
+  BackendInfo backend;  // a CUDA device or the host CPU
   std::mutex mu;
   std::unordered_map<std::string, std::shared_ptr<KernelSlot>> kernels;  // by spec + config
   std::unordered_map<std::string, ConfigChoice> choices;                 // by spec + bucket
@@ -128,30 +130,35 @@ struct Engine::Impl {
     std::lock_guard lock(mu);
     auto& slot = devices[ordinal];
     if (!slot) {
-      auto st = std::make_unique<DeviceState>();
-      st->info = device::device_info(ordinal);
-      st->limits.sm = st->info.sm();
-      st->limits.max_shared_per_block = st->info.max_shared_per_block_optin;
-      st->limits.max_threads_per_block = st->info.max_threads_per_block;
-      st->key = cache::DeviceKey{fmt::format("sm_{}", st->info.sm()), st->info.sm_count,
-                                 static_cast<int64_t>(st->info.l2_bytes)};
-      slot = std::move(st);
+      slot = std::make_unique<DeviceState>();
+      slot->backend = cuda_backend(ordinal);
     }
     return *slot;
   }
 
-  std::shared_ptr<const device::CompileResult> compile(const KernelSource& src, int sm,
+  std::unique_ptr<DeviceState> cpu;  // guarded by mu
+  DeviceState& cpu_state() {
+    std::lock_guard lock(mu);
+    if (!cpu) {
+      auto st = std::make_unique<DeviceState>();
+      st->backend = cpu_backend();
+      cpu = std::move(st);
+    }
+    return *cpu;
+  }
+
+  // The compiled kernel for `src` on `backend`: from this process' table, else the cache file,
+  // else the compiler (NVRTC or in-process clang), storing the result in the cache.
+  std::shared_ptr<const device::CompileResult> compile(const KernelSource& src, const BackendInfo& backend,
                                                        bool* compiled_now, bool* from_cache) {
-    const auto key = std::make_pair(sm, src.name);
+    const auto key = std::make_pair(backend.cpu() ? -1 : backend.target.sm, src.name);
     {
       std::lock_guard lock(compiled_mu);
       if (auto it = compiled.find(key); it != compiled.end()) return it->second;
     }
-    // The cache file's binaries are keyed by the exact source, options, NVRTC version and target,
-    // so a hit is the cubin NVRTC would produce now.
-    const cache::BinaryKey bkey{cache::sha256_hex(src.source),
-                                cache::normalize_options(device::compile_options(sm)),
-                                device::nvrtc_version(), fmt::format("sm_{}", sm)};
+    // The cache file's binaries are keyed by the exact source, options, compiler version and
+    // target, so a hit is the binary the compiler would produce now.
+    const cache::BinaryKey bkey = binary_key(src.source, backend);
     std::shared_ptr<const device::CompileResult> result;
     {
       std::lock_guard lock(store_mu);
@@ -173,8 +180,20 @@ struct Engine::Impl {
       }
     }
     if (!result) {
-      auto r = std::make_shared<const device::CompileResult>(
-          device::compile_to_cubin(src.source, src.name, sm));
+      std::shared_ptr<const device::CompileResult> r;
+      if (backend.cpu()) {
+        device::CpuCompileResult c = device::compile_cpu(src.source, src.name);
+        auto cr = std::make_shared<device::CompileResult>();
+        cr->kernel_name = c.kernel_name;
+        cr->cubin = std::move(c.object);  // host object code
+        cr->log = std::move(c.log);
+        cr->options = bkey.options;
+        cr->compile_ms = c.compile_ms;
+        r = std::move(cr);
+      } else {
+        r = std::make_shared<const device::CompileResult>(
+            device::compile_to_cubin(src.source, src.name, backend.target.sm));
+      }
       ++compiles;
       *compiled_now = true;
       std::lock_guard lock(store_mu);
@@ -184,7 +203,7 @@ struct Engine::Impl {
           b.key = bkey;
           b.kernel_name = r->kernel_name;
           b.cubin = r->cubin;
-          b.registers = r->registers;
+          b.registers = std::max(0, r->registers);  // -1 (CPU, no report) is stored as 0
           b.spill_bytes = r->spill_store_bytes + r->spill_load_bytes;
           b.shared_bytes = src.shared_bytes;
           st->put_binary(b);
@@ -207,17 +226,17 @@ struct Engine::Impl {
       std::lock_guard lock(dev.mu);
       if (auto it = dev.choices.find(key); it != dev.choices.end()) return it->second;
     }
-    ConfigChoice c{default_config(spec, dev.limits), "default", "no cache"};
+    ConfigChoice c{default_config(spec, dev.backend.limits), "default", "no cache"};
     {
       std::lock_guard lock(store_mu);
       if (cache::Store* st = cache_store()) {
         try {
           const cache::Lookup l =
-              st->best_config(cache::current_context(dev.key), cache::hex64(spec.hash()), bucket);
+              st->best_config(cache::current_context(dev.backend.key), cache::hex64(spec.hash()), bucket);
           c.reason = l.reason;
           if (l.config) {
             TileConfig tuned = parse_config(*l.config);
-            if (auto why = why_illegal(spec, tuned, dev.limits)) {
+            if (auto why = why_illegal(spec, tuned, dev.backend.limits)) {
               c.reason = fmt::format("tuned config {} refused ({}); using the default", *l.config, *why);
             } else {
               c.config = tuned;
@@ -225,7 +244,7 @@ struct Engine::Impl {
             }
           } else if ((options.record_untuned || env_is("JITATTN_RECORD_UNTUNED", "1")) &&
                      !st->read_only()) {
-            st->record_untuned(spec.canonical(), cache::hex64(spec.hash()), bucket, dev.key.arch);
+            st->record_untuned(spec.canonical(), cache::hex64(spec.hash()), bucket, dev.backend.key.arch);
           }
         } catch (const Error& e) {
           c.reason = fmt::format("cache lookup failed: {}", e.what());
@@ -236,7 +255,7 @@ struct Engine::Impl {
     return dev.choices.emplace(key, c).first->second;
   }
 
-  // Returns the loaded kernel; the device's primary context must be current.
+  // Returns the loaded kernel; for a CUDA device its primary context must be current.
   LoadedKernel& kernel(DeviceState& dev, const KernelSpec& spec, const TileConfig& cfg,
                        bool* compiled_now, bool* from_cache) {
     // Keyed by the canonical texts, so a warm call generates no source.
@@ -250,12 +269,16 @@ struct Engine::Impl {
     }
     std::lock_guard lock(slot->mu);
     if (!slot->kernel) {
-      KernelSource src = generate(spec, cfg, dev.limits);
+      KernelSource src = generate(spec, cfg, dev.backend.limits);
       auto k = std::make_unique<LoadedKernel>();
-      k->compiled = compile(src, spec.target.sm, compiled_now, from_cache);
-      k->module = device::Module::load(k->compiled->cubin);
-      k->function = k->module.function(src.name);
-      if (src.shared_bytes > 48 * 1024) {
+      k->compiled = compile(src, dev.backend, compiled_now, from_cache);
+      if (dev.backend.cpu()) {
+        k->cpu_module = device::CpuModule::load(k->compiled->cubin, src.name);
+      } else {
+        k->module = device::Module::load(k->compiled->cubin);
+        k->function = k->module.function(src.name);
+      }
+      if (!dev.backend.cpu() && src.shared_bytes > 48 * 1024) {
         JITATTN_CU_CHECK(device::driver().cuFuncSetAttribute(
             k->function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, src.shared_bytes));
       }
@@ -295,9 +318,9 @@ ConfigChoice Engine::Impl::tune_now(DeviceState& dev, const KernelSpec& spec, co
                                     const ConfigChoice& fallback) {
   std::lock_guard tuning(tune_mu);
   const std::string bucket = tuner::shape_bucket(problem);
-  const cache::TuningContext ctx = cache::current_context(dev.key);
+  const cache::TuningContext ctx = cache::current_context(dev.backend.key);
   const std::string spec_hash = cache::hex64(spec.hash());
-  const std::string claim = fmt::format("{}|{}|{}", dev.key.arch, spec_hash, bucket);
+  const std::string claim = fmt::format("{}|{}|{}", dev.backend.key.arch, spec_hash, bucket);
   cache::Store* st = nullptr;
   {
     std::lock_guard lock(store_mu);
@@ -309,8 +332,8 @@ ConfigChoice Engine::Impl::tune_now(DeviceState& dev, const KernelSpec& spec, co
   }
   ConfigChoice result{fallback.config, "default", "on-first-use tuning found no verified config"};
   try {
-    std::vector<tuner::Candidate> cands = tuner::search_space(spec, dev.limits);
-    tuner::compile_all(spec, dev.limits, cands);
+    std::vector<tuner::Candidate> cands = tuner::search_space(spec, dev.backend.limits);
+    tuner::compile_all(spec, dev.backend.limits, cands);
     {  // the candidates' cubins are what kernel() would compile: register them
       std::lock_guard lock(compiled_mu);
       for (const auto& c : cands) {
@@ -382,7 +405,7 @@ ConfigChoice Engine::Impl::tune_now(DeviceState& dev, const KernelSpec& spec, co
     topt.budget_seconds = options.tune_budget_seconds;
     topt.on_measured = [&](const tuner::Candidate& c, const tuner::Measurement& m) {
       std::lock_guard lock(store_mu);
-      st->put_result(tuner::result_row(ctx, spec, bucket, c, m, dev.info));
+      st->put_result(tuner::result_row(ctx, spec, bucket, c, m, dev.backend));
     };
     std::vector<tuner::Candidate> todo;
     for (auto& c : cands) {
@@ -402,9 +425,7 @@ ConfigChoice Engine::Impl::tune_now(DeviceState& dev, const KernelSpec& spec, co
       for (const auto& c : todo) {
         if (!(c.config == *winner)) continue;
         cache::Binary b;
-        b.key = {cache::sha256_hex(generate(spec, c.config, dev.limits).source),
-                 cache::normalize_options(device::compile_options(spec.target.sm)),
-                 device::nvrtc_version(), dev.key.arch};
+        b.key = binary_key(generate(spec, c.config, dev.backend.limits).source, dev.backend);
         b.kernel_name = c.kernel_name;
         b.cubin = c.cubin;
         b.registers = c.registers;
@@ -443,16 +464,96 @@ Engine& Engine::global() {
   return engine;
 }
 
+namespace {
+
+// Whether a call runs on the CPU backend (see Device). Pointer checks need the driver only when
+// one is present: without it every pointer is host memory.
+bool runs_on_cpu(const AttentionArgs& args, const Problem& problem) {
+  const bool have_driver = device::driver_available();
+  auto on_gpu = [&](const void* p) { return have_driver && p != nullptr && device::device_of_pointer(p) >= 0; };
+  switch (args.device.kind) {
+    case Device::Kind::cuda:
+      return false;
+    case Device::Kind::automatic:
+      if (on_gpu(args.q.data)) return false;
+      break;
+    case Device::Kind::cpu:
+      break;
+  }
+  const std::pair<const void*, const char*> pointers[] = {
+      {args.q.data, "q.data"},         {args.k.data, "k.data"},
+      {args.v.data, "v.data"},         {args.o.data, "o.data"},
+      {args.lse, "lse"},               {problem.bias ? args.bias.data : nullptr, "bias.data"},
+      {problem.alibi ? args.alibi_slopes : nullptr, "alibi_slopes"},
+      {args.cu_seqlens_q, "cu_seqlens_q"}, {args.cu_seqlens_k, "cu_seqlens_k"},
+      {args.seqused_q, "seqused_q"},   {args.seqused_k, "seqused_k"}};
+  for (const auto& [p, name] : pointers) {
+    if (on_gpu(p)) {
+      throw InvalidArgument(name, fmt::format("is CUDA device memory; device {} runs on the CPU and needs host memory",
+                                              args.device.str()));
+    }
+  }
+  return true;
+}
+
+KernelReport report(const LoadedKernel& k, const KernelSpec& spec, const TileConfig& cfg, const BackendInfo& backend,
+                    const ConfigChoice& choice, bool compiled_now, bool from_cache) {
+  KernelReport r;
+  r.name = k.source.name;
+  r.spec = spec.canonical();
+  r.config = cfg.canonical();
+  r.backend = backend.cpu() ? "cpu" : "cuda";
+  r.target = backend.cpu() ? backend.key.arch : fmt::format("sm_{}", spec.target.sm);
+  r.sm = backend.cpu() ? 0 : spec.target.sm;
+  r.device = backend.ordinal;
+  r.registers = k.compiled->registers;
+  r.spill_bytes = k.compiled->spill_store_bytes + k.compiled->spill_load_bytes;
+  r.shared_bytes = k.source.shared_bytes;
+  r.compile_ms = k.compiled->compile_ms;
+  r.compiled_now = compiled_now;
+  r.binary_from_cache = from_cache;
+  r.config_source = choice.source;
+  r.config_reason = choice.reason;
+  return r;
+}
+
+}  // namespace
+
 KernelReport Engine::forward(const AttentionArgs& args, const ForwardOptions& options) {
   const Problem problem = validate(args);
   std::optional<TileConfig> forced;
   if (!options.config.empty()) forced = parse_config(options.config);
   if (!problem.has_output_rows()) return {};
 
+  if (runs_on_cpu(args, problem)) {
+    DeviceState& state = impl_->cpu_state();
+    const KernelSpec spec = make_spec(problem, state.backend.target);
+    const ConfigChoice choice =
+        forced ? ConfigChoice{*forced, "forced", "ForwardOptions::config"} : impl_->choose_config(state, spec, problem);
+    if (auto why = why_illegal(spec, choice.config, state.backend.limits)) {
+      throw InvalidArgument("config", fmt::format("{}: {}", choice.config.canonical(), *why));
+    }
+    bool compiled_now = false;
+    bool from_cache = false;
+    LoadedKernel& k = impl_->kernel(state, spec, choice.config, &compiled_now, &from_cache);
+    const jitattn_kernel::AttnFwdParams params = make_params(args, problem);
+    const auto grid = make_grid(problem, choice.config);
+    const device::CpuModule::Kernel fn = k.cpu_module.kernel();
+    device::parallel_for(static_cast<long long>(grid[0]) * grid[1] * grid[2], 1,
+                         [&](long long begin, long long end) { fn(&params, begin, end); });
+    return report(k, spec, choice.config, state.backend, choice, compiled_now, from_cache);
+  }
+
+  if (problem.dtype == DType::f32) {
+    throw InvalidArgument("q.dtype", "f32 runs on the CPU backend only (device cpu); CUDA kernels take f16 or bf16");
+  }
   // Device checks need the driver; all of them run before anything is launched.
   device::driver();
   const int dev = device::device_of_pointer(args.q.data);
   if (dev < 0) throw InvalidArgument("q.data", "is not device memory known to CUDA");
+  if (args.device.kind == Device::Kind::cuda && dev != args.device.ordinal) {
+    throw InvalidArgument("q.data", fmt::format("is on device {}, the call asks for {}", dev, args.device.str()));
+  }
   require_on_device(args.k.data, dev, "k.data");
   require_on_device(args.v.data, dev, "v.data");
   require_on_device(args.o.data, dev, "o.data");
@@ -469,14 +570,14 @@ KernelReport Engine::forward(const AttentionArgs& args, const ForwardOptions& op
   }
 
   DeviceState& state = impl_->device_state(dev);
-  const KernelSpec spec = make_spec(problem, state.info.sm());
+  const KernelSpec spec = make_spec(problem, state.backend.target);
   ConfigChoice choice;
   if (forced) {
     choice = {*forced, "forced", "ForwardOptions::config"};
   } else {
     choice = impl_->choose_config(state, spec, problem);
   }
-  if (auto why = why_illegal(spec, choice.config, state.limits)) {
+  if (auto why = why_illegal(spec, choice.config, state.backend.limits)) {
     throw InvalidArgument("config", fmt::format("{}: {}", choice.config.canonical(), *why));
   }
 
@@ -492,22 +593,7 @@ KernelReport Engine::forward(const AttentionArgs& args, const ForwardOptions& op
   void* launch_args[] = {&params};
   device::launch(k.function, make_grid(problem, cfg), {static_cast<unsigned>(k.source.threads), 1, 1},
                  static_cast<unsigned>(k.source.shared_bytes), stream, launch_args);
-
-  KernelReport r;
-  r.name = k.source.name;
-  r.spec = spec.canonical();
-  r.config = cfg.canonical();
-  r.sm = spec.target.sm;
-  r.device = dev;
-  r.registers = k.compiled->registers;
-  r.spill_bytes = k.compiled->spill_store_bytes + k.compiled->spill_load_bytes;
-  r.shared_bytes = k.source.shared_bytes;
-  r.compile_ms = k.compiled->compile_ms;
-  r.compiled_now = compiled_now;
-  r.binary_from_cache = from_cache;
-  r.config_source = choice.source;
-  r.config_reason = choice.reason;
-  return r;
+  return report(k, spec, cfg, state.backend, choice, compiled_now, from_cache);
 }
 
 }  // namespace jitattn

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <limits>
 #include <optional>
 #include <cmath>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "jitattn/error.h"
+#include "runtime/backend.h"
 #include "runtime/device/driver.h"
 #include "runtime/numeric.h"
 #include "runtime/reference.h"
@@ -19,21 +21,47 @@
 namespace jitattn::harness {
 namespace {
 
-// A tensor generated on the host and mirrored on the device. Storage is over-allocated so the
-// host copy can be 16-byte aligned like device memory (the reference validates alignment too).
+// A tensor generated on the host and mirrored on the device; for the CPU backend the host copy is
+// the one the kernel uses. Storage is over-allocated so the host copy can be 64-byte aligned like
+// device memory (the reference validates alignment too).
 struct Mirrored {
   std::vector<std::byte> host_storage;
   std::byte* host = nullptr;
   size_t bytes = 0;
+  bool gpu = true;
   device::DeviceBuffer dev;
   TensorRef host_ref, dev_ref;
 
-  void alloc(size_t n) {
+  void alloc(size_t n, bool on_gpu) {
     bytes = n;
-    host_storage.assign(n + 16, std::byte{0});
+    gpu = on_gpu;
+    host_storage.assign(n + 64, std::byte{0});
     auto addr = reinterpret_cast<uintptr_t>(host_storage.data());
-    host = host_storage.data() + ((16 - addr % 16) % 16);
-    dev = device::DeviceBuffer(n);
+    host = host_storage.data() + ((64 - addr % 64) % 64);
+    if (gpu) dev = device::DeviceBuffer(n);
+  }
+  // The pointer the kernel uses.
+  void* data() const { return gpu ? dev.data() : static_cast<void*>(host); }
+  void upload() {
+    if (gpu) dev.upload(host, bytes);
+  }
+  // Every byte set to `byte` where the kernel writes.
+  void fill(uint8_t byte) {
+    if (gpu) {
+      dev.fill(byte);
+    } else {
+      std::memset(host, byte, bytes);
+    }
+  }
+  // The kernel's result, as bytes.
+  std::vector<std::byte> download() const {
+    std::vector<std::byte> out(bytes);
+    if (gpu) {
+      dev.download(out.data(), bytes);
+    } else if (bytes > 0) {
+      std::memcpy(out.data(), host, bytes);
+    }
+    return out;
   }
 };
 
@@ -49,24 +77,24 @@ std::array<int64_t, 4> permuted_strides(const std::array<int64_t, 4>& shape, con
   return stride;
 }
 
-void make_tensor(Mirrored& m, DType dt, std::array<int64_t, 4> shape, std::array<int, 4> perm,
+void make_tensor(Mirrored& m, bool gpu, DType dt, std::array<int64_t, 4> shape, std::array<int, 4> perm,
                  std::mt19937_64& rng, float lo, float hi) {
   int64_t n = 1;
   for (auto s : shape) n *= s;
-  m.alloc(static_cast<size_t>(n) * static_cast<size_t>(dtype_size(dt)));
+  m.alloc(static_cast<size_t>(n) * static_cast<size_t>(dtype_size(dt)), gpu);
   std::uniform_real_distribution<float> dist(lo, hi);
   for (int64_t i = 0; i < n; ++i) store_from_float(m.host, dt, i, dist(rng));
-  m.dev.upload(m.host, m.bytes);
+  m.upload();
   const auto stride = permuted_strides(shape, perm);
   m.host_ref = TensorRef{m.host, dt, shape, stride};
-  m.dev_ref = TensorRef{m.dev.data(), dt, shape, stride};
+  m.dev_ref = TensorRef{m.data(), dt, shape, stride};
 }
 
 template <typename T>
-void make_array(Mirrored& m, const std::vector<T>& values) {
-  m.alloc(values.size() * sizeof(T));
+void make_array(Mirrored& m, bool gpu, const std::vector<T>& values) {
+  m.alloc(values.size() * sizeof(T), gpu);
   std::memcpy(m.host, values.data(), m.bytes);
-  m.dev.upload(m.host, m.bytes);
+  m.upload();
 }
 
 // Everything one run needs, on host and device.
@@ -76,10 +104,11 @@ struct Setup {
   uint64_t seed = 0;
 };
 
-void build(Setup& s, const ProblemDesc& d) {
+void build(Setup& s, const ProblemDesc& d, bool gpu) {
   s.seed = d.seed ? d.seed : std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
   std::mt19937_64 rng(s.seed);
   AttentionArgs& a = s.dev_args;
+  a.device = gpu ? d.device : Device::cpu();
   a.mask = d.mask;
   a.window = d.window;
   a.scale = d.scale;
@@ -103,25 +132,25 @@ void build(Setup& s, const ProblemDesc& d) {
       rows_q = cq.back();
       rows_k = ck.back();
       batch = 1;
-      make_array(s.cu_q, cq);
-      make_array(s.cu_k, ck);
-      a.cu_seqlens_q = static_cast<const int32_t*>(s.cu_q.dev.data());
-      a.cu_seqlens_k = static_cast<const int32_t*>(s.cu_k.dev.data());
+      make_array(s.cu_q, gpu, cq);
+      make_array(s.cu_k, gpu, ck);
+      a.cu_seqlens_q = static_cast<const int32_t*>(s.cu_q.data());
+      a.cu_seqlens_k = static_cast<const int32_t*>(s.cu_k.data());
       a.batch = d.batch;
       a.max_seqlen_q = d.seqlen_q;
       a.max_seqlen_k = d.seqlen_k;
     } else {
-      make_array(s.used_q, lq);
-      make_array(s.used_k, lk);
-      a.seqused_q = static_cast<const int32_t*>(s.used_q.dev.data());
-      a.seqused_k = static_cast<const int32_t*>(s.used_k.dev.data());
+      make_array(s.used_q, gpu, lq);
+      make_array(s.used_k, gpu, lk);
+      a.seqused_q = static_cast<const int32_t*>(s.used_q.data());
+      a.seqused_k = static_cast<const int32_t*>(s.used_k.data());
     }
   }
   const int dv = d.dv();
-  make_tensor(s.q, d.dtype, {batch, rows_q, d.heads_q, d.head_dim}, d.layout, rng, -1.f, 1.f);
-  make_tensor(s.k, d.dtype, {batch, rows_k, d.heads_kv, d.head_dim}, d.layout, rng, -1.f, 1.f);
-  make_tensor(s.v, d.dtype, {batch, rows_k, d.heads_kv, dv}, d.layout, rng, -1.f, 1.f);
-  make_tensor(s.o, d.dtype, {batch, rows_q, d.heads_q, dv}, d.layout, rng, -1.f, 1.f);
+  make_tensor(s.q, gpu, d.dtype, {batch, rows_q, d.heads_q, d.head_dim}, d.layout, rng, -1.f, 1.f);
+  make_tensor(s.k, gpu, d.dtype, {batch, rows_k, d.heads_kv, d.head_dim}, d.layout, rng, -1.f, 1.f);
+  make_tensor(s.v, gpu, d.dtype, {batch, rows_k, d.heads_kv, dv}, d.layout, rng, -1.f, 1.f);
+  make_tensor(s.o, gpu, d.dtype, {batch, rows_q, d.heads_q, dv}, d.layout, rng, -1.f, 1.f);
   a.q = s.q.dev_ref;
   a.k = s.k.dev_ref;
   a.v = s.v.dev_ref;
@@ -129,8 +158,8 @@ void build(Setup& s, const ProblemDesc& d) {
   if (d.lse) {
     const int64_t n = (d.varlen == VarlenKind::packed) ? d.heads_q * rows_q
                                                         : int64_t{d.batch} * d.heads_q * d.seqlen_q;
-    s.lse.alloc(static_cast<size_t>(n) * sizeof(float));
-    a.lse = static_cast<float*>(s.lse.dev.data());
+    s.lse.alloc(static_cast<size_t>(n) * sizeof(float), gpu);
+    a.lse = static_cast<float*>(s.lse.data());
   }
   if (d.bias != "none") {
     if (d.bias.size() != 4) throw InvalidArgument("bias", fmt::format("expected 4 characters over [b|1][h|1][q|1][k|1], got '{}'", d.bias));
@@ -143,14 +172,14 @@ void build(Setup& s, const ProblemDesc& d) {
       }
       shape[i] = d.bias[i] == '1' ? 1 : full[i];
     }
-    make_tensor(s.bias, d.dtype, shape, {0, 1, 2, 3}, rng, -2.f, 2.f);
+    make_tensor(s.bias, gpu, d.dtype, shape, {0, 1, 2, 3}, rng, -2.f, 2.f);
     a.bias = s.bias.dev_ref;
   }
   if (d.alibi) {
     std::vector<float> slopes(static_cast<size_t>(d.heads_q));
     for (int h = 0; h < d.heads_q; ++h) slopes[static_cast<size_t>(h)] = std::exp2(-8.0f * float(h + 1) / float(d.heads_q));
-    make_array(s.slopes, slopes);
-    a.alibi_slopes = static_cast<const float*>(s.slopes.dev.data());
+    make_array(s.slopes, gpu, slopes);
+    a.alibi_slopes = static_cast<const float*>(s.slopes.data());
   }
 
   // The same problem with host pointers, for the reference.
@@ -161,6 +190,7 @@ void build(Setup& s, const ProblemDesc& d) {
   h.v = s.v.host_ref;
   h.o = s.o.host_ref;
   h.lse = nullptr;
+  h.device = Device::cpu();
   if (d.bias != "none") h.bias = s.bias.host_ref;
   if (d.alibi) h.alibi_slopes = reinterpret_cast<const float*>(s.slopes.host);
   if (a.cu_seqlens_q) {
@@ -173,7 +203,9 @@ void build(Setup& s, const ProblemDesc& d) {
   }
 }
 
-void synchronize() { JITATTN_CU_CHECK(device::driver().cuCtxSynchronize()); }
+void synchronize(bool gpu) {
+  if (gpu) JITATTN_CU_CHECK(device::driver().cuCtxSynchronize());
+}
 
 double percentile(std::vector<double> v, double q) {
   std::sort(v.begin(), v.end());
@@ -195,6 +227,11 @@ VarlenKind parse_varlen(const std::string& s) {
   if (s == "packed" || s == "1" || s == "on") return VarlenKind::packed;
   if (s == "padded") return VarlenKind::padded;
   throw InvalidArgument("varlen", fmt::format("expected none, packed or padded, got '{}'", s));
+}
+
+Device resolve_device(Device device) {
+  if (device.kind != Device::Kind::automatic) return device;
+  return device::driver_available() && device::device_count() > 0 ? Device::cuda(0) : Device::cpu();
 }
 
 std::string describe(const ProblemDesc& d) {
@@ -224,33 +261,53 @@ double forward_flops(const ProblemDesc& d) {
 
 struct Runner::Impl {
   ProblemDesc desc;
-  device::ScopedContext ctx;
+  bool gpu = true;
+  std::optional<device::ScopedContext> ctx;
   Setup setup;
   std::optional<reference::Result> ref;  // computed on the first check
   std::unique_ptr<device::DeviceBuffer> flush;
 
-  explicit Impl(const ProblemDesc& d) : desc(d), ctx(d.device) { build(setup, desc); }
+  explicit Impl(const ProblemDesc& d) : desc(d) {
+    desc.device = resolve_device(d.device);
+    gpu = desc.device.kind == Device::Kind::cuda;
+    if (gpu) {
+      ctx.emplace(desc.device.ordinal);
+    } else {
+      cpu_backend();  // says so now when this build has no CPU backend
+    }
+    build(setup, desc, gpu);
+  }
 };
+
+namespace {
+// The device's context, current for the scope of a call (nothing on the CPU).
+struct Scope {
+  std::optional<device::ScopedContext> ctx;
+  explicit Scope(const Runner::Impl& impl) {
+    if (impl.gpu) ctx.emplace(impl.desc.device.ordinal);
+  }
+};
+}  // namespace
 
 Runner::Runner(const ProblemDesc& desc) : impl_(std::make_unique<Impl>(desc)) {}
 Runner::~Runner() = default;
 
 CheckResult Runner::check(Engine& engine, const ForwardOptions& options) {
-  device::ScopedContext ctx(impl_->desc.device);
+  const Scope scope(*impl_);
   const ProblemDesc& d = impl_->desc;
   Setup& s = impl_->setup;
+  const bool gpu = impl_->gpu;
   // Poison: 0xFF bytes are NaN in f16, bf16 and f32, so an unwritten element fails the check.
-  s.o.dev.fill(0xFF);
-  if (d.lse) s.lse.dev.fill(0xFF);
-  synchronize();
+  s.o.fill(0xFF);
+  if (d.lse) s.lse.fill(0xFF);
+  synchronize(gpu);
 
   CheckResult r;
   r.seed = s.seed;
   r.kernel = engine.forward(s.dev_args, options);
-  synchronize();
+  synchronize(gpu);
 
-  std::vector<std::byte> o_host(s.o.bytes);
-  s.o.dev.download(o_host.data(), o_host.size());
+  const std::vector<std::byte> o_host = s.o.download();
   if (!impl_->ref) impl_->ref = reference::forward(s.host_args);
   const reference::Result& ref = *impl_->ref;
 
@@ -264,7 +321,8 @@ CheckResult Runner::check(Engine& engine, const ForwardOptions& options) {
       for (int64_t h = 0; h < sh[2]; ++h)
         for (int64_t c = 0; c < sh[3]; ++c)
           got.push_back(load_as_double(o_host.data(), d.dtype, b * st[0] + i * st[1] + h * st[2] + c * st[3]));
-  r.tolerance = d.dtype == DType::f16 ? 2e-3 : 1e-2;
+  // Relative-norm tolerances of the storage format (f32: the CPU backend's fp32 compute).
+  r.tolerance = d.dtype == DType::f32 ? 1e-5 : d.dtype == DType::f16 ? 2e-3 : 1e-2;
   if (got.size() != ref.out.size()) {
     r.rel_err = r.max_abs_err = std::numeric_limits<double>::infinity();
     return r;
@@ -284,7 +342,8 @@ CheckResult Runner::check(Engine& engine, const ForwardOptions& options) {
 
   if (d.lse) {
     std::vector<float> lse(s.lse.bytes / sizeof(float));
-    s.lse.dev.download(lse.data(), s.lse.bytes);
+    const std::vector<std::byte> lse_bytes = s.lse.download();
+    if (!lse.empty()) std::memcpy(lse.data(), lse_bytes.data(), s.lse.bytes);
     std::vector<double> g, want;
     for (size_t i = 0; i < lse.size() && i < ref.lse.size(); ++i) {
       const bool ref_inf = std::isinf(ref.lse[i]);
@@ -303,24 +362,46 @@ CheckResult Runner::check(Engine& engine, const ForwardOptions& options) {
 }
 
 KernelReport Runner::run(Engine& engine, const ForwardOptions& options) {
-  device::ScopedContext ctx(impl_->desc.device);
+  const Scope scope(*impl_);
   return engine.forward(impl_->setup.dev_args, options);
 }
 
 BenchResult Runner::bench(Engine& engine, const ForwardOptions& options, double budget_ms) {
-  device::ScopedContext ctx(impl_->desc.device);
+  const Scope scope(*impl_);
   const ProblemDesc& d = impl_->desc;
   Setup& s = impl_->setup;
+  if (!impl_->gpu) {
+    // CPU: calls are synchronous; a steady clock around each one.
+    BenchResult r;
+    r.kernel = engine.forward(s.dev_args, options);  // compile or load + warm-up
+    engine.forward(s.dev_args, options);
+    std::vector<double> times;
+    double total = 0;
+    while ((total < budget_ms || times.size() < 5) && times.size() < 1000) {
+      const auto t0 = std::chrono::steady_clock::now();
+      engine.forward(s.dev_args, options);
+      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      times.push_back(ms);
+      total += ms;
+    }
+    r.samples = static_cast<int>(times.size());
+    r.median_ms = percentile(times, 0.5);
+    r.p20_ms = percentile(times, 0.2);
+    r.p80_ms = percentile(times, 0.8);
+    r.flops = forward_flops(d);
+    r.tflops = r.flops / (r.median_ms * 1e-3) / 1e12;
+    return r;
+  }
   // Each repetition starts from a cold L2: writing a buffer twice the L2 evicts the inputs.
   if (!impl_->flush) {
-    const device::DeviceInfo info = device::device_info(d.device);
+    const device::DeviceInfo info = device::device_info(d.device.ordinal);
     impl_->flush = std::make_unique<device::DeviceBuffer>(static_cast<size_t>(std::max(info.l2_bytes, 1 << 20)) * 2);
   }
   BenchResult r;
   r.kernel = engine.forward(s.dev_args, options);  // compile or load + warm-up
-  synchronize();
+  synchronize(true);
   for (int i = 0; i < 2; ++i) engine.forward(s.dev_args, options);
-  synchronize();
+  synchronize(true);
 
   device::EventTimer timer;
   std::vector<double> times;
@@ -334,7 +415,7 @@ BenchResult Runner::bench(Engine& engine, const ForwardOptions& options, double 
     times.push_back(ms);
     total += ms;
   }
-  synchronize();
+  synchronize(true);
   r.samples = static_cast<int>(times.size());
   r.median_ms = percentile(times, 0.5);
   r.p20_ms = percentile(times, 0.2);

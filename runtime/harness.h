@@ -36,7 +36,8 @@ struct ProblemDesc {
   uint64_t seed = 0;  ///< 0: fresh random seed (reported back)
   /// Physical order of q/k/v/o's logical dims [batch, seq, heads, dim]; {0,2,1,3} = BHSD.
   std::array<int, 4> layout = {0, 1, 2, 3};
-  int device = 0;
+  /// Where to run: auto (CUDA device 0 when a GPU is present, else the CPU), cpu or cuda:N.
+  Device device;
 
   int dv() const { return head_dim_v > 0 ? head_dim_v : head_dim; }
 };
@@ -45,6 +46,8 @@ struct ProblemDesc {
 MaskKind parse_mask(const std::string& s);
 /// Parses "none", "packed", "padded" (also "1"/"on" = packed); throws InvalidArgument("varlen").
 VarlenKind parse_varlen(const std::string& s);
+/// `device` with automatic resolved: cuda:0 when a CUDA device is present, else cpu.
+Device resolve_device(Device device);
 /// One-line description, e.g. "bf16 b2 hq8 hkv8 sq512 sk512 d128 dv128 causal lse".
 std::string describe(const ProblemDesc& d);
 
@@ -71,8 +74,9 @@ struct BenchResult {
   KernelReport kernel;
 };
 
-/// Times `desc` (no reference): warm-up, then CUDA-event timed repetitions for about
-/// `budget_ms`, each after an L2 flush; median and p20/p80.
+/// Times `desc` (no reference): warm-up, then timed repetitions for about `budget_ms`; median and
+/// p20/p80. GPU: CUDA events, each repetition after an L2 flush. CPU: a steady clock around each
+/// (synchronous) call.
 BenchResult bench(Engine& engine, const ProblemDesc& desc, const ForwardOptions& options = {},
                   double budget_ms = 300.0);
 
@@ -94,8 +98,9 @@ class Runner {
   KernelReport run(Engine& engine, const ForwardOptions& options = {});
   BenchResult bench(Engine& engine, const ForwardOptions& options = {}, double budget_ms = 300.0);
 
- private:
   struct Impl;
+
+ private:
   std::unique_ptr<Impl> impl_;
 };
 

@@ -8,9 +8,9 @@
 
 namespace jitattn {
 
-KernelSpec make_spec(const Problem& problem, int sm) {
+KernelSpec make_spec(const Problem& problem, Target target) {
   KernelSpec s;
-  s.target.sm = sm;
+  s.target = target;
   s.dtype = problem.dtype;
   s.head_dim = problem.head_dim;
   s.head_dim_v = problem.head_dim_v;
@@ -18,7 +18,8 @@ KernelSpec make_spec(const Problem& problem, int sm) {
   s.window = problem.window;
   s.varlen = problem.varlen;
   s.bias = problem.bias;
-  s.bias_tiled = problem.bias && problem.bias_tileable;
+  // Tiled bias staging is a GPU shared-memory strategy; CPU kernels read bias rows directly.
+  s.bias_tiled = problem.bias && problem.bias_tileable && !target.cpu;
   s.alibi = problem.alibi;
   s.scale = problem.scale;
   s.softcap = problem.softcap;
@@ -84,9 +85,13 @@ std::array<unsigned, 3> make_grid(const Problem& pr, const TileConfig& c) {
 TileConfig parse_config(const std::string& text) {
   // At most 4 digits each: every legal value fits, and std::stoi can never overflow.
   static const std::regex re(R"(bm(\d{1,4})_bn(\d{1,4})_w(\d{1,4})_s(\d{1,4})(_qr)?)");
+  static const std::regex cpu_re(R"(cpu_bm(\d{1,4})_bn(\d{1,4}))");
   std::smatch m;
+  if (std::regex_match(text, m, cpu_re)) return cpu_config(std::stoi(m[1]), std::stoi(m[2]));
   if (!std::regex_match(text, m, re)) {
-    throw InvalidArgument("config", fmt::format("expected bm<M>_bn<N>_w<warps>_s<stages>[_qr], got '{}'", text));
+    throw InvalidArgument("config", fmt::format("expected bm<M>_bn<N>_w<warps>_s<stages>[_qr] "
+                                                "(GPU) or cpu_bm<M>_bn<N> (CPU), got '{}'",
+                                                text));
   }
   TileConfig c;
   c.block_m = std::stoi(m[1]);

@@ -10,13 +10,16 @@
 
 namespace jitattn {
 
-/// The compile-time facts of `problem` for architecture `sm`.
-KernelSpec make_spec(const Problem& problem, int sm);
+/// The compile-time facts of `problem` for `target` (a GPU arch or the CPU).
+KernelSpec make_spec(const Problem& problem, Target target);
+/// make_spec for GPU architecture `sm`.
+inline KernelSpec make_spec(const Problem& problem, int sm) { return make_spec(problem, Target{sm, false}); }
 
 /// Runtime params of the forward kernel (pointers, strides, lengths, window).
 jitattn_kernel::AttnFwdParams make_params(const AttentionArgs& args, const Problem& problem);
 
-/// Grid: (query blocks, heads_q, batch).
+/// Grid: (query blocks, heads_q, batch). On the CPU the work items are the same blocks, numbered
+/// (b * heads_q + h) * query_blocks + m_block.
 std::array<unsigned, 3> make_grid(const Problem& problem, const TileConfig& config);
 
 /// Parses TileConfig::canonical() text ("bm128_bn64_w8_s2[_qr]"); throws InvalidArgument("config").

@@ -5,6 +5,7 @@
 #include <cctype>
 #include <string>
 
+#include "jitattn/attention.h"
 #include "jitattn/error.h"
 
 namespace jitattn {
@@ -44,6 +45,33 @@ TensorRef TensorRef::contiguous(const void* data, DType dtype, std::array<int64_
     stride *= shape[static_cast<size_t>(i)];
   }
   return t;
+}
+
+
+
+Device Device::parse(std::string_view text) {
+  auto ordinal = [&](std::string_view digits) {
+    if (digits.empty() || digits.size() > 4 ||
+        !std::all_of(digits.begin(), digits.end(), [](unsigned char c) { return std::isdigit(c); })) {
+      throw InvalidArgument("device", "expected auto, cpu, cuda or cuda:N (N a device ordinal), got \"" +
+                                          std::string(text) + "\"");
+    }
+    return std::stoi(std::string(digits));
+  };
+  if (text == "auto") return Device{};
+  if (text == "cpu") return Device::cpu();
+  if (text == "cuda" || text == "gpu") return Device::cuda(0);
+  if (text.rfind("cuda:", 0) == 0) return Device::cuda(ordinal(text.substr(5)));
+  return Device::cuda(ordinal(text));
+}
+
+std::string Device::str() const {
+  switch (kind) {
+    case Kind::automatic: return "auto";
+    case Kind::cpu: return "cpu";
+    case Kind::cuda: return "cuda:" + std::to_string(ordinal);
+  }
+  return "auto";
 }
 
 }  // namespace jitattn

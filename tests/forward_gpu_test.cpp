@@ -303,7 +303,7 @@ TEST(ForwardGpu, EveryDeviceWorks) {
   JITATTN_REQUIRE_GPU();
   for (int dev = 0; dev < device::device_count(); ++dev) {
     ProblemDesc p = base(128);
-    p.device = dev;
+    p.device = Device::cuda(dev);
     EXPECT_TRUE(harness::check(engine(), p).pass) << "device " << dev;
   }
 }
@@ -313,11 +313,43 @@ TEST(ForwardGpu, HostPointerRejectedBeforeLaunch) {
   alignas(16) static uint16_t host[4 * 64];
   AttentionArgs a;
   for (TensorRef* t : {&a.q, &a.k, &a.v, &a.o}) *t = TensorRef::contiguous(host, DType::bf16, {1, 4, 1, 64});
+  a.device = Device::cuda(0);  // (automatic would run host memory on the CPU backend)
   try {
     engine().forward(a);
     FAIL() << "expected InvalidArgument";
   } catch (const InvalidArgument& e) {
     EXPECT_EQ(e.argument(), "q.data") << e.what();
+  }
+}
+
+TEST(ForwardGpu, DevicePointerRejectedOnTheCpu) {
+  JITATTN_REQUIRE_GPU();
+  device::ScopedContext ctx(0);
+  device::DeviceBuffer buf(size_t{2} * 4 * 64);
+  alignas(16) static uint16_t host[4 * 64];
+  AttentionArgs a;
+  for (TensorRef* t : {&a.q, &a.k, &a.o}) *t = TensorRef::contiguous(host, DType::bf16, {1, 4, 1, 64});
+  a.v = TensorRef::contiguous(buf.data(), DType::bf16, {1, 4, 1, 64});
+  a.device = Device::cpu();
+  try {
+    engine().forward(a);
+    FAIL() << "expected InvalidArgument";
+  } catch (const InvalidArgument& e) {
+    EXPECT_EQ(e.argument(), "v.data") << e.what();
+  }
+}
+
+TEST(ForwardGpu, F32IsRefusedOnTheGpu) {
+  JITATTN_REQUIRE_GPU();
+  device::ScopedContext ctx(0);
+  device::DeviceBuffer buf(size_t{4} * 4 * 64);
+  AttentionArgs a;
+  for (TensorRef* t : {&a.q, &a.k, &a.v, &a.o}) *t = TensorRef::contiguous(buf.data(), DType::f32, {1, 4, 1, 64});
+  try {
+    engine().forward(a);
+    FAIL() << "expected InvalidArgument";
+  } catch (const InvalidArgument& e) {
+    EXPECT_EQ(e.argument(), "q.dtype") << e.what();
   }
 }
 

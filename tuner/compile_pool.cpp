@@ -14,6 +14,7 @@
 
 #include "generator/generator.h"
 #include "jitattn/error.h"
+#include "runtime/device/cpu_jit.h"
 #include "runtime/device/nvrtc.h"
 #include "tuner/tuner.h"
 
@@ -30,8 +31,17 @@ std::string first_line(const std::string& text) {
 void compile_one(const KernelSpec& spec, const DeviceLimits& limits, Candidate& c) noexcept {
   const auto start = std::chrono::steady_clock::now();
   try {
-    const KernelSource src = generate(spec, c.config, limits);
+    KernelSource src = generate(spec, c.config, limits);
+    if (spec.target.cpu) {
+      device::CpuCompileResult r = device::compile_cpu(src.source, src.name);
+      c.kernel_name = std::move(r.kernel_name);
+      c.cubin = std::move(r.object);
+      c.source = std::move(src.source);
+      c.compile_ms = r.compile_ms;
+      return;
+    }
     device::CompileResult r = device::compile_to_cubin(src.source, src.name, spec.target.sm);
+    c.source = std::move(src.source);
     c.registers = r.registers;
     // Stack frame counts too: local arrays there are spills in all but name.
     c.spill_bytes = r.spill_store_bytes + r.spill_load_bytes + r.stack_frame_bytes;

@@ -6,7 +6,7 @@ namespace jitattn::tuner {
 
 cache::TuningResult result_row(const cache::TuningContext& context, const KernelSpec& spec,
                                const std::string& bucket, const Candidate& candidate,
-                               const Measurement& m, const device::DeviceInfo& device) {
+                               const Measurement& m, const BackendInfo& backend) {
   cache::TuningResult r;
   r.context = context;
   r.spec_hash = cache::hex64(spec.hash());
@@ -23,9 +23,9 @@ cache::TuningResult result_row(const cache::TuningContext& context, const Kernel
   r.error = m.error;
   char host[256] = {};
   if (gethostname(host, sizeof host - 1) == 0) r.provenance.host = host;
-  r.provenance.driver_version = std::to_string(device.driver_version);
-  r.provenance.device_name = device.name;
-  r.provenance.clock_mhz = device.clock_khz / 1000;
+  if (!backend.cpu()) r.provenance.driver_version = std::to_string(backend.driver_version);
+  r.provenance.device_name = backend.name;
+  r.provenance.clock_mhz = backend.clock_mhz;
   return r;
 }
 

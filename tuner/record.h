@@ -4,15 +4,15 @@
 #include <string>
 
 #include "cache/store.h"
-#include "runtime/device/driver.h"
+#include "runtime/backend.h"
 #include "tuner/tuner.h"
 
 namespace jitattn::tuner {
 
 /// A tuning_results row: the key (context, spec, bucket, config), the measurement, and
-/// provenance from `device` (host, driver, device name, clock).
+/// provenance from `backend` (host, driver, device name, clock).
 cache::TuningResult result_row(const cache::TuningContext& context, const KernelSpec& spec,
                                const std::string& bucket, const Candidate& candidate,
-                               const Measurement& m, const device::DeviceInfo& device);
+                               const Measurement& m, const BackendInfo& backend);
 
 }  // namespace jitattn::tuner

@@ -34,6 +34,22 @@ int accumulator_registers(const KernelSpec& spec, const TileConfig& cfg) {
 }  // namespace
 
 std::vector<Candidate> search_space(const KernelSpec& spec, const DeviceLimits& limits) {
+  if (spec.target.cpu) {
+    // CPU kernels: rows per work item x keys per step; the generator's menu and stack budget
+    // (why_illegal) decide what is legal.
+    static constexpr int kCpuBlockM[] = {4, 8, 16, 32, 64, 128};
+    static constexpr int kCpuBlockN[] = {16, 32, 64, 128, 256, 512};
+    std::vector<Candidate> out;
+    for (int bm : kCpuBlockM) {
+      for (int bn : kCpuBlockN) {
+        Candidate c;
+        c.config = cpu_config(bm, bn);
+        if (auto why = why_illegal(spec, c.config, limits)) c.pruned = std::move(*why);
+        out.push_back(std::move(c));
+      }
+    }
+    return out;
+  }
   static constexpr int kBlockM[] = {32, 64, 128};
   static constexpr int kBlockN[] = {16, 32, 64, 128};
   static constexpr int kWarps[] = {2, 4, 8};

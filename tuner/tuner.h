@@ -22,18 +22,21 @@ struct Candidate {
   int registers = -1;                 ///< from the compile (ptxas), -1 before
   int spill_bytes = 0;
   double compile_ms = 0;
-  std::vector<char> cubin;            ///< filled by compile_all for unpruned candidates
+  std::vector<char> cubin;            ///< filled by compile_all for unpruned candidates (CPU: object code)
   std::string kernel_name;
+  std::string source;                 ///< the generated source compile_all compiled
 };
 
 /// Every TileConfig the generator could take for `spec` (block_m {32,64,128} x block_n
 /// {16,32,64,128} x warps {2,4,8} x stages {1,2,3,4} x q_in_regs), in a deterministic order, each
 /// pruned with a reason when why_illegal refuses it or the static register model says it cannot
-/// fit (O and S accumulators alone over the 255-register budget).
+/// fit (O and S accumulators alone over the 255-register budget). CPU specs: block_m
+/// {4,...,128} x block_n {16,...,512}, pruned by why_illegal (menu, stack budget).
 std::vector<Candidate> search_space(const KernelSpec& spec, const DeviceLimits& limits);
 
-/// Compiles the unpruned candidates with NVRTC in parallel (`threads` 0 = hardware concurrency)
-/// and prunes those that fail to compile or spill (reason names the bytes). Thread-safe NVRTC.
+/// Compiles the unpruned candidates in parallel (`threads` 0 = hardware concurrency) with NVRTC,
+/// or in-process clang for CPU specs, and prunes those that fail to compile or (GPU) spill
+/// (reason names the bytes). Both compilers are thread-safe.
 void compile_all(const KernelSpec& spec, const DeviceLimits& limits, std::vector<Candidate>& cands,
                  int threads = 0);
 

@@ -3,6 +3,8 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <string_view>
 
 #include "jitattn/tensor.h"
 
@@ -31,7 +33,25 @@ struct Window {
 ///           or beyond a batch's length are written as 0 (and LSE -inf).
 enum class VarlenKind { none, packed, padded };
 
-/// Everything one forward call needs. Device pointers must belong to one device.
+/// Where a call runs.
+///   automatic  the CUDA device that owns q's memory when q is device memory, else the CPU backend
+///   cpu        the CPU backend (clang/LLVM JIT); all pointers are host memory; runs synchronously
+///   cuda       CUDA device `ordinal`; all pointers are its device memory
+struct Device {
+  enum class Kind { automatic, cpu, cuda };
+  Kind kind = Kind::automatic;
+  int ordinal = 0;
+
+  static Device cpu() { return {Kind::cpu, 0}; }
+  static Device cuda(int ordinal = 0) { return {Kind::cuda, ordinal}; }
+  /// "auto", "cpu", "cuda", "cuda:N" (a bare "N" means cuda:N); throws InvalidArgument("device").
+  static Device parse(std::string_view text);
+  /// "auto", "cpu" or "cuda:N".
+  std::string str() const;
+  bool operator==(const Device&) const = default;
+};
+
+/// Everything one forward call needs. Pointers must all belong to one device (or all be host memory).
 ///
 /// Scores: s = scale * (q . k); if softcap > 0, s = softcap * tanh(s / softcap); then the bias
 /// tensor and ALiBi (-slope_h * |i + offset - j|) are added; masked keys get -inf. The output is
@@ -70,7 +90,11 @@ struct AttentionArgs {
   int max_seqlen_k = 0;                   ///< packed: longest key sequence
 
   /// CUDA stream (CUstream) to launch on; null = the default stream of the pointers' device.
+  /// Ignored on the CPU, where the call returns when the output is written.
   void* stream = nullptr;
+
+  /// Where to run (see Device); automatic follows q's memory.
+  Device device;
 };
 
 }  // namespace jitattn

@@ -42,14 +42,16 @@ struct KernelReport {
   std::string name;    ///< kernel symbol, spells out the specialisation
   std::string spec;    ///< canonical KernelSpec text
   std::string config;  ///< canonical TileConfig text
-  int sm = 0;          ///< architecture compiled for
-  int device = -1;     ///< CUDA device ordinal it ran on
-  int registers = -1;
+  std::string backend;  ///< "cuda" or "cpu"
+  std::string target;   ///< "sm_90", or the host CPU's arch key ("cpu-znver4-1a2b3c4d")
+  int sm = 0;          ///< architecture compiled for (0 on the CPU)
+  int device = -1;     ///< CUDA device ordinal it ran on (-1 on the CPU)
+  int registers = -1;    ///< -1 on the CPU
   int spill_bytes = 0;   ///< spill stores + loads reported by ptxas
   int shared_bytes = 0;  ///< dynamic shared memory per CTA
   double compile_ms = 0.0;
   bool compiled_now = false;  ///< false when the kernel was already loaded in this process
-  bool binary_from_cache = false;  ///< the cubin came from the cache file (no NVRTC call)
+  bool binary_from_cache = false;  ///< the cubin / object came from the cache file (no compile)
   /// Where the config came from: "forced" (ForwardOptions::config), "exact" / "nearest" (tuned
   /// rows in the cache for this device and spec), or "default" (the generator's heuristic).
   std::string config_source;
@@ -65,15 +67,17 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  /// Runs forward attention on the device that owns args.q, on args.stream (asynchronous, like a
-  /// CUDA launch). Throws InvalidArgument for bad input (nothing launched), NoDevice without a
-  /// driver, CompileError with the NVRTC log, CudaError with the CUresult text.
+  /// Runs forward attention where args.device says: by default on the CUDA device that owns
+  /// args.q, on args.stream (asynchronous, like a CUDA launch), or on the CPU backend when q is
+  /// host memory (synchronous, on all cores). Throws InvalidArgument for bad input (nothing
+  /// launched), NoDevice without a driver, Unsupported for the CPU in a build without LLVM,
+  /// CompileError with the NVRTC / clang log, CudaError with the CUresult text.
   KernelReport forward(const AttentionArgs& args, const ForwardOptions& options = {});
 
   /// The process-wide engine used by jitattn::forward().
   static Engine& global();
 
-  /// NVRTC compiles this engine has run (a warm cache gives 0).
+  /// Kernel compiles (NVRTC or clang) this engine has run (a warm cache gives 0).
   int compile_count() const;
 
  private:

@@ -10,7 +10,10 @@
 #include <deque>
 #include <exception>
 #include <mutex>
+#include <fstream>
 #include <thread>
+
+#include <unistd.h>
 
 #include "jitattn/error.h"
 
@@ -40,6 +43,20 @@
 #endif
 
 namespace jitattn::device {
+
+namespace {
+// The per-core L2 size: glibc's sysconf, else Linux' sysfs ("1024K"); 1 when neither says.
+int64_t host_l2_bytes() {
+#ifdef _SC_LEVEL2_CACHE_SIZE
+  if (const long v = sysconf(_SC_LEVEL2_CACHE_SIZE); v > 0) return v;
+#endif
+  std::ifstream in("/sys/devices/system/cpu/cpu0/cache/index2/size");
+  int64_t n = 0;
+  char unit = 0;
+  if (in >> n >> unit && n > 0) return unit == 'K' ? n * 1024 : unit == 'M' ? n * 1024 * 1024 : n;
+  return 1;
+}
+}  // namespace
 
 std::string HostCpu::arch_key() const {
   uint64_t h = 1469598103934665603ull;  // FNV-1a over the triple and features
@@ -94,6 +111,7 @@ const HostCpu& host_cpu() {
     std::sort(on.begin(), on.end());
     c.features = fmt::format("{}", fmt::join(on, ","));
     c.threads = std::max(1u, std::thread::hardware_concurrency());
+    c.l2_bytes = host_l2_bytes();
     return c;
   }();
   return cpu;
@@ -238,6 +256,7 @@ const HostCpu& host_cpu() {
     HostCpu c;
     c.name = "unknown";
     c.threads = std::max(1u, std::thread::hardware_concurrency());
+    c.l2_bytes = host_l2_bytes();
     return c;
   }();
   return cpu;

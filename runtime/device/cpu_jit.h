@@ -10,6 +10,7 @@
 // m_blocks = ceil(seqlen_q / block_m) (seqlen_q is the maximum when packed). Items are independent.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -27,6 +28,7 @@ struct HostCpu {
   std::string name;
   std::string features;
   int threads = 1;
+  int64_t l2_bytes = 1;  ///< per-core L2 (sysconf, else sysfs); 1 when neither says
   /// "cpu-<name>-<8 hex digits of a hash of triple and features>": the tuning cache's arch.
   std::string arch_key() const;
 };
