@@ -19,6 +19,7 @@
 #include "jitattn/engine.h"
 #include "jitattn/error.h"
 #include "runtime/backend.h"
+#include "runtime/device/cpu_jit.h"
 #include "runtime/device/driver.h"
 #include "runtime/device/nvrtc.h"
 #include "runtime/harness.h"
@@ -167,6 +168,8 @@ int run_info(const InfoOptions& o) {
 
   std::vector<device::DeviceInfo> devices;
   for (int i = 0; i < count; ++i) devices.push_back(device::device_info(i));
+  const bool have_cpu = device::cpu_jit_available();
+  const device::HostCpu& cpu = device::host_cpu();
 
   if (o.json) {
     std::string arch_list, device_list;
@@ -187,6 +190,16 @@ int run_info(const InfoOptions& o) {
     else j.raw("driver_version", "null");
     if (count == 0) j.add("no_device_reason", reason);
     j.raw("devices", "[" + device_list + "]");
+    JsonObject c;
+    c.add("available", have_cpu);
+    if (have_cpu) {
+      c.add("llvm_version", device::llvm_version()).add("triple", cpu.triple).add("name", cpu.name)
+          .add("features", cpu.features).add("threads", cpu.threads).add("l2_bytes", cpu.l2_bytes)
+          .add("arch", cpu.arch_key());
+    } else {
+      c.add("reason", "built without LLVM (JITATTN_WITH_LLVM=OFF)");
+    }
+    j.raw("cpu", c.str());
     fmt::print("{}\n", j.str());
   } else {
     line("jitattn", fmt::format("{} (generator {})", JITATTN_VERSION, kGeneratorVersion));
@@ -202,11 +215,17 @@ int run_info(const InfoOptions& o) {
                  format_bytes(d.max_shared_per_block_optin),
                  format_bytes(static_cast<double>(d.total_mem)));
     }
+    line("cpu", have_cpu ? fmt::format("{} {}, {} threads, L2 {}, LLVM {} ({})", cpu.triple, cpu.name, cpu.threads,
+                                       format_bytes(static_cast<double>(cpu.l2_bytes)), device::llvm_version(),
+                                       cpu.arch_key())
+                         : std::string("no CPU backend (built without LLVM)"));
   }
-  if (count == 0) {
-    fmt::print(stderr, "error: no GPU: {}\n", reason);
+  // Without a GPU the CPU backend still runs everything; with neither there is nothing to run on.
+  if (count == 0 && !have_cpu) {
+    fmt::print(stderr, "error: no GPU ({}) and no CPU backend\n", reason);
     return kExitUsage;
   }
+  if (count == 0) fmt::print(stderr, "note: no GPU ({}); the CPU backend runs every command\n", reason);
   return 0;
 }
 
