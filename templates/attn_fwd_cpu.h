@@ -8,7 +8,7 @@
 //   O = O * corr + P V    (BLOCK_M, HEAD_DIM_V): broadcast P[i][j] times the contiguous row V[j]
 // Both products are register-blocked micro-kernels over compile-time trip counts, and keeping
 // S transposed means neither K nor V is ever transposed: each K/V element is converted once
-// per work item (f32 inputs are read in place), and the softmax reductions over keys are
+// per work item into a compact block, and the softmax reductions over keys are
 // vertical (element-wise across rows), not horizontal.
 //
 // Expects, from the generator: JITATTN_KERNEL_NAME, AttnFwdParams, namespace cfg with the
@@ -253,34 +253,20 @@ inline void attn_fwd_item(const AttnFwdParams& p, int b, int h, int m_block) {
     const int keys = min_i(kBlockN, len_k - n0);                                // real keys
     const int s_rows = min_i(kBlockN, (keys + kRowStep - 1) / kRowStep * kRowStep);  // S^T rows computed
 
-    // K and V rows as f32: f32 inputs are read in place (K only where every computed row exists).
-    const float* k_rows = k_buf;
-    long long k_stride = kHeadDim;
-    const float* v_rows = v_buf;
-    long long v_stride = kHeadDimV;
-    if constexpr (kF32) {
-      v_rows = reinterpret_cast<const float*>(g_v) + n0 * p.v_row_stride;
-      v_stride = p.v_row_stride;
-    } else {
-      for (int j = 0; j < keys; ++j) {
-        const elem_t* src = g_v + (n0 + j) * p.v_row_stride;
-        for (int d = 0; d < kHeadDimV; ++d) v_buf[j * kHeadDimV + d] = elem_to_float(src[d]);
-      }
+    // K and V rows as f32 in compact blocks, f32 inputs too: read in place, rows that are a
+    // multiple of 4 KiB apart (heads * head_dim * 4 bytes) share L1 sets and the blocks re-read
+    // by the micro-kernels thrash (d128, 8 heads: 124 -> 141 GFLOP/s by copying, bench/NOTES.md).
+    for (int j = 0; j < keys; ++j) {
+      const elem_t* k_src = g_k + (n0 + j) * p.k_row_stride;
+      for (int d = 0; d < kHeadDim; ++d) k_buf[j * kHeadDim + d] = elem_to_float(k_src[d]);
+      const elem_t* v_src = g_v + (n0 + j) * p.v_row_stride;
+      for (int d = 0; d < kHeadDimV; ++d) v_buf[j * kHeadDimV + d] = elem_to_float(v_src[d]);
     }
-    if (kF32 && s_rows == keys) {
-      k_rows = reinterpret_cast<const float*>(g_k) + n0 * p.k_row_stride;
-      k_stride = p.k_row_stride;
-    } else {
-      for (int j = 0; j < keys; ++j) {
-        const elem_t* src = g_k + (n0 + j) * p.k_row_stride;
-        for (int d = 0; d < kHeadDim; ++d) k_buf[j * kHeadDim + d] = elem_to_float(src[d]);
-      }
-      for (int j = keys; j < s_rows; ++j) {
-        for (int d = 0; d < kHeadDim; ++d) k_buf[j * kHeadDim + d] = 0.0f;
-      }
+    for (int j = keys; j < s_rows; ++j) {  // finite scores for the rows the mask removes
+      for (int d = 0; d < kHeadDim; ++d) k_buf[j * kHeadDim + d] = 0.0f;
     }
 
-    qk_product(k_rows, k_stride, q_t, s_t, s_rows);
+    qk_product(k_buf, kHeadDim, q_t, s_t, s_rows);
 
     // ---- score modifiers and masks ------------------------------------------------------------
     if constexpr (!kRawScores) {
@@ -315,7 +301,7 @@ inline void attn_fwd_item(const AttnFwdParams& p, int b, int h, int m_block) {
     }
 
     softmax_block(s_t, s_rows, row_max, row_sum, corr);
-    pv_product(o_acc, s_t, v_rows, v_stride, corr, keys);
+    pv_product(o_acc, s_t, v_buf, kHeadDimV, corr, keys);
   }
 
   // ---- epilogue: normalise, write O (and LSE) ------------------------------------------------
