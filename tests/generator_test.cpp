@@ -265,5 +265,152 @@ TEST(Generator, KernelWithEveryModifierCompilesForSm80WithoutSpills) {
   expect_compiles_without_spills(everything_spec(80, 128));
 }
 
+
+// ---- CPU kernels ---------------------------------------------------------------------------------
+KernelSpec cpu_spec_for(DType dtype, int head_dim) {
+  KernelSpec s = spec_for(0, head_dim);
+  s.target = Target{0, true};
+  s.dtype = dtype;
+  return s;
+}
+
+KernelSource generate_cpu_default(const KernelSpec& spec) {
+  return generate(spec, default_config(spec, limits_for_cpu()), limits_for_cpu());
+}
+
+KernelSpec cpu_everything_spec(DType dtype, int head_dim) {
+  KernelSpec s = everything_spec(0, head_dim);
+  s.target = Target{0, true};
+  s.dtype = dtype;
+  return s;
+}
+
+TEST(GeneratorCpu, SourceHasNoIncludeAndDefinesTheAbiEntryPoint) {
+  // The in-process clang has no standard headers on its include path.
+  for (const KernelSpec& s : {cpu_spec_for(DType::f32, 64), cpu_everything_spec(DType::bf16, 256),
+                              cpu_everything_spec(DType::f16, 72)}) {
+    const KernelSource k = generate_cpu_default(s);
+    EXPECT_EQ(directive_lines(k.source, "include"), 0) << k.name;
+    EXPECT_EQ(directive_lines(k.source, "pragma once"), 0) << k.name;
+    EXPECT_GT(directive_lines(k.source, "pragma unroll"), 0);  // the scanner sees directives
+    EXPECT_TRUE(contains(k.source, "#define JITATTN_KERNEL_NAME " + k.name + "\n")) << k.name;
+    EXPECT_TRUE(contains(k.source, "struct AttnFwdParams")) << "params header not embedded";
+    // runtime/device/cpu_jit.h's ABI.
+    EXPECT_TRUE(contains(k.source, "extern \"C\" void JITATTN_KERNEL_NAME(const jitattn_kernel::AttnFwdParams* params, long long begin,"))
+        << k.name;
+    EXPECT_FALSE(contains(k.source, "__global__")) << "CUDA code in a CPU kernel";
+    EXPECT_EQ(k.threads, 0);
+    EXPECT_EQ(k.shared_bytes, 0);
+  }
+}
+
+TEST(GeneratorCpu, GenerateIsDeterministic) {
+  const KernelSpec s = cpu_everything_spec(DType::f16, 128);
+  const KernelSource a = generate_cpu_default(s);
+  const KernelSource b = generate_cpu_default(cpu_everything_spec(DType::f16, 128));
+  EXPECT_EQ(a.name, b.name);
+  EXPECT_TRUE(a.source == b.source) << "two generations of one CPU spec differ";
+}
+
+TEST(GeneratorCpu, KernelNameSpellsOutTheSpecialisation) {
+  KernelSpec s = cpu_spec_for(DType::f32, 64);
+  s.mask = MaskKind::causal;
+  s.lse = true;
+  const std::string name = generate(s, cpu_config(32, 128), limits_for_cpu()).name;
+  EXPECT_EQ(name.rfind("attn_fwd_cpu_f32_d64_causal_lse_bm32_bn128_", 0), 0u) << name;
+  EXPECT_EQ(name.size(), std::string("attn_fwd_cpu_f32_d64_causal_lse_bm32_bn128_").size() + 8) << name;
+  const std::string full = generate_cpu_default(cpu_everything_spec(DType::bf16, 80)).name;
+  EXPECT_EQ(full.rfind("attn_fwd_cpu_bf16_d80_causal_window_packed_bias_alibi_softcap_lse_bm", 0), 0u) << full;
+  // A CPU and a GPU kernel of the same facts never share a symbol or a cache entry.
+  KernelSpec g = s;
+  g.target = Target{80, false};
+  g.dtype = DType::bf16;
+  KernelSpec c = g;
+  c.target = Target{0, true};
+  EXPECT_NE(generate_default(g).name, generate_cpu_default(c).name);
+  // Scale is baked in: a 1-ulp change is another kernel.
+  KernelSpec t = s;
+  t.scale = std::nextafter(s.scale, 1.0f);
+  EXPECT_NE(generate(t, cpu_config(32, 128), limits_for_cpu()).name, name);
+}
+
+TEST(GeneratorCpu, SourceBakesTheSpecAndConfigIntoConstants) {
+  KernelSpec s = cpu_spec_for(DType::f16, 80);
+  s.head_dim_v = 48;
+  s.mask = MaskKind::causal_bottom_right;
+  s.window = true;
+  s.varlen = VarlenKind::padded;
+  const std::string src = generate(s, cpu_config(16, 32), limits_for_cpu()).source;
+  for (const char* line : {"constexpr int kHeadDim = 80;\n", "constexpr int kHeadDimV = 48;\n",
+                           "constexpr int kBlockM = 16;\n", "constexpr int kBlockN = 32;\n",
+                           "constexpr bool kF32 = false;\n", "constexpr bool kCausal = true;\n",
+                           "constexpr bool kBottomRight = true;\n", "constexpr bool kWindow = true;\n",
+                           "constexpr bool kPacked = false;\n", "constexpr bool kPadded = true;\n",
+                           "constexpr bool kLse = false;\n", "constexpr bool kRawScores = true;\n",
+                           "inline float elem_to_float(elem_t x) { return f16_to_float(x); }\n"}) {
+    EXPECT_TRUE(contains(src, line)) << "missing: " << line;
+  }
+  // Raw scores: scale * log2(e) folded into Q as an exact float literal.
+  EXPECT_TRUE(contains(src, fmt::format("constexpr float kQScale = {:a}f;\n",
+                                        static_cast<float>(s.scale * 1.4426950408889634))))
+      << src.substr(0, 4000);
+  const std::string bf = generate_cpu_default(cpu_spec_for(DType::bf16, 64)).source;
+  EXPECT_TRUE(contains(bf, "return bf16_to_float(x);")) << "bf16 conversion";
+  EXPECT_TRUE(contains(generate_cpu_default(cpu_spec_for(DType::f32, 64)).source, "typedef float elem_t;"));
+}
+
+TEST(GeneratorCpu, ScoreModifierCodeAppearsOnlyWithItsModifier) {
+  for (int bits = 0; bits < 8; ++bits) {
+    KernelSpec s = cpu_spec_for(DType::f32, 64);
+    s.softcap = (bits & 1) ? 30.0f : 0.0f;
+    s.bias = (bits & 2) != 0;
+    s.alibi = (bits & 4) != 0;
+    s.mask = MaskKind::causal;
+    s.window = true;
+    s.lse = true;
+    const std::string src = generate_cpu_default(s).source;
+    const std::string mod = score_mod_section(src);
+    SCOPED_TRACE(s.tag());
+    EXPECT_EQ(contains(mod, "tanh_scalar("), s.softcap > 0.0f);
+    EXPECT_EQ(contains(mod, "bias_row_stride"), s.bias);
+    EXPECT_EQ(contains(mod, "alibi_slope"), s.alibi);
+    const bool raw = bits == 0;
+    EXPECT_EQ(contains(src, "constexpr bool kRawScores = true;\n"), raw);
+    // With modifiers Q carries the scale alone and apply() converts to log2 units.
+    EXPECT_EQ(contains(src, fmt::format("constexpr float kQScale = {:a}f;\n", s.scale)), !raw);
+  }
+}
+
+TEST(GeneratorCpu, IllegalConfigsAreRefusedWithTheReason) {
+  const KernelSpec s = cpu_spec_for(DType::f32, 256);
+  const DeviceLimits limits = limits_for_cpu();
+  const TileConfig cases[] = {cpu_config(24, 64), cpu_config(32, 100), cpu_config(64, 256),
+                              TileConfig{128, 64, 4, 2, false}};
+  for (const TileConfig& cfg : cases) {
+    const std::optional<std::string> why = why_illegal(s, cfg, limits);
+    ASSERT_TRUE(why.has_value()) << cfg.canonical();
+    try {
+      const KernelSource k = generate(s, cfg, limits);
+      ADD_FAILURE() << cfg.canonical() << " generated " << k.name;
+    } catch (const InvalidArgument& e) {
+      EXPECT_EQ(e.argument(), "config");
+      EXPECT_TRUE(contains(e.what(), *why)) << e.what();
+      EXPECT_TRUE(contains(e.what(), cfg.canonical())) << e.what();
+    }
+  }
+  // A CPU spec against GPU limits (and the reverse) is refused before anything is emitted.
+  EXPECT_THROW(generate(s, cpu_config(32, 64), limits_for_arch(90)), InvalidArgument);
+  EXPECT_THROW(generate(spec_for(90, 64), cpu_config(32, 64), limits), InvalidArgument);
+}
+
+TEST(GeneratorCpu, TemplateHashesAreSeparate) {
+  // CPU template edits must not invalidate GPU tuning results, and the reverse.
+  const uint64_t cpu = cpu_template_hash();
+  EXPECT_NE(cpu, 0u);
+  EXPECT_NE(cpu, 1469598103934665603ull);
+  EXPECT_NE(cpu, template_hash());
+  EXPECT_EQ(cpu_template_hash(), cpu);
+}
+
 }  // namespace
 }  // namespace jitattn

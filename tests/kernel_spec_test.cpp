@@ -487,3 +487,127 @@ TEST(Plan, ParseConfigRejectsGarbage) {
 
 }  // namespace
 }  // namespace jitattn
+
+// ---- CPU specs and configs ----------------------------------------------------------------------
+namespace jitattn {
+namespace {
+
+KernelSpec cpu_spec(DType dtype = DType::f32, int d = 64) {
+  KernelSpec s = base_spec();
+  s.target = Target{0, true};
+  s.dtype = dtype;
+  s.head_dim = s.head_dim_v = d;
+  return s;
+}
+
+TEST(CpuSpec, CanonicalSaysCpuAndKeepsTheGpuTextUnchanged) {
+  KernelSpec s = cpu_spec();
+  s.mask = MaskKind::causal;
+  s.lse = true;
+  EXPECT_EQ(s.canonical(),
+            "fwd cpu f32 d64 dv64 mask=causal window=0 varlen=none bias=0 alibi=0 "
+            "scale=0x3e000000 softcap=0x00000000 lse=1");
+  EXPECT_EQ(s.tag(), "f32_d64_causal_lse");
+  // The same facts for a GPU: the text of the first schema, whatever the cpu flag's default.
+  KernelSpec g = s;
+  g.target = Target{80, false};
+  g.dtype = DType::bf16;
+  EXPECT_EQ(g.canonical(),
+            "fwd sm80 bf16 d64 dv64 mask=causal window=0 varlen=none bias=0 alibi=0 "
+            "scale=0x3e000000 softcap=0x00000000 lse=1");
+  // sm is ignored on the CPU; the CPU flag separates otherwise equal specs.
+  KernelSpec s90 = s;
+  s90.target.sm = 90;
+  EXPECT_EQ(s90.canonical(), s.canonical());
+  KernelSpec same_dtype = g;
+  same_dtype.dtype = DType::f32;
+  EXPECT_NE(same_dtype.canonical(), s.canonical());
+  EXPECT_NE(same_dtype.hash(), s.hash());
+}
+
+TEST(CpuSpec, BiasTiledIsAGpuOnlyFact) {
+  KernelSpec a = cpu_spec();
+  a.bias = true;
+  KernelSpec b = a;
+  b.bias_tiled = true;
+  EXPECT_EQ(a.canonical(), b.canonical());
+  EXPECT_NE(a.canonical().find("bias=1"), std::string::npos) << a.canonical();
+  EXPECT_EQ(b.tag(), "f32_d64_bias");
+}
+
+TEST(CpuSpec, ConfigCanonicalAndParseRoundTrip) {
+  EXPECT_EQ(cpu_config(32, 128).canonical(), "cpu_bm32_bn128");
+  EXPECT_TRUE(cpu_config(32, 128).cpu());
+  EXPECT_FALSE((TileConfig{128, 64, 4, 2, false}).cpu());
+  EXPECT_EQ((TileConfig{128, 64, 4, 2, false}).canonical(), "bm128_bn64_w4_s2");  // unchanged
+  for (int bm : {4, 8, 16, 32, 64}) {
+    for (int bn : {16, 32, 64, 128, 256}) {
+      const TileConfig c = cpu_config(bm, bn);
+      EXPECT_TRUE(parse_config(c.canonical()) == c) << c.canonical();
+    }
+  }
+  for (const std::string text : {"cpu_bm32", "cpu_bm32_bn128_w0", "cpu_bm32_bn128_w0_s0", "cpu_bmx_bn16",
+                                 "cpu_bm32_bn128 ", "CPU_bm32_bn128", "cpubm32_bn128"}) {
+    EXPECT_THROW(parse_config(text), InvalidArgument) << text;
+  }
+}
+
+TEST(CpuSpec, WhyIllegalExplainsCpuConfigs) {
+  const DeviceLimits cpu = limits_for_cpu();
+  EXPECT_TRUE(cpu.cpu);
+  for (int bm : {4, 8, 16, 32, 64}) {
+    for (int bn : {16, 32, 64, 128, 256}) {
+      EXPECT_EQ(why_illegal(cpu_spec(), cpu_config(bm, bn), cpu), std::nullopt) << bm << " " << bn;
+    }
+  }
+  auto reason = [&](const KernelSpec& s, const TileConfig& c, const DeviceLimits& l) {
+    const std::optional<std::string> why = why_illegal(s, c, l);
+    return why ? *why : std::string("(legal)");
+  };
+  auto expect_reason = [&](const KernelSpec& s, const TileConfig& c, const DeviceLimits& l,
+                           const std::string& part) {
+    const std::string why = reason(s, c, l);
+    EXPECT_NE(why.find(part), std::string::npos) << c.canonical() << ": " << why;
+  };
+  expect_reason(cpu_spec(), cpu_config(12, 64), cpu, "block_m 12");
+  expect_reason(cpu_spec(), cpu_config(128, 64), cpu, "block_m 128");
+  expect_reason(cpu_spec(), cpu_config(32, 48), cpu, "block_n 48");
+  expect_reason(cpu_spec(), cpu_config(32, 512), cpu, "block_n 512");
+  expect_reason(cpu_spec(), {64, 64, 4, 2, false}, cpu, "GPU config");
+  expect_reason(cpu_spec(), {32, 64, 0, 0, true}, cpu, "GPU config");
+  // The scratch of one work item must fit the stated stack budget.
+  const KernelSpec big = cpu_spec(DType::f32, 256);
+  EXPECT_GT(cpu_scratch_bytes(big, cpu_config(64, 256)), kCpuScratchBudget);
+  expect_reason(big, cpu_config(64, 256), cpu, "scratch");
+  EXPECT_LE(cpu_scratch_bytes(big, cpu_config(32, 64)), kCpuScratchBudget);
+  // Targets and limits must agree; f32 is a CPU dtype only.
+  expect_reason(cpu_spec(), cpu_config(32, 64), limits_for_arch(90), "CPU");
+  expect_reason(base_spec(), cpu_config(32, 64), cpu, "sm_80");
+  KernelSpec gpu_f32 = base_spec();
+  gpu_f32.dtype = DType::f32;
+  expect_reason(gpu_f32, {128, 64, 8, 2, false}, limits_for_arch(80), "f32");
+  expect_reason(base_spec(), cpu_config(32, 64), limits_for_arch(80), "warps 0");
+  // Head dims as on the GPU.
+  expect_reason(cpu_spec(DType::f32, 12), cpu_config(32, 64), cpu, "head_dim 12");
+}
+
+TEST(CpuSpec, DefaultConfigIsLegalForEverySpec) {
+  const DeviceLimits cpu = limits_for_cpu();
+  for (DType t : {DType::f32, DType::bf16, DType::f16}) {
+    for (int d = 8; d <= kMaxHeadDim; d += 8) {
+      for (int dv : {d, 8, 256}) {
+        for (bool modifiers : {false, true}) {
+          KernelSpec s = cpu_spec(t, d);
+          s.head_dim_v = dv;
+          s.mask = modifiers ? MaskKind::causal : MaskKind::none;
+          s.bias = s.alibi = s.lse = modifiers;
+          const TileConfig c = default_config(s, cpu);
+          EXPECT_EQ(why_illegal(s, c, cpu), std::nullopt) << s.canonical() << " " << c.canonical();
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace jitattn
