@@ -6,6 +6,7 @@
 #include <atomic>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "jitattn/error.h"
@@ -105,6 +106,23 @@ TEST(ParallelFor, EveryItemExactlyOnce) {
       for (long long i = 0; i < items; ++i) ASSERT_EQ(seen[static_cast<size_t>(i)].load(), 1) << items << " " << grain << " " << i;
     }
   }
+}
+
+// Kernels keep up to kCpuScratchBudget of blocks on the stack: items run on the pool's own
+// threads, whose stacks hold several MiB, never on the caller's.
+TEST(ParallelFor, RunsOnWorkersWithLargeStacks) {
+  const auto caller = std::this_thread::get_id();
+  std::atomic<int> on_caller{0};
+  std::atomic<long long> sum{0};
+  parallel_for(8, 1, [&](long long b, long long) {
+    if (std::this_thread::get_id() == caller) ++on_caller;
+    volatile char big[12 << 20];  // 12 MiB: more than an ordinary 8 MiB thread or main stack
+    big[0] = static_cast<char>(b);
+    big[sizeof(big) - 1] = 1;
+    sum += big[0] + big[sizeof(big) - 1];
+  });
+  EXPECT_EQ(on_caller.load(), 0);
+  EXPECT_EQ(sum.load(), 28 + 8);
 }
 
 TEST(ParallelFor, RethrowsTheFirstError) {

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <thread>
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include "jitattn/error.h"
@@ -279,13 +280,26 @@ CpuModule& CpuModule::operator=(CpuModule&&) noexcept = default;
 
 namespace {
 
-// A fixed pool of host_cpu().threads - 1 workers; each parallel_for is one job that the caller
-// and the workers drain in chunks. Jobs from different callers run one after another.
+// Kernels keep their blocks on the stack (kCpuScratchBudget per work item, plus frames), so
+// they run only on the pool's own threads, created with this stack size: never on the caller's
+// thread, whose stack may be small (a user's thread, a runtime's fiber).
+constexpr size_t kWorkerStackBytes = size_t{16} << 20;
+
+// A fixed pool of host_cpu().threads workers; each parallel_for is one job that the workers drain
+// in chunks while the caller waits. Jobs from different callers run one after another.
 class Pool {
  public:
   Pool() {
-    const int n = std::max(0, host_cpu().threads - 1);
-    for (int i = 0; i < n; ++i) workers_.emplace_back([this] { work(); });
+    const int n = std::max(1, host_cpu().threads);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, kWorkerStackBytes);
+    for (int i = 0; i < n; ++i) {
+      pthread_t t;
+      if (pthread_create(&t, &attr, &Pool::entry, this) == 0) workers_.push_back(t);
+    }
+    pthread_attr_destroy(&attr);
+    if (workers_.empty()) throw Error("jitattn: could not start any CPU worker thread");
   }
   ~Pool() {
     {
@@ -293,10 +307,10 @@ class Pool {
       stop_ = true;
     }
     cv_.notify_all();
-    for (auto& t : workers_) t.join();
+    for (pthread_t t : workers_) pthread_join(t, nullptr);
   }
 
-  int size() const { return static_cast<int>(workers_.size()) + 1; }
+  int size() const { return static_cast<int>(workers_.size()); }
 
   void run(long long items, long long grain, const std::function<void(long long, long long)>& fn,
            int threads) {
@@ -306,19 +320,12 @@ class Pool {
     job.grain = std::max(1LL, grain);
     job.fn = &fn;
     const long long chunks = (items + job.grain - 1) / job.grain;
-    const int helpers = static_cast<int>(std::min<long long>(
-        chunks - 1, (threads > 0 ? std::min(threads, size()) : size()) - 1));
-    job.helpers_left = std::max(0, helpers);
-    {
-      std::lock_guard lock(mu_);
-      job_ = &job;
-    }
-    cv_.notify_all();
-    drain(job);
+    job.workers_left = static_cast<int>(std::min<long long>(chunks, threads > 0 ? std::min(threads, size()) : size()));
     std::unique_lock lock(mu_);
-    // Workers that joined must finish before `job` leaves scope; late ones are turned away.
-    job.closed = true;
-    done_cv_.wait(lock, [&] { return job.active == 0; });
+    job_ = &job;
+    cv_.notify_all();
+    // Done when every chunk was handed out and every worker that joined has finished.
+    done_cv_.wait(lock, [&] { return job.workers_left == 0 && job.active == 0; });
     job_ = nullptr;
     if (job.error) std::rethrow_exception(job.error);
   }
@@ -328,12 +335,16 @@ class Pool {
     long long items = 0, grain = 1;
     const std::function<void(long long, long long)>* fn = nullptr;
     std::atomic<long long> next{0};
-    int helpers_left = 0;  // guarded by mu_
+    int workers_left = 0;  // workers still to join; guarded by mu_
     int active = 0;        // guarded by mu_
-    bool closed = false;   // guarded by mu_
     std::exception_ptr error;
     std::mutex error_mu;
   };
+
+  static void* entry(void* self) {
+    static_cast<Pool*>(self)->work();
+    return nullptr;
+  }
 
   static void drain(Job& job) {
     for (;;) {
@@ -352,19 +363,20 @@ class Pool {
   void work() {
     std::unique_lock lock(mu_);
     for (;;) {
-      cv_.wait(lock, [&] { return stop_ || (job_ != nullptr && !job_->closed && job_->helpers_left > 0); });
+      cv_.wait(lock, [&] { return stop_ || (job_ != nullptr && job_->workers_left > 0); });
       if (stop_) return;
       Job* job = job_;
-      --job->helpers_left;
+      --job->workers_left;
       ++job->active;
       lock.unlock();
       drain(*job);
       lock.lock();
-      if (--job->active == 0) done_cv_.notify_all();
+      --job->active;
+      if (job->active == 0) done_cv_.notify_all();
     }
   }
 
-  std::vector<std::thread> workers_;
+  std::vector<pthread_t> workers_;
   std::mutex run_mu_;
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
@@ -378,10 +390,6 @@ void parallel_for(long long items, long long grain, const std::function<void(lon
                   int threads) {
   if (items <= 0) return;
   static Pool pool;
-  if (threads == 1 || items <= grain) {
-    fn(0, items);
-    return;
-  }
   pool.run(items, grain, fn, threads);
 }
 

@@ -75,8 +75,10 @@ class CpuModule {
 };
 
 /// Runs fn(begin, end) over [0, items) in chunks of `grain` items on a process-wide pool of
-/// host_cpu().threads workers (the caller's thread takes part); returns when all are done.
-/// `threads` > 0 caps the workers used. The first exception thrown by fn is rethrown.
+/// host_cpu().threads workers with 16 MiB stacks (kernels keep their blocks on the stack, so fn
+/// never runs on the caller's thread); returns when all are done. `threads` > 0 caps the workers
+/// used. Calls from several threads run one after another. The first exception thrown by fn is
+/// rethrown (the remaining chunks are skipped).
 void parallel_for(long long items, long long grain, const std::function<void(long long, long long)>& fn,
                   int threads = 0);
 
