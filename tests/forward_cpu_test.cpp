@@ -119,6 +119,30 @@ TEST_F(ForwardCpu, SecondEngineLoadsTheCachedObjectWithoutCompiling) {
   EXPECT_EQ(second.compile_count(), 0);
 }
 
+TEST_F(ForwardCpu, OnFirstUseTunesOnceThenTheCacheServesIt) {
+  EngineOptions eo = options();
+  eo.tune = TunePolicy::on_first_use;
+  eo.tune_budget_seconds = 1;
+  ProblemDesc p = cpu_problem(DType::f32, 48);
+  p.mask = MaskKind::causal;
+  {
+    Engine tuning(eo);
+    const auto first = harness::check(tuning, p);  // tunes, then runs the winner
+    EXPECT_TRUE(first.pass);
+    EXPECT_EQ(first.kernel.config_source, "tuned-now") << first.kernel.config_reason;
+    const auto second = harness::check(tuning, p);  // same process: no second tuning
+    EXPECT_TRUE(second.pass);
+    EXPECT_EQ(second.kernel.config, first.kernel.config);
+  }
+  eo.tune = TunePolicy::off;
+  Engine later(eo);  // a new engine: the tuned row and the winner's object come from the file
+  const auto r = harness::check(later, p);
+  EXPECT_TRUE(r.pass);
+  EXPECT_EQ(r.kernel.config_source, "exact") << r.kernel.config_reason;
+  EXPECT_TRUE(r.kernel.binary_from_cache);
+  EXPECT_EQ(later.compile_count(), 0);
+}
+
 TEST_F(ForwardCpu, ForcedConfigIsUsedAndIllegalOnesAreRefused) {
   Engine engine(options());
   ProblemDesc p = cpu_problem(DType::f32, 64);

@@ -30,7 +30,7 @@ struct EngineOptions {
   /// (PyTorch TunableOp's record-untuned mode). Also set by JITATTN_RECORD_UNTUNED=1.
   bool record_untuned = false;
   /// off (default) or on_first_use; JITATTN_TUNE=on-first-use selects it too. On-first-use
-  /// tuning runs the candidates on the caller's own buffers (each verified against the default
+  /// tuning (GPU and CPU alike) runs the candidates on the caller's own buffers (each verified against the default
   /// kernel's output on the same inputs), stores every measurement in the cache and then uses the
   /// winner; the call that tunes takes about tune_budget_seconds longer.
   TunePolicy tune = TunePolicy::off;
