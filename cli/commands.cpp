@@ -103,14 +103,16 @@ struct BuiltKernel {
   KernelSource source;
 };
 
+// `sm` 0 means the CPU backend (--arch cpu).
 BuiltKernel build_kernel(const harness::ProblemDesc& desc, const std::string& config, int sm) {
   BuiltKernel k;
-  k.spec = make_spec(problem_without_device(desc), sm);
-  const DeviceLimits limits = limits_for_arch(sm);
+  const bool cpu = sm == 0;
+  k.spec = make_spec(problem_without_device(desc), Target{sm, cpu});
+  const DeviceLimits limits = cpu ? limits_for_cpu() : limits_for_arch(sm);
   k.config = config.empty() ? default_config(k.spec, limits) : parse_config(config);
   if (auto why = why_illegal(k.spec, k.config, limits)) {
-    throw Unsupported(fmt::format("config {} is illegal for this problem on sm_{}: {}",
-                                  k.config.canonical(), sm, *why));
+    throw Unsupported(fmt::format("config {} is illegal for this problem on {}: {}", k.config.canonical(),
+                                  cpu ? std::string("the CPU") : fmt::format("sm_{}", sm), *why));
   }
   k.source = generate(k.spec, k.config, limits);
   return k;
@@ -233,13 +235,37 @@ int run_info(const InfoOptions& o) {
 
 int run_gen(const GenOptions& o) {
   bool arch_specific = false;
-  const int sm = parse_arch(o.arch, &arch_specific);
+  const int sm = o.arch == "cpu" ? 0 : parse_arch(o.arch, &arch_specific);
   const BuiltKernel k = build_kernel(problem_desc(o.problem), o.problem.config, sm);
   fmt::print("{}", k.source.source);
   return 0;
 }
 
+// --arch cpu: the in-process clang compile of the CPU kernel (object size, compile time).
+int compile_cpu_kernel(const CompileOptions& o) {
+  const harness::ProblemDesc desc = problem_desc(o.problem);
+  const BuiltKernel k = build_kernel(desc, o.problem.config, 0);
+  const device::CpuCompileResult r = device::compile_cpu(k.source.source, k.source.name);
+  const std::string target = device::host_cpu().arch_key();
+  if (o.json) {
+    JsonObject j;
+    j.add("kernel", k.source.name).add("spec", k.spec.canonical()).add("config", k.config.canonical())
+        .add("arch", target).add("problem", harness::describe(desc)).add("llvm_version", device::llvm_version())
+        .add("object_bytes", r.object.size()).add("compile_ms", r.compile_ms);
+    fmt::print("{}\n", j.str());
+    return 0;
+  }
+  line("kernel", k.source.name);
+  line("spec", k.spec.canonical());
+  line("config", k.config.canonical());
+  line("arch", fmt::format("{} (LLVM {}, {})", target, device::llvm_version(), device::host_cpu().triple));
+  line("object", fmt::format("{} B", r.object.size()));
+  line("compile", fmt::format("{:.1f} ms", r.compile_ms));
+  return 0;
+}
+
 int run_compile(const CompileOptions& o) {
+  if (o.arch == "cpu") return compile_cpu_kernel(o);
   bool arch_specific = false;
   const int sm = parse_arch(o.arch, &arch_specific);
   const harness::ProblemDesc desc = problem_desc(o.problem);

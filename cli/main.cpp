@@ -28,7 +28,7 @@ struct Options {
 
 void add_arch_flag(CLI::App* app, std::string* arch) {
   app->add_option("--arch", *arch, "target architecture: sm_80, sm_86, sm_89, sm_90 (sm_90a: "
-                                   "arch-specific cubin)")
+                                   "arch-specific cubin), or cpu (the CPU backend's C++)")
       ->capture_default_str();
 }
 

@@ -23,4 +23,14 @@ JITATTN_CACHE=$work/cache.db "$bin" run --plan "$work/plan" --device cpu > "$wor
 cat "$work/run.txt"
 grep -q "3 problems: .* 0 compiles; 3 tuned (exact), 3 binaries from the cache" "$work/run.txt" || {
   echo "FAIL: the second process compiled or missed tuned configs"; exit 1; }
+# gen/compile --arch cpu: the generated C++ (self-contained) and its in-process compile.
+"$bin" gen --arch cpu --head-dim 72 --mask causal > "$work/gen.cpp"
+grep -q 'extern "C"' "$work/gen.cpp" || { echo "FAIL: gen --arch cpu has no extern \"C\" kernel"; exit 1; }
+if grep -q '^#include' "$work/gen.cpp"; then echo "FAIL: CPU source includes headers"; exit 1; fi
+"$bin" compile --arch cpu --head-dim 72 --mask causal --json > "$work/compile.json"
+python3 - "$work/compile.json" <<'PY' || { cat "$work/compile.json"; echo "FAIL: compile --arch cpu"; exit 1; }
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["object_bytes"] > 0 and j["compile_ms"] > 0 and j["arch"].startswith("cpu-"), j
+PY
 echo "PASS"
