@@ -259,6 +259,18 @@ double forward_flops(const ProblemDesc& d) {
   return f;
 }
 
+namespace {
+// Median, p20/p80 and the FLOP rate of timed repetitions.
+void summarize(BenchResult& r, const std::vector<double>& times, const ProblemDesc& d) {
+  r.samples = static_cast<int>(times.size());
+  r.median_ms = percentile(times, 0.5);
+  r.p20_ms = percentile(times, 0.2);
+  r.p80_ms = percentile(times, 0.8);
+  r.flops = forward_flops(d);
+  r.tflops = r.flops / (r.median_ms * 1e-3) / 1e12;
+}
+}  // namespace
+
 struct Runner::Impl {
   ProblemDesc desc;
   bool gpu = true;
@@ -384,12 +396,7 @@ BenchResult Runner::bench(Engine& engine, const ForwardOptions& options, double 
       times.push_back(ms);
       total += ms;
     }
-    r.samples = static_cast<int>(times.size());
-    r.median_ms = percentile(times, 0.5);
-    r.p20_ms = percentile(times, 0.2);
-    r.p80_ms = percentile(times, 0.8);
-    r.flops = forward_flops(d);
-    r.tflops = r.flops / (r.median_ms * 1e-3) / 1e12;
+    summarize(r, times, d);
     return r;
   }
   // Each repetition starts from a cold L2: writing a buffer twice the L2 evicts the inputs.
@@ -416,12 +423,7 @@ BenchResult Runner::bench(Engine& engine, const ForwardOptions& options, double 
     total += ms;
   }
   synchronize(true);
-  r.samples = static_cast<int>(times.size());
-  r.median_ms = percentile(times, 0.5);
-  r.p20_ms = percentile(times, 0.2);
-  r.p80_ms = percentile(times, 0.8);
-  r.flops = forward_flops(d);
-  r.tflops = r.flops / (r.median_ms * 1e-3) / 1e12;
+  summarize(r, times, d);
   return r;
 }
 
