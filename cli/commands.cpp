@@ -502,7 +502,11 @@ int run_bench(const BenchOptions& o) {
   line("config", config_text(r.kernel));
   line("time", fmt::format("median {:.4f} ms  p20 {:.4f}  p80 {:.4f}  ({} samples)", r.median_ms,
                            r.p20_ms, r.p80_ms, r.samples));
-  line("speed", fmt::format("{:.1f} TFLOP/s  ({:.3g} FLOP, peers.py's count)", r.tflops, r.flops));
+  if (r.kernel.backend == "cpu") {  // CPU rates read better in GFLOP/s
+    line("speed", fmt::format("{:.1f} GFLOP/s  ({:.3g} FLOP, peers.py's count)", r.tflops * 1e3, r.flops));
+  } else {
+    line("speed", fmt::format("{:.1f} TFLOP/s  ({:.3g} FLOP, peers.py's count)", r.tflops, r.flops));
+  }
   return 0;
 }
 
