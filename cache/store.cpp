@@ -466,8 +466,10 @@ Lookup Store::best_config(const TuningContext& context, const std::string& spec_
   }
   char ms[32] = "";
   if (chosen) std::snprintf(ms, sizeof ms, "%.4g", chosen->median_ms);
+  // DeviceKey::sm_count counts hardware threads for a CPU arch ("cpu-...").
+  const char* units = context.device.arch.rfind("cpu-", 0) == 0 ? " threads, L2 " : " SMs, L2 ";
   const std::string where = " on " + context.device.arch + " (" +
-                            std::to_string(context.device.sm_count) + " SMs, L2 " +
+                            std::to_string(context.device.sm_count) + units +
                             std::to_string(context.device.l2_bytes) + " B), generator " +
                             std::to_string(context.generator_version) + ", template " +
                             context.template_hash;

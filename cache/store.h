@@ -61,8 +61,8 @@ std::string hex64(uint64_t value);
 
 /// Where a tuning result is valid: everything of its key except the spec, bucket and config.
 struct DeviceKey {
-  std::string arch;      ///< with suffix: "sm_90", "sm_90a"
-  int sm_count = 0;      ///< multiprocessors
+  std::string arch;      ///< with suffix: "sm_90", "sm_90a"; the CPU backend's "cpu-<name>-<hash>"
+  int sm_count = 0;      ///< multiprocessors (CPU: hardware threads)
   int64_t l2_bytes = 0;  ///< L2 cache size
   bool operator==(const DeviceKey&) const = default;
 };

@@ -255,8 +255,9 @@ int run_cache_show(const CacheShowOptions& o, std::ostream& out) {
   for (size_t i = 0; i < rows.size(); ++i) {
     const TuningResult& r = rows[i];
     const cache::TuningContext& c = r.context;
-    std::string d = fmt::format("device {} ({} SMs, L2 {} bytes), generator {}, templates {}",
-                                c.device.arch, c.device.sm_count, c.device.l2_bytes,
+    std::string d = fmt::format("device {} ({} {}, L2 {} bytes), generator {}, templates {}",
+                                c.device.arch, c.device.sm_count,
+                                c.device.arch.rfind("cpu-", 0) == 0 ? "threads" : "SMs", c.device.l2_bytes,
                                 c.generator_version, c.template_hash);
     if (r.schema_version != cache::kSchemaVersion) d += fmt::format(", schema {}", r.schema_version);
     if (d != device_line) {
