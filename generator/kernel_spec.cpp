@@ -198,10 +198,11 @@ namespace {
 
 TileConfig default_config_cpu(const KernelSpec& spec) {
   // Measured on the 2-core AVX-512 machine (bench/NOTES.md, "CPU backend"; fp32, seqlen 2048,
-  // 8 heads, FLOP/s per busy core): block_m 64 beats 32 at every head dim (d64 188 vs 171,
-  // d128 204 vs 184; d32 157 vs 133 at seqlen 1024): each K/V element converted into the block
-  // serves twice the rows, and Q^T and O stay L2-resident. block_n matters less (within 2%) up to
-  // d128; above, 32 keeps the K/V blocks small (d256: 191 vs 174 with 64).
+  // 8 heads, GFLOP/s per busy core): block_m 64 beats 32 at every head dim (d64 183 vs 164,
+  // d128 200 vs 166, d256 149-161 vs 135-150; d32 157 vs 133 at seqlen 1024): each K/V element
+  // converted into the block serves twice the rows. block_n 64 is best up to d128 (by 2-8%);
+  // above, 16/32/64 are within noise of each other (d256 at seqlen 1024: 174 / 172 / 174) and 32
+  // halves the K/V blocks' scratch.
   const int d = std::max(spec.head_dim, spec.head_dim_v);
   TileConfig c = cpu_config(64, d <= 128 ? 64 : 32);
   // Shrink until the scratch fits (it always does at these sizes; kept for other budgets):
