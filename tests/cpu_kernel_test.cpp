@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -522,6 +523,92 @@ TEST(CpuKernel, NoKeysWritesZeroAndMinusInfinity) {
                  c.seqlen_q = 33;
                  c.seqlen_k = 3;
                })});
+}
+
+// ---- the template's number conversions, bit for bit ----------------------------------------------
+// The kernels' f16/bf16 conversions (templates/common_cpu.h) against runtime/numeric's: every
+// 16-bit pattern in, and on the way out every rounding tie and its neighbours plus a stride
+// through all 2^32 floats. The output tolerances above could not see a wrong rounding mode
+// (truncating bf16 stays under 1e-2).
+constexpr const char* kConvertSource = R"(
+struct ConvertParams {
+  const unsigned* in;        // f32 bit patterns
+  unsigned short* to_bf16;
+  unsigned short* to_f16;
+  unsigned* from_bf16;       // f32 bits of bf16 pattern i
+  unsigned* from_f16;
+};
+extern "C" void jitattn_test_convert(const void* params, long long begin, long long end) {
+  using namespace jitattn_kernel;
+  const ConvertParams& p = *static_cast<const ConvertParams*>(params);
+  for (long long i = begin; i < end; ++i) {
+    const float f = __builtin_bit_cast(float, p.in[i]);
+    p.to_bf16[i] = float_to_bf16(f);
+    p.to_f16[i] = float_to_f16(f);
+  }
+  for (unsigned h = 0; h < 65536u; ++h) {
+    p.from_bf16[h] = __builtin_bit_cast(unsigned, bf16_to_float(static_cast<u16>(h)));
+    p.from_f16[h] = __builtin_bit_cast(unsigned, f16_to_float(static_cast<u16>(h)));
+  }
+}
+)";
+
+struct ConvertParams {
+  const uint32_t* in;
+  uint16_t* to_bf16;
+  uint16_t* to_f16;
+  uint32_t* from_bf16;
+  uint32_t* from_f16;
+};
+
+TEST(CpuKernel, TemplateConversionsMatchTheHostBitForBit) {
+  if (!device::cpu_jit_available()) GTEST_SKIP() << "built without LLVM (JITATTN_WITH_LLVM=OFF)";
+  const std::string source = std::string(detail::require_template("common_cpu.h")) + kConvertSource;
+  const device::CpuModule m =
+      device::CpuModule::load(device::compile_cpu(source, "jitattn_test_convert").object, "jitattn_test_convert");
+  std::vector<uint32_t> in;
+  for (uint64_t x = 0; x < (uint64_t{1} << 32); x += 97) in.push_back(static_cast<uint32_t>(x));
+  for (uint32_t hi = 0; hi < (1u << 16); ++hi) {  // bf16 ties: the low 16 bits at 0x8000
+    for (uint32_t lo : {0x0000u, 0x0001u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu}) in.push_back(hi << 16 | lo);
+  }
+  for (uint32_t hi = 0; hi < (1u << 19); ++hi) {  // f16 normal ties: the low 13 bits at 0x1000
+    for (uint32_t lo : {0x0fffu, 0x1000u, 0x1001u}) in.push_back(hi << 13 | lo);
+  }
+  for (uint32_t k = 0; k <= 4096; ++k) {  // f16 subnormal ties: odd multiples of 2^-25
+    const float f = static_cast<float>(k) * 0x1p-25f;
+    for (float g : {f, std::nextafter(f, 0.0f), std::nextafter(f, 1.0f)}) {
+      in.push_back(std::bit_cast<uint32_t>(g));
+      in.push_back(std::bit_cast<uint32_t>(-g));
+    }
+  }
+  std::vector<uint16_t> to_bf16(in.size()), to_f16(in.size());
+  std::vector<uint32_t> from_bf16(65536), from_f16(65536);
+  const ConvertParams p{in.data(), to_bf16.data(), to_f16.data(), from_bf16.data(), from_f16.data()};
+  m.kernel()(&p, 0, static_cast<long long>(in.size()));
+  int reported = 0;
+  for (size_t i = 0; i < in.size() && reported < 10; ++i) {
+    const float f = std::bit_cast<float>(in[i]);
+    if (to_bf16[i] != float_to_bf16_bits(f)) {
+      ADD_FAILURE() << fmt::format("float_to_bf16(0x{:08x}) = 0x{:04x}, host 0x{:04x}", in[i], to_bf16[i], float_to_bf16_bits(f));
+      ++reported;
+    }
+    if (to_f16[i] != float_to_f16_bits(f)) {
+      ADD_FAILURE() << fmt::format("float_to_f16(0x{:08x}) = 0x{:04x}, host 0x{:04x}", in[i], to_f16[i], float_to_f16_bits(f));
+      ++reported;
+    }
+  }
+  for (uint32_t h = 0; h < 65536u && reported < 20; ++h) {
+    const auto bits = static_cast<uint16_t>(h);
+    if (from_bf16[h] != std::bit_cast<uint32_t>(bf16_bits_to_float(bits))) {
+      ADD_FAILURE() << fmt::format("bf16_to_float(0x{:04x}) = 0x{:08x}", h, from_bf16[h]);
+      ++reported;
+    }
+    if (from_f16[h] != std::bit_cast<uint32_t>(f16_bits_to_float(bits))) {
+      ADD_FAILURE() << fmt::format("f16_to_float(0x{:04x}) = 0x{:08x}, host 0x{:08x}", h, from_f16[h],
+                                   std::bit_cast<uint32_t>(f16_bits_to_float(bits)));
+      ++reported;
+    }
+  }
 }
 
 }  // namespace
