@@ -103,7 +103,6 @@ KernelSource generate_cpu(const KernelSpec& spec, const TileConfig& cfg) {
   s += fmt::format("constexpr int kHeadDimV = {};\n", spec.head_dim_v);
   s += fmt::format("constexpr int kBlockM = {};\n", cfg.block_m);
   s += fmt::format("constexpr int kBlockN = {};\n", cfg.block_n);
-  s += fmt::format("constexpr bool kF32 = {};\n", spec.dtype == DType::f32);
   s += fmt::format("constexpr bool kCausal = {};\n", spec.mask != MaskKind::none);
   s += fmt::format("constexpr bool kBottomRight = {};\n", spec.mask == MaskKind::causal_bottom_right);
   s += fmt::format("constexpr bool kWindow = {};\n", spec.window);

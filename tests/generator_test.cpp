@@ -343,7 +343,7 @@ TEST(GeneratorCpu, SourceBakesTheSpecAndConfigIntoConstants) {
   const std::string src = generate(s, cpu_config(16, 32), limits_for_cpu()).source;
   for (const char* line : {"constexpr int kHeadDim = 80;\n", "constexpr int kHeadDimV = 48;\n",
                            "constexpr int kBlockM = 16;\n", "constexpr int kBlockN = 32;\n",
-                           "constexpr bool kF32 = false;\n", "constexpr bool kCausal = true;\n",
+                           "constexpr bool kCausal = true;\n",
                            "constexpr bool kBottomRight = true;\n", "constexpr bool kWindow = true;\n",
                            "constexpr bool kPacked = false;\n", "constexpr bool kPadded = true;\n",
                            "constexpr bool kLse = false;\n", "constexpr bool kRawScores = true;\n",

@@ -109,7 +109,7 @@ double process_cpu_ms() {
 Kernel compile(const std::string& label, const TileConfig& cfg, const std::string& name,
                const std::string& source) {
   const device::CpuCompileResult r = device::compile_cpu(source, name);
-  return {label, cfg, device::CpuModule::load(r.object, name), r.compile_ms, {}};
+  return {label, cfg, device::CpuModule::load(r.object, name), r.compile_ms, {}, {}};
 }
 
 std::string read_file(const std::string& path) {
