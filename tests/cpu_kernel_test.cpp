@@ -248,10 +248,12 @@ void run_kernel(const device::CpuModule& m, const Built& b) {
   device::parallel_for(items, 1, [&](long long begin, long long end) { k(&params, begin, end); });
 }
 
-// Builds, compiles, runs and checks every case; failures name the case and the seed.
-void check_cases(const std::vector<Case>& cases) {
+// Builds, compiles, runs and checks every case with inputs from `rng` (a fresh seeded_rng() when
+// null); failures name the case, and the seed is printed at the start.
+void check_cases(const std::vector<Case>& cases, std::mt19937_64* rng_in = nullptr) {
   if (!device::cpu_jit_available()) GTEST_SKIP() << "built without LLVM (JITATTN_WITH_LLVM=OFF)";
-  std::mt19937_64 rng = test::seeded_rng();
+  std::mt19937_64 own = rng_in ? std::mt19937_64() : test::seeded_rng();
+  std::mt19937_64& rng = rng_in ? *rng_in : own;
   std::vector<Built> built;
   for (const Case& c : cases) {
     Built b;
@@ -523,6 +525,50 @@ TEST(CpuKernel, NoKeysWritesZeroAndMinusInfinity) {
                  c.seqlen_q = 33;
                  c.seqlen_k = 3;
                })});
+}
+
+// ---- random problems -----------------------------------------------------------------------------
+// Shapes and feature combinations drawn at random (the seed printed by seeded_rng replays them):
+// whatever the grid above does not think of.
+TEST(CpuKernel, RandomProblems) {
+  std::mt19937_64 rng = test::seeded_rng();
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  std::vector<Case> cs;
+  for (int n = 0; n < 16; ++n) {
+    Case c;
+    c.dtype = std::array{DType::f32, DType::bf16, DType::f16}[static_cast<size_t>(pick(0, 2))];
+    c.d = 8 * pick(1, 32);
+    c.dv = pick(0, 2) == 0 ? 8 * pick(1, 32) : 0;
+    c.heads_kv = pick(1, 3);
+    c.heads_q = c.heads_kv * pick(1, 3);
+    c.batch = pick(1, 3);
+    c.seqlen_q = pick(0, 3) == 0 ? pick(1, 3) : pick(1, 160);
+    c.seqlen_k = pick(0, 3) == 0 ? pick(1, 3) : pick(1, 160);
+    c.mask = std::array{MaskKind::none, MaskKind::causal, MaskKind::causal_bottom_right}[static_cast<size_t>(pick(0, 2))];
+    if (pick(0, 2) == 0) c.window = Window{pick(-1, 40), pick(-1, 40)};
+    c.varlen = std::array{VarlenKind::none, VarlenKind::packed, VarlenKind::padded}[static_cast<size_t>(pick(0, 2))];
+    if (pick(0, 2) == 0) {
+      std::string b;
+      for (const char* dims : {"b1", "h1", "q1", "k1"}) b += dims[pick(0, 1)];
+      c.bias = b;
+      c.bias_strided = pick(0, 1) == 1;
+    }
+    c.alibi = pick(0, 2) == 0;
+    c.softcap = pick(0, 2) == 0 ? 0.5f * static_cast<float>(pick(1, 60)) : 0.0f;
+    if (pick(0, 3) == 0) c.scale = 0.05f * static_cast<float>(pick(1, 30));
+    c.lse = pick(0, 1) == 1;
+    if (pick(0, 1) == 1) c.layout = {0, 2, 1, 3};
+    if (pick(0, 1) == 1) {
+      const TileConfig cfg = cpu_config(4 << pick(0, 4), 16 << pick(0, 4));
+      KernelSpec probe;
+      probe.target = Target{0, true};
+      probe.head_dim = c.d;
+      probe.head_dim_v = c.head_dim_v();
+      if (!why_illegal(probe, cfg, limits_for_cpu())) c.config = cfg;
+    }
+    cs.push_back(c);
+  }
+  check_cases(cs, &rng);
 }
 
 // ---- the template's number conversions, bit for bit ----------------------------------------------
