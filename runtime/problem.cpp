@@ -405,6 +405,7 @@ Problem validate_backward(const AttentionArgs& args, const BackwardArgs& grads) 
       }
     }
     p.dbias = true;
+    p.dbias_elements = element_count(grads.dbias);
   }
   return p;
 }

@@ -33,6 +33,7 @@ struct Problem {
   bool lse = false;
   float dropout_p = 0.0f;  ///< 0 = off
   bool dbias = false;      ///< backward writes a bias gradient
+  int64_t dbias_elements = 0;  ///< elements of dbias (its shape's product)
 
   bool dropout() const { return dropout_p > 0.0f; }
   /// batch == 0 or a zero sequence length: a valid no-op.

@@ -44,6 +44,11 @@ JITATTN_HOST_DEVICE Philox4 philox4x32_10(unsigned int c0, unsigned int c1, unsi
   return r;
 }
 
+// Word i (0..3) of r. Selects rather than r.x[i]: a runtime index would put r in local memory.
+JITATTN_HOST_DEVICE unsigned int philox_word(const Philox4& r, unsigned int i) {
+  return i == 0u ? r.x[0] : i == 1u ? r.x[1] : i == 2u ? r.x[2] : r.x[3];
+}
+
 // The random words of columns 4*(col/4) .. 4*(col/4)+3 of one attention row. `bh` is
 // batch * heads_q + query head (batch = sequence number for packed varlen), `row` and `col` index
 // within the sequence. The 64-bit seed is the key; the caller's 64-bit offset is counter word 3
@@ -61,7 +66,7 @@ JITATTN_HOST_DEVICE Philox4 dropout_bits4(unsigned long long seed, unsigned long
 JITATTN_HOST_DEVICE bool dropout_keep(unsigned long long seed, unsigned long long offset,
                                       unsigned int bh, unsigned int row, unsigned int col,
                                       unsigned int threshold) {
-  return dropout_bits4(seed, offset, bh, row, col).x[col & 3u] >= threshold;
+  return philox_word(dropout_bits4(seed, offset, bh, row, col), col & 3u) >= threshold;
 }
 
 }  // namespace jitattn_kernel
