@@ -496,7 +496,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       const float sum = quad_sum(row_sum[mt][hf]);
       const int r = warp_row0 + mt * 16 + g + hf * 8;  // row within the block
       const bool real = m0 + r < len_q;                // padded rows past len_q write 0
-      const float inv = (sum > 0.0f && real) ? (kDropout ? p.dropout_scale : 1.0f) / sum : 0.0f;
+      float inv = (sum > 0.0f && real) ? 1.0f / sum : 0.0f;
+      if constexpr (kDropout) inv *= p.dropout_scale;  // kept probabilities scale by 1 / (1 - p)
       if (r < rows_out) {
         elem_t* o_row = gO + r * p.o_row_stride;
 #pragma unroll
