@@ -436,16 +436,29 @@ BackwardCheckResult Runner::check_backward(Engine& engine, const BackwardOptions
   return r;
 }
 
-std::vector<std::byte> Runner::gradient_bytes() const {
-  device::ScopedContext ctx(impl_->desc.device);
-  const Setup& s = impl_->setup;
+namespace {
+
+std::vector<std::byte> device_bytes(std::initializer_list<const Mirrored*> tensors) {
   std::vector<std::byte> out;
-  for (const Mirrored* m : {&s.dq, &s.dk, &s.dv, &s.dbias}) {
+  for (const Mirrored* m : tensors) {
     const size_t at = out.size();
     out.resize(at + m->bytes);
     if (m->bytes > 0) m->dev.download(out.data() + at, m->bytes);
   }
   return out;
+}
+
+}  // namespace
+
+std::vector<std::byte> Runner::output_bytes() const {
+  device::ScopedContext ctx(impl_->desc.device);
+  return device_bytes({&impl_->setup.o, &impl_->setup.lse});
+}
+
+std::vector<std::byte> Runner::gradient_bytes() const {
+  device::ScopedContext ctx(impl_->desc.device);
+  const Setup& s = impl_->setup;
+  return device_bytes({&s.dq, &s.dk, &s.dv, &s.dbias});
 }
 
 BenchResult Runner::bench_backward(Engine& engine, bool with_forward, const BackwardOptions& options,

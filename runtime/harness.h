@@ -114,6 +114,8 @@ class Runner {
   /// The gradients of the last check_backward() / run_backward(), as raw bytes of dq, dk, dv
   /// (for bitwise comparisons across runs).
   std::vector<std::byte> gradient_bytes() const;
+  /// The forward's o and lse as raw bytes, after the last run.
+  std::vector<std::byte> output_bytes() const;
   /// Times backward alone (`with_forward` false; FLOPs 2.5x forward) or forward + backward
   /// (3.5x), as bench() does.
   BenchResult bench_backward(Engine& engine, bool with_forward, const BackwardOptions& options = {},

@@ -104,11 +104,13 @@ JITATTN_DEVICE void gemm_nt(float (&acc)[kN / 8][4], const elem_t* sA, const ele
 }
 
 // acc (16, 8 * kTiles) += C (16, kK) B (kK, cols): C is another product's accumulator (packed
-// to 16 bits as the A operand), B row-major in shared memory (ldmatrix.trans). Only the n8
-// tiles first_tile .. first_tile + kTiles - 1 below total_tiles (this CTA's column slice).
-template <int kK, int kBStride, int kTiles>
+// to 16 bits as the A operand), B row-major in shared memory (ldmatrix.trans, two n8 tiles per
+// load). Only the n8 tiles first_tile .. first_tile + kTiles - 1 below kTotal (this CTA's column
+// slice; the last slice of a head dim that kSplit does not divide is shorter).
+template <int kK, int kBStride, int kTiles, int kTotal>
 JITATTN_DEVICE void gemm_rt(float (&acc)[kTiles][4], const float (&c)[kK / 8][4], const elem_t* sB,
-                            int first_tile, int total_tiles, int lane) {
+                            int first_tile, int lane) {
+  constexpr bool kFull = kTiles * kSplit == kTotal;  // every slice's tiles exist
 #pragma unroll
   for (int kk = 0; kk < kK / 16; ++kk) {
     u32 a[4];  // (16, 16) A fragment
@@ -116,14 +118,28 @@ JITATTN_DEVICE void gemm_rt(float (&acc)[kTiles][4], const float (&c)[kK / 8][4]
     a[1] = pack2(c[2 * kk][2], c[2 * kk][3]);
     a[2] = pack2(c[2 * kk + 1][0], c[2 * kk + 1][1]);
     a[3] = pack2(c[2 * kk + 1][2], c[2 * kk + 1][3]);
-    const elem_t* rows = sB + (kk * 16 + (lane % 16)) * kBStride;
+    const elem_t* rows_x4 = sB + (kk * 16 + ((lane / 8) % 2) * 8 + (lane % 8)) * kBStride + (lane / 16) * 8;
+    const elem_t* rows_x2 = sB + (kk * 16 + (lane % 16)) * kBStride;
 #pragma unroll
-    for (int d = 0; d < kTiles; ++d) {
-      const int tile = first_tile + d;
-      if (kTiles * kSplit == total_tiles || tile < total_tiles) {
+    for (int dp = 0; dp < kTiles / 2; ++dp) {
+      const int tile = first_tile + 2 * dp;
+      if (kFull || tile + 1 < kTotal) {
+        u32 b[4];  // b0/b1 of tiles `tile` and `tile + 1`
+        ldmatrix_x4_trans(b, rows_x4 + tile * 8);
+        mma_16816(acc[2 * dp], a, b[0], b[1]);
+        mma_16816(acc[2 * dp + 1], a, b[2], b[3]);
+      } else if (tile < kTotal) {
         u32 b[2];
-        ldmatrix_x2_trans(b, rows + tile * 8);
-        mma_16816(acc[d], a, b[0], b[1]);
+        ldmatrix_x2_trans(b, rows_x2 + tile * 8);
+        mma_16816(acc[2 * dp], a, b[0], b[1]);
+      }
+    }
+    if constexpr (kTiles % 2 != 0) {
+      const int tile = first_tile + kTiles - 1;
+      if (kFull || tile < kTotal) {
+        u32 b[2];
+        ldmatrix_x2_trans(b, rows_x2 + tile * 8);
+        mma_16816(acc[kTiles - 1], a, b[0], b[1]);
       }
     }
   }
@@ -366,8 +382,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     }
 
     // ---- dV += (P Z)^T dO, dK += dS^T Q ---------------------------------------------------------
-    gemm_rt<kBlockM, kVStride, kDTVS>(acc_dv, acc_s, tdO, slice * kDTVS, kDTV, lane);
-    gemm_rt<kBlockM, kQStride, kDTS>(acc_dk, acc_dp, tQ, slice * kDTS, kDT, lane);
+    gemm_rt<kBlockM, kVStride, kDTVS, kDTV>(acc_dv, acc_s, tdO, slice * kDTVS, lane);
+    gemm_rt<kBlockM, kQStride, kDTS, kDT>(acc_dk, acc_dp, tQ, slice * kDTS, lane);
 
     if constexpr (kDq) {
       // ---- dQ += dS K: dS^T through shared memory, each warp takes (16 rows, 8 cols) units ----
@@ -380,31 +396,43 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         }
       }
       __syncthreads();
-      constexpr int kUnits = (kBlockM / 16) * kDTS;
+      // Warps split the (BLOCK_M / 16) m16 tiles, and the slice's n8 tiles when there are more
+      // warps than m16 tiles; a warp loads its dS A fragments once per m16 tile.
+      constexpr int kMTiles = kBlockM / 16;
+      constexpr int kMPerWarp = kMTiles >= kWarps ? kMTiles / kWarps : 1;
+      constexpr int kWarpsPerM = kMTiles >= kWarps ? 1 : kWarps / kMTiles;
+      constexpr int kTilesPerWarp = (kDTS + kWarpsPerM - 1) / kWarpsPerM;
 #pragma unroll
-      for (int u0 = 0; u0 < kUnits; u0 += kWarps) {
-        const int u = u0 + warp;
-        const int mt = u / kDTS;
-        const int dt = slice * kDTS + u % kDTS;
-        if ((kUnits % kWarps == 0 || u < kUnits) && dt < kDT) {
-          float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (int i = 0; i < kMPerWarp; ++i) {
+        const int mt = kMTiles >= kWarps ? warp + i * kWarps : warp % kMTiles;
+        const int part = kMTiles >= kWarps ? 0 : warp / kMTiles;
+        u32 a[kBlockN / 16][4];  // (16 rows, BLOCK_N keys) of dS
 #pragma unroll
-          for (int kk = 0; kk < kBlockN / 16; ++kk) {
-            u32 a[4];
-            ldmatrix_x4_trans(a, sdS + (kk * 16 + (lane % 8) + (lane / 16) * 8) * kDSStride +
-                                     mt * 16 + ((lane / 8) % 2) * 8);
-            u32 bk[2];
-            ldmatrix_x2_trans(bk, sK + (kk * 16 + (lane % 16)) * kKStride + dt * 8);
-            mma_16816(acc, a, bk[0], bk[1]);
-          }
+        for (int kk = 0; kk < kBlockN / 16; ++kk) {
+          ldmatrix_x4_trans(a[kk], sdS + (kk * 16 + (lane % 8) + (lane / 16) * 8) * kDSStride +
+                                       mt * 16 + ((lane / 8) % 2) * 8);
+        }
 #pragma unroll
-          for (int hf = 0; hf < 2; ++hf) {
-            const int qi = m0 + mt * 16 + g + hf * 8;
-            if (qi < len_q) {
-              const long long row = kPacked ? ex.row_q0 + qi : static_cast<long long>(b) * p.seqlen_q + qi;
-              float* dst = bp.dq_accum + (row * p.heads_q + h) * kHeadDim + dt * 8 + 2 * t;
-              red_add(dst, acc[2 * hf]);
-              red_add(dst + 1, acc[2 * hf + 1]);
+        for (int j = 0; j < kTilesPerWarp; ++j) {
+          const int local = part + j * kWarpsPerM;
+          const int dt = slice * kDTS + local;
+          if (local < kDTS && dt < kDT) {
+            float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int kk = 0; kk < kBlockN / 16; ++kk) {
+              u32 bk[2];
+              ldmatrix_x2_trans(bk, sK + (kk * 16 + (lane % 16)) * kKStride + dt * 8);
+              mma_16816(acc, a[kk], bk[0], bk[1]);
+            }
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+              const int qi = m0 + mt * 16 + g + hf * 8;
+              if (qi < len_q) {
+                const long long row = kPacked ? ex.row_q0 + qi : static_cast<long long>(b) * p.seqlen_q + qi;
+                float* dst = bp.dq_accum + (row * p.heads_q + h) * kHeadDim + dt * 8 + 2 * t;
+                red_add(dst, acc[2 * hf]);
+                red_add(dst + 1, acc[2 * hf + 1]);
+              }
             }
           }
         }
@@ -577,7 +605,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           }
         }
       }
-      gemm_rt<kKeys, kKStride, kDTS>(acc_dq, acc_dp, tK, slice * kDTS, kDT, lane);
+      gemm_rt<kKeys, kKStride, kDTS, kDT>(acc_dq, acc_dp, tK, slice * kDTS, lane);
     }
     cp_async_wait<0>();
   }

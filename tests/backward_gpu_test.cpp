@@ -266,7 +266,7 @@ TEST(BackwardGpu, DropoutKeepingEverythingEqualsNoDropoutBitwise) {
     const auto r1 = on.check_backward(engine(), opt);
     EXPECT_TRUE(r0.pass && r1.pass);
     EXPECT_NE(r1.kernel.name.find("dropout"), std::string::npos) << r1.kernel.name;
-    EXPECT_EQ(r0.forward.rel_err, r1.forward.rel_err);
+    EXPECT_TRUE(off.output_bytes() == on.output_bytes()) << "forward outputs differ";
     if (det) EXPECT_TRUE(off.gradient_bytes() == on.gradient_bytes()) << "deterministic gradients differ";
   }
 }
