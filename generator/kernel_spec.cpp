@@ -188,7 +188,10 @@ TileConfig default_backward_config(const KernelSpec& spec, const DeviceLimits& l
   // those specs step 32 query rows (NVRTC 13.0 spill reports at block_m 64).
   const bool light = !spec.window && !spec.alibi && spec.softcap == 0.0f && !spec.dropout &&
                      spec.varlen == VarlenKind::none && !spec.bias;
-  TileConfig c{32, 64, 4, 2, false, 1};
+  // 8 warps (128 keys per CTA) up to head dim 128: each query tile in shared memory serves twice
+  // the keys, and dQ takes half the fp32 atomics of 64-key blocks. Above, K and V of 128 keys
+  // would not leave room for the query tiles on sm_80: 4 warps.
+  TileConfig c{32, 128, 8, 2, false, 1};
   if (d <= 48 && light) c.block_m = 64;
   if (d > 64) c.split = 2;
   if (d > 128) c = {light ? 32 : 16, 64, 4, 2, false, 4};
@@ -220,7 +223,11 @@ TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits) {
   const bool light = !spec.window && !spec.alibi && spec.softcap == 0.0f && !spec.lse &&
                      spec.varlen == VarlenKind::none && !spec.bias;
   TileConfig c;
-  if (spec.bias && !spec.bias_tiled) {
+  if (spec.dropout) {
+    // The Philox keep bits add live registers beside each S tile: 16 rows per warp, and block_n
+    // 32 above head dim 128 or with a per-element bias (NVRTC 13.0 spill reports).
+    c = {128, d <= 128 && !(spec.bias && !spec.bias_tiled) ? 64 : 32, 8, 2, false};
+  } else if (spec.bias && !spec.bias_tiled) {
     c = {128, (limits.sm < 90 && d > 128) ? 16 : 32, 8, 2, false};
   } else if (spec.bias) {
     // A staged bias tile keeps 16 rows per warp: with 32 (d64) it spills once LSE is on.

@@ -30,6 +30,7 @@ std::vector<Variant> variants() {
     bool window, bias, alibi, softcap, lse;
     VarlenKind varlen;
     bool bias_tiled = false;
+    bool dropout = false;
   };
   const Mods mods[] = {
       {"plain", MaskKind::none, false, false, false, false, false, VarlenKind::none},
@@ -42,6 +43,8 @@ std::vector<Variant> variants() {
       {"everything", MaskKind::causal, true, true, true, true, true, VarlenKind::packed},
       {"bias_tiled_lse", MaskKind::none, false, true, false, false, true, VarlenKind::none, true},
       {"everything_tiled", MaskKind::causal, true, true, true, true, true, VarlenKind::packed, true},
+      {"causal_lse_dropout", MaskKind::causal, false, false, false, false, true, VarlenKind::none, false, true},
+      {"everything_tiled_dropout", MaskKind::causal, true, true, true, true, true, VarlenKind::packed, true, true},
   };
   std::vector<Variant> out;
   for (int sm : {80, 90}) {
@@ -65,6 +68,7 @@ std::vector<Variant> variants() {
           s.alibi = m.alibi;
           s.softcap = m.softcap ? 30.0f : 0.0f;
           s.lse = m.lse;
+          s.dropout = m.dropout;
           s.varlen = m.varlen;
           s.scale = 1.0f / std::sqrt(float(d));
           out.push_back({fmt::format("sm{}_{}_d{}_{}", sm, dtype_name(dt), d, m.label), s});
