@@ -156,6 +156,16 @@ Device require_device(Device wanted) {
   return d;
 }
 
+// The backward pass runs on CUDA GPUs only: the CPU backend has forward kernels alone.
+Device require_backward_device(Device wanted) {
+  const Device d = require_device(wanted);
+  if (d.kind == Device::Kind::cpu) {
+    throw Unsupported("the backward pass runs on CUDA GPUs only (the CPU backend has forward kernels only); "
+                      "no GPU is available here");
+  }
+  return d;
+}
+
 
 // ---- info ----
 
@@ -300,7 +310,54 @@ int run_compile(const CompileOptions& o) {
 
 // ---- check ----
 
+namespace {
+
+int run_check_backward(const CheckOptions& o) {
+  harness::ProblemDesc desc = problem_desc(o.problem);
+  desc.lse = true;  // backward reads the forward's LSE
+  desc.device = require_backward_device(desc.device);
+  Engine engine;
+  BackwardOptions options;
+  options.config = o.problem.config;
+  options.deterministic = o.deterministic;
+  harness::Runner runner(desc);
+  const harness::BackwardCheckResult r = runner.check_backward(engine, options);
+  const std::string flags = fmt::format("{} --seed {}{}", to_flags(desc), r.seed,
+                                        o.deterministic ? " --deterministic" : "");
+  if (o.json) {
+    JsonObject j;
+    j.add("problem", harness::describe(desc)).add("flags", flags).add("mode", "bwd")
+        .add("deterministic", o.deterministic).add("kernel", r.kernel.name)
+        .add("config", r.kernel.config).add("config_source", r.kernel.config_source)
+        .add("forward_kernel", r.forward.kernel.name).add("forward_rel_err", r.forward.rel_err)
+        .add("forward_lse_rel_err", r.forward.lse_rel_err).add("forward_pass", r.forward.pass)
+        .add("dq_rel_err", r.dq_err).add("dk_rel_err", r.dk_err).add("dv_rel_err", r.dv_err);
+    if (desc.dbias) j.add("dbias_rel_err", r.dbias_err);
+    else j.raw("dbias_rel_err", "null");
+    j.add("tolerance", r.tolerance).add("pass", r.pass).add("seed", r.seed);
+    fmt::print("{}\n", j.str());
+  } else {
+    line("problem", harness::describe(desc));
+    line("flags", flags);
+    line("forward", fmt::format("{}  rel err {:.3e}, lse {:.3e}", r.forward.kernel.name,
+                                r.forward.rel_err, r.forward.lse_rel_err));
+    line("kernel", fmt::format("{} ({})", r.kernel.name, compiled_text(r.kernel)));
+    line("config", config_text(r.kernel));
+    line("dq err", fmt::format("{:.3e}", r.dq_err));
+    line("dk err", fmt::format("{:.3e}", r.dk_err));
+    line("dv err", fmt::format("{:.3e}", r.dv_err));
+    if (desc.dbias) line("dbias err", fmt::format("{:.3e}", r.dbias_err));
+    line("tolerance", fmt::format("{:.0e} (relative norm)", r.tolerance));
+    line("result", fmt::format("{}  (seed {})", r.pass ? "PASS" : "FAIL", r.seed));
+  }
+  return r.pass ? 0 : 1;
+}
+
+}  // namespace
+
 int run_check(const CheckOptions& o) {
+  if (o.backward) return run_check_backward(o);
+  if (o.deterministic) throw InvalidArgument("deterministic", "is a backward option (add --backward)");
   harness::ProblemDesc desc = problem_desc(o.problem);
   desc.device = require_device(desc.device);
   Engine engine;
@@ -340,11 +397,11 @@ int run_check(const CheckOptions& o) {
 namespace {
 
 std::string bench_json(const harness::ProblemDesc& d, const harness::BenchResult& r,
-                       std::string_view grid_mask = {}) {
+                       std::string_view grid_mask = {}, std::string_view mode = "fwd") {
   JsonObject j;
   j.add("problem", harness::describe(d)).add("dtype", dtype_flag(d.dtype)).add("b", d.batch)
       .add("h", d.heads_q).add("s", d.seqlen_q).add("d", d.head_dim).add("mask", peers_mask(d))
-      .add("mode", "fwd").add("backend", "jitattn").add("flags", to_flags(d))
+      .add("mode", mode).add("backend", "jitattn").add("flags", to_flags(d))
       .add("kernel", r.kernel.name).add("config", r.kernel.config)
       .add("config_source", r.kernel.config_source).add("binary_from_cache", r.kernel.binary_from_cache)
       .add("ms", r.median_ms)
@@ -486,15 +543,33 @@ int run_grid(const BenchOptions& o) {
 
 int run_bench(const BenchOptions& o) {
   if (o.budget_ms <= 0) throw InvalidArgument("budget-ms", fmt::format("must be > 0, got {}", o.budget_ms));
+  const bool backward = o.backward || o.fwd_bwd;
+  if (o.backward && o.fwd_bwd) throw InvalidArgument("fwd-bwd", "choose one of --backward and --fwd-bwd");
+  if (o.grid && backward) throw InvalidArgument("grid", "--grid times the forward pass only");
+  if (o.deterministic && !backward) {
+    throw InvalidArgument("deterministic", "is a backward option (add --backward or --fwd-bwd)");
+  }
   if (o.grid) return run_grid(o);
   harness::ProblemDesc desc = problem_desc(o.problem);
-  desc.device = require_device(desc.device);
+  desc.device = backward ? require_backward_device(desc.device) : require_device(desc.device);
   Engine engine;
-  ForwardOptions options;
-  options.config = o.problem.config;
-  const harness::BenchResult r = harness::bench(engine, desc, options, o.budget_ms);
+  harness::BenchResult r;
+  // peers.py's mode names: "bwd" and "fwd_bwd".
+  const std::string_view mode = o.fwd_bwd ? "fwd_bwd" : o.backward ? "bwd" : "fwd";
+  if (backward) {
+    desc.lse = true;
+    BackwardOptions options;
+    options.config = o.problem.config;  // the backward's config; the forward uses its default
+    options.deterministic = o.deterministic;
+    harness::Runner runner(desc);
+    r = runner.bench_backward(engine, o.fwd_bwd, options, o.budget_ms);
+  } else {
+    ForwardOptions options;
+    options.config = o.problem.config;
+    r = harness::bench(engine, desc, options, o.budget_ms);
+  }
   if (o.json) {
-    fmt::print("{}\n", bench_json(desc, r));
+    fmt::print("{}\n", bench_json(desc, r, {}, mode));
     return 0;
   }
   line("problem", harness::describe(desc));
@@ -502,6 +577,7 @@ int run_bench(const BenchOptions& o) {
   line("config", config_text(r.kernel));
   line("time", fmt::format("median {:.4f} ms  p20 {:.4f}  p80 {:.4f}  ({} samples)", r.median_ms,
                            r.p20_ms, r.p80_ms, r.samples));
+  line("mode", std::string(mode));
   if (r.kernel.backend == "cpu") {  // CPU rates read better in GFLOP/s
     line("speed", fmt::format("{:.1f} GFLOP/s  ({:.3g} FLOP, peers.py's count)", r.tflops * 1e3, r.flops));
   } else {
@@ -528,6 +604,7 @@ Problem problem_without_device(const harness::ProblemDesc& d) {
   a.softcap = d.softcap;
   a.scale = d.scale;
   a.varlen = d.varlen;
+  a.dropout_p = d.dropout_p;
   if (d.lse) a.lse = reinterpret_cast<float*>(address());
   if (d.alibi) a.alibi_slopes = reinterpret_cast<const float*>(address());
   if (d.bias != "none") {

@@ -33,12 +33,17 @@ struct CompileOptions {
 struct CheckOptions {
   ProblemFlags problem;
   bool json = false;
+  bool backward = false;       ///< forward with LSE, then every gradient vs the reference
+  bool deterministic = false;  ///< backward's deterministic mode
 };
 
 struct BenchOptions {
   ProblemFlags problem;
   bool json = false;
   double budget_ms = 300.0;
+  bool backward = false;       ///< time backward alone (FLOPs 2.5x forward)
+  bool fwd_bwd = false;        ///< time forward + backward (FLOPs 3.5x forward)
+  bool deterministic = false;  ///< backward's deterministic mode
   /// --grid: the cross product hdims x seqlens x masks on peers.py's conventions
   /// (tokens default 16384, width 2048; heads = width / head_dim, batch = tokens / seqlen).
   bool grid = false;
@@ -66,5 +71,7 @@ Problem problem_without_device(const harness::ProblemDesc& desc);
 /// `wanted` resolved (auto: a GPU when present, else the CPU) and checked to exist: NoDevice
 /// without a driver or device, Unsupported for the CPU in a build without LLVM.
 Device require_device(Device wanted);
+/// require_device for the backward pass: a CUDA device (Unsupported on the CPU backend).
+Device require_backward_device(Device wanted);
 
 }  // namespace jitattn::cli

@@ -67,10 +67,16 @@ int main(int argc, char** argv) {
   CLI::App* check = app.add_subcommand("check", "run once and compare with the float64 reference");
   add_problem_flags(check, &o.check.problem);
   check->add_flag("--json", o.check.json, "one JSON object");
+  check->add_flag("--backward", o.check.backward,
+                  "also run backward and compare dq, dk, dv (and --dbias) with the reference");
+  check->add_flag("--deterministic", o.check.deterministic, "backward: bitwise reproducible dq");
 
   CLI::App* bench = app.add_subcommand("bench", "time the kernel (or a --grid of problems)");
   add_problem_flags(bench, &o.bench.problem);
   bench->add_flag("--json", o.bench.json, "one JSON object per problem");
+  bench->add_flag("--backward", o.bench.backward, "time backward (FLOPs: 2.5x forward)");
+  bench->add_flag("--fwd-bwd", o.bench.fwd_bwd, "time forward + backward (FLOPs: 3.5x forward)");
+  bench->add_flag("--deterministic", o.bench.deterministic, "backward: deterministic mode");
   bench->add_option("--budget-ms", o.bench.budget_ms, "timing budget per problem")
       ->capture_default_str();
   bench->add_flag("--grid", o.bench.grid,

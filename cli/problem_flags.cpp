@@ -103,6 +103,8 @@ void add_problem_flags(CLI::App* app, ProblemFlags* f) {
       ->option_text("[none|packed|padded]")
       ->check(CLI::IsMember({"none", "packed", "padded"}));
   app->add_flag("--lse", f->lse, "also write the log-sum-exp");
+  app->add_option("--dropout", f->dropout, "dropout probability in [0, 1) (seed and offset from --seed)");
+  app->add_flag("--dbias", f->dbias, "backward: also compute the bias gradient (needs --bias)");
   app->add_option("--seed", f->seed, "random seed (0 = fresh)")->capture_default_str();
   app->add_option("--layout", f->layout, "physical layout of q/k/v/o")
       ->check(CLI::IsMember({"bshd", "bhsd"}))
@@ -149,6 +151,8 @@ harness::ProblemDesc problem_desc(const ProblemFlags& f) {
   d.scale = f.scale;
   d.varlen = harness::parse_varlen(f.varlen.empty() ? "packed" : f.varlen);
   d.lse = f.lse;
+  d.dropout_p = f.dropout;
+  d.dbias = f.dbias;
   d.seed = f.seed;
   d.layout = parse_layout(f.layout);
   d.device = Device::parse(f.device);
@@ -188,6 +192,8 @@ std::string to_flags(const harness::ProblemDesc& d) {
   if (d.scale) s += fmt::format(" --scale {}", *d.scale);
   if (d.varlen != VarlenKind::none) s += fmt::format(" --varlen {}", varlen_flag(d.varlen));
   if (d.lse) s += " --lse";
+  if (d.dropout_p > 0) s += fmt::format(" --dropout {}", d.dropout_p);
+  if (d.dbias) s += " --dbias";
   if (d.layout == kLayoutBHSD) s += " --layout bhsd";
   if (d.device.kind != Device::Kind::automatic) s += fmt::format(" --device {}", d.device.str());
   return s;

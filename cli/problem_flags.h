@@ -33,6 +33,8 @@ struct ProblemFlags {
   std::optional<float> scale;  ///< nullopt: 1/sqrt(head_dim)
   std::string varlen = "none";
   bool lse = false;
+  float dropout = 0.0f;  ///< dropout probability (forward and backward)
+  bool dbias = false;    ///< backward: also the bias gradient
   uint64_t seed = 0;
   std::string layout = "bshd";
   std::string config;  ///< tile config text; empty = the default for the spec

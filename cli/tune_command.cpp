@@ -51,14 +51,31 @@ harness::ProblemDesc small_version(const harness::ProblemDesc& d) {
 // CUDA events after an L2 flush; CPU: a steady clock).
 class RunnerMeasurer : public tuner::Measurer {
  public:
-  RunnerMeasurer(Engine& engine, const harness::ProblemDesc& desc)
-      : engine_(engine), verify_(small_version(desc)), timing_(desc) {}
+  RunnerMeasurer(Engine& engine, const harness::ProblemDesc& desc, bool backward)
+      : engine_(engine), verify_(small_version(desc)), timing_(desc), backward_(backward) {}
 
   tuner::Measurement measure(const tuner::Candidate& c, double budget_ms) override {
     tuner::Measurement m;
     ForwardOptions opt;
     opt.config = c.config.canonical();
     try {
+      if (backward_) {
+        BackwardOptions bopt;
+        bopt.config = c.config.canonical();
+        const harness::BackwardCheckResult chk = verify_.check_backward(engine_, bopt);
+        if (!chk.pass) {
+          m.error = fmt::format("verification failed: dq {:.3e} dk {:.3e} dv {:.3e} (tol {:.0e})",
+                                chk.dq_err, chk.dk_err, chk.dv_err, chk.tolerance);
+          return m;
+        }
+        const harness::BenchResult b = timing_.bench_backward(engine_, false, bopt, budget_ms);
+        m.ok = true;
+        m.median_ms = b.median_ms;
+        m.p20_ms = b.p20_ms;
+        m.p80_ms = b.p80_ms;
+        m.samples = b.samples;
+        return m;
+      }
       const harness::CheckResult chk = verify_.check(engine_, opt);
       if (!chk.pass) {
         m.error = fmt::format("verification failed: rel err {:.3e} (tol {:.0e})", chk.rel_err, chk.tolerance);
@@ -80,18 +97,25 @@ class RunnerMeasurer : public tuner::Measurer {
   Engine& engine_;
   harness::Runner verify_;
   harness::Runner timing_;
+  bool backward_;
 };
 
 // Tunes one problem; returns false when it could not (claimed elsewhere, nothing ok).
-bool tune_one(const harness::ProblemDesc& desc, const TuneOptions& o, std::ostream& out) {
+bool tune_one(harness::ProblemDesc desc, const TuneOptions& o, std::ostream& out) {
+  if (o.backward) desc.lse = true;  // backward reads the forward's LSE
+  if (o.backward && desc.device.kind == Device::Kind::cpu) {
+    throw Unsupported("the backward pass runs on CUDA GPUs only (the CPU backend has forward kernels only)");
+  }
   const BackendInfo backend =
       desc.device.kind == Device::Kind::cpu ? cpu_backend() : cuda_backend(desc.device.ordinal);
   const DeviceLimits& limits = backend.limits;
   const cache::DeviceKey& key = backend.key;
   const cache::TuningContext ctx = cache::current_context(key);
 
-  const Problem problem = problem_without_device(desc);
-  const KernelSpec spec = make_spec(problem, backend.target);
+  Problem problem = problem_without_device(desc);
+  problem.dbias = desc.dbias;
+  const KernelSpec spec = o.backward ? make_backward_spec(problem, backend.target.sm, false)
+                                     : make_spec(problem, backend.target);
   const std::string spec_hash = cache::hex64(spec.hash());
   const std::string bucket = tuner::shape_bucket(problem);
   out << fmt::format("tune {}\n  spec {} ({})\n  bucket {} on {} ({})\n", harness::describe(desc), spec_hash,
@@ -152,7 +176,7 @@ bool tune_one(const harness::ProblemDesc& desc, const TuneOptions& o, std::ostre
   EngineOptions eo;
   eo.cache_path = store.path().string();
   Engine engine(eo);
-  RunnerMeasurer measurer(engine, desc);
+  RunnerMeasurer measurer(engine, desc, o.backward);
   tuner::TuneOptions topt;
   topt.budget_seconds = o.budget_seconds;
   topt.progress = tuner::stderr_progress();
@@ -265,6 +289,7 @@ void add_tune_command(CLI::App& app, TuneOptions& o) {
   tune->add_option("--shard", o.shard, "I/N: tune every N-th plan line starting at I (split a plan over GPUs)");
   tune->add_option("--cache", o.cache_path, "cache file (default: $JITATTN_CACHE or ~/.cache/jitattn/cache.db)");
   tune->add_flag("--verbose", o.verbose, "list pruned candidates with their reasons");
+  tune->add_flag("--backward", o.backward, "tune the backward kernels (fast mode) instead of the forward");
   tune->callback([&o] { o.selected = true; });
 }
 

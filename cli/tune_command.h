@@ -17,6 +17,7 @@ struct TuneOptions {
   std::string shard;       ///< "I/N"
   std::string cache_path;  ///< empty: the default cache
   bool verbose = false;
+  bool backward = false;   ///< tune the backward kernels (timed alone, verified against the reference)
   bool selected = false;   ///< set when the subcommand was given
 };
 

@@ -12,14 +12,20 @@
 namespace jitattn {
 
 /// Bumped whenever emitted code changes meaning; part of every cache key.
-inline constexpr int kGeneratorVersion = 1;
+inline constexpr int kGeneratorVersion = 2;  // 2: dropout params, backward kernels
 
 struct KernelSource {
-  std::string name;    ///< extern "C" kernel symbol, spells out the specialisation
+  /// extern "C" kernel symbol, spells out the specialisation. Backward: the dK/dV kernel; the
+  /// others of the same module are backward_kernel_name(name, ...).
+  std::string name;
   std::string source;  ///< full translation unit, no #include of host headers
   int threads = 128;     ///< GPU: threads per CTA; CPU: 0
   int shared_bytes = 0;  ///< GPU: dynamic shared memory to launch with; CPU: 0
 };
+
+/// The kernels of a backward module besides the dK/dV kernel `name`.
+enum class BackwardKernel { preprocess, dq, convert, dbias };
+std::string backward_kernel_name(const std::string& name, BackwardKernel which);
 
 /// Generates the kernel. Throws InvalidArgument if why_illegal(spec, cfg, limits) says so.
 /// CPU kernels follow the ABI of runtime/device/cpu_jit.h:
@@ -38,7 +44,9 @@ namespace detail {
 std::string_view require_template(std::string_view name);
 /// A float literal that round-trips exactly (hex float), so baked constants are bit-exact.
 std::string float_literal(double v);
-/// The embedded params header with its include guard removed (one TU, nothing to guard).
+/// An embedded shared header's text with its include guard removed (one TU, nothing to guard).
+std::string header_text(std::string_view name);
+/// header_text("attn_params.h").
 std::string params_header();
 /// generate() for a CPU spec, after why_illegal (generator_cpu.cpp).
 KernelSource generate_cpu(const KernelSpec& spec, const TileConfig& cfg);

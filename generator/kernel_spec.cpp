@@ -38,14 +38,20 @@ int padded_stride(int dim) { return ((dim / 8) % 2 == 0) ? dim + 8 : dim; }
 }  // namespace
 
 std::string KernelSpec::canonical() const {
-  // The GPU text is unchanged since the first cache schema: stored keys stay valid.
+  // The GPU forward text is unchanged since the first cache schema: stored keys stay valid.
   const std::string target_text = target.cpu ? std::string("cpu") : fmt::format("sm{}", target.sm);
   const int bias_kind = !bias ? 0 : (bias_tiled && !target.cpu ? 2 : 1);
-  return fmt::format(
-      "fwd {} {} d{} dv{} mask={} window={} varlen={} bias={} alibi={} scale=0x{:08x} "
-      "softcap=0x{:08x} lse={}",
+  const std::string common = fmt::format(
+      "{} {} d{} dv{} mask={} window={} varlen={} bias={} alibi={} scale=0x{:08x} "
+      "softcap=0x{:08x}",
       target_text, dtype_name(dtype), head_dim, head_dim_v, mask_name(mask), int(window),
-      varlen_name(varlen), bias_kind, int(alibi), float_bits(scale), float_bits(softcap), int(lse));
+      varlen_name(varlen), bias_kind, int(alibi), float_bits(scale), float_bits(softcap));
+  if (pass == Pass::backward) {
+    return fmt::format("bwd {} dropout={} det={} dbias={}", common, int(dropout),
+                       int(deterministic), int(dbias));
+  }
+  // Forward specs without dropout keep the text they had before dropout existed (cache keys).
+  return fmt::format("fwd {} lse={}{}", common, int(lse), dropout ? " dropout=1" : "");
 }
 
 uint64_t KernelSpec::hash() const {
@@ -66,14 +72,17 @@ std::string KernelSpec::tag() const {
   if (bias) s += bias_tiled && !target.cpu ? "_biastile" : "_bias";
   if (alibi) s += "_alibi";
   if (softcap > 0.0f) s += "_softcap";
-  if (lse) s += "_lse";
+  if (lse && pass == Pass::forward) s += "_lse";
+  if (dropout) s += "_dropout";
+  if (deterministic) s += "_det";
+  if (dbias) s += "_dbias";
   return s;
 }
 
 std::string TileConfig::canonical() const {
   if (cpu() && !q_in_regs) return fmt::format("cpu_bm{}_bn{}", block_m, block_n);
-  return fmt::format("bm{}_bn{}_w{}_s{}{}", block_m, block_n, warps, stages,
-                     q_in_regs ? "_qr" : "");
+  return fmt::format("bm{}_bn{}_w{}_s{}{}{}", block_m, block_n, warps, stages,
+                     q_in_regs ? "_qr" : "", split > 1 ? fmt::format("_x{}", split) : "");
 }
 
 int cpu_scratch_bytes(const KernelSpec& spec, const TileConfig& cfg) {
@@ -85,6 +94,14 @@ int cpu_scratch_bytes(const KernelSpec& spec, const TileConfig& cfg) {
 }
 
 int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
+  if (spec.pass == Pass::backward) {
+    // dK/dV kernel: K and V of the CTA's keys, `stages` x (Q, dO) query tiles, dS^T (fast mode),
+    // LSE and delta per query row. The dQ kernel's (Q, dO rows; K, V ring) is never larger.
+    const int rows = padded_stride(spec.head_dim) + padded_stride(spec.head_dim_v);
+    int elems = cfg.block_n * rows + cfg.stages * cfg.block_m * rows;
+    if (!spec.deterministic) elems += cfg.block_n * padded_stride(cfg.block_m);
+    return 2 * elems + 8 * cfg.stages * cfg.block_m;
+  }
   const int q = cfg.block_m * padded_stride(spec.head_dim);
   int per_stage = cfg.block_n * (padded_stride(spec.head_dim) + padded_stride(spec.head_dim_v));
   if (spec.bias && spec.bias_tiled) per_stage += cfg.block_m * padded_stride(cfg.block_n);
@@ -124,7 +141,9 @@ bool is_in(int v, std::initializer_list<int> menu) {
 // is a power of 2 (a whole number of vectors, or one narrower vector below the host's width);
 // block_n is a power of 2 of at least 16, a multiple of every micro-kernel's key step.
 std::optional<std::string> why_illegal_cpu(const KernelSpec& spec, const TileConfig& cfg) {
-  if (cfg.warps != 0 || cfg.stages != 0 || cfg.q_in_regs) {
+  if (spec.pass != Pass::forward) return std::string("the CPU backend has forward kernels only");
+  if (spec.dropout) return std::string("the CPU kernels have no dropout (it runs on CUDA GPUs)");
+  if (cfg.warps != 0 || cfg.stages != 0 || cfg.q_in_regs || cfg.split != 1) {
     return fmt::format("{} is a GPU config: CPU configs have warps 0, stages 0 (cpu_bm<M>_bn<N>)",
                        cfg.canonical());
   }
@@ -166,16 +185,39 @@ std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig&
   if (cfg.warps != 2 && cfg.warps != 4 && cfg.warps != 8) {
     return fmt::format("warps {} unsupported: 2, 4 or 8", cfg.warps);
   }
-  if (cfg.block_m % cfg.warps != 0 ||
-      (cfg.block_m / cfg.warps != 16 && cfg.block_m / cfg.warps != 32)) {
+  if (spec.pass == Pass::backward) {
+    if (spec.bias_tiled) return std::string("bias_tiled is a forward layout; backward reads bias per element");
+    if (spec.lse) return std::string("lse is a forward flag; backward always reads the LSE");
+    if (cfg.block_n != cfg.warps * 16) {
+      return fmt::format("block_n {} must be 16 keys per warp ({} for {} warps)", cfg.block_n,
+                         cfg.warps * 16, cfg.warps);
+    }
+    if (cfg.block_m != 16 && cfg.block_m != 32 && cfg.block_m != 64 && cfg.block_m != 128) {
+      return fmt::format("block_m {} unsupported: 16, 32, 64 or 128 query rows per step", cfg.block_m);
+    }
+    if (cfg.stages != 1 && cfg.stages != 2) {
+      return fmt::format("stages {} unsupported: 1 or 2 for backward", cfg.stages);
+    }
+    if (cfg.q_in_regs) return std::string("q_in_regs is a forward option");
+    if (cfg.split != 1 && cfg.split != 2 && cfg.split != 4) {
+      return fmt::format("split {} unsupported: 1, 2 or 4 column slices", cfg.split);
+    }
+    if (spec.dbias && !spec.bias) return std::string("dbias needs a bias tensor");
+  } else {
+    if (cfg.split != 1) return fmt::format("split {} is a backward option", cfg.split);
+    if (spec.deterministic || spec.dbias) return std::string("deterministic and dbias are backward flags");
+  }
+  if (spec.pass == Pass::forward && (cfg.block_m % cfg.warps != 0 ||
+      (cfg.block_m / cfg.warps != 16 && cfg.block_m / cfg.warps != 32))) {
     return fmt::format("block_m {} / warps {} must be 16 or 32 rows per warp (m16 MMA tiles)",
                        cfg.block_m, cfg.warps);
   }
-  if (cfg.block_n != 16 && cfg.block_n != 32 && cfg.block_n != 64 && cfg.block_n != 128) {
+  if (spec.pass == Pass::forward && cfg.block_n != 16 && cfg.block_n != 32 && cfg.block_n != 64 &&
+      cfg.block_n != 128) {
     return fmt::format("block_n {} unsupported: 16, 32, 64 or 128 (P V steps over 16 keys)",
                        cfg.block_n);
   }
-  if (cfg.stages < 1 || cfg.stages > 4) {
+  if (spec.pass == Pass::forward && (cfg.stages < 1 || cfg.stages > 4)) {
     return fmt::format("stages {} unsupported: 1 (single buffer) to 4", cfg.stages);
   }
   if (cfg.q_in_regs && spec.head_dim > 128) {
@@ -219,10 +261,39 @@ TileConfig default_config_cpu(const KernelSpec& spec) {
   return c;
 }
 
+// Backward: the dK and dV accumulators of a warp's 16 keys hold (d + dv) / 2 / split floats per
+// thread, and S^T and dP^T block_m / 2 each. Defaults keep that sum near the forward's densest
+// (144) so ptxas needs no spills (tests/compile_grid_test.cpp, NVRTC 13.0).
+TileConfig default_backward_config(const KernelSpec& spec, const DeviceLimits& limits) {
+  const int d = std::max(spec.head_dim, spec.head_dim_v);
+  // Every modifier, mask window, varlen and dropout adds live registers beside S^T and dP^T:
+  // those specs step 32 query rows (NVRTC 13.0 spill reports at block_m 64).
+  const bool light = !spec.window && !spec.alibi && spec.softcap == 0.0f && !spec.dropout &&
+                     spec.varlen == VarlenKind::none && !spec.bias;
+  // 8 warps (128 keys per CTA) up to head dim 128: each query tile in shared memory serves twice
+  // the keys, and dQ takes half the fp32 atomics of 64-key blocks. Above, K and V of 128 keys
+  // would not leave room for the query tiles on sm_80: 4 warps.
+  TileConfig c{32, 128, 8, 2, false, 1};
+  if (d <= 48 && light) c.block_m = 64;
+  if (d > 64) c.split = 2;
+  if (d > 128) c = {light ? 32 : 16, 64, 4, 2, false, 4};
+  while (why_illegal(spec, c, limits)) {
+    if (c.stages > 1) {
+      --c.stages;
+    } else if (c.block_m > 16) {
+      c.block_m /= 2;
+    } else {
+      break;
+    }
+  }
+  return c;
+}
+
 }  // namespace
 
 TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits) {
   if (spec.target.cpu) return default_config_cpu(spec);
+  if (spec.pass == Pass::backward) return default_backward_config(spec, limits);
   // Register budget per thread decides (255 max, no spills; measured with NVRTC 13.0, see
   // bench/NOTES.md): the O accumulator holds rows_per_warp * head_dim_v / 32 floats and S
   // rows_per_warp * block_n / 32. 32 rows per warp (fewer K/V shared-memory reads per FLOP) fits
@@ -235,7 +306,11 @@ TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits) {
   const bool light = !spec.window && !spec.alibi && spec.softcap == 0.0f && !spec.lse &&
                      spec.varlen == VarlenKind::none && !spec.bias;
   TileConfig c;
-  if (spec.bias && !spec.bias_tiled) {
+  if (spec.dropout) {
+    // The Philox keep bits add live registers beside each S tile: 16 rows per warp, and block_n
+    // 32 above head dim 128 or with a per-element bias (NVRTC 13.0 spill reports).
+    c = {128, d <= 128 && !(spec.bias && !spec.bias_tiled) ? 64 : 32, 8, 2, false};
+  } else if (spec.bias && !spec.bias_tiled) {
     c = {128, (limits.sm < 90 && d > 128) ? 16 : 32, 8, 2, false};
   } else if (spec.bias) {
     // A staged bias tile keeps 16 rows per warp: with 32 (d64) it spills once LSE is on.

@@ -23,7 +23,9 @@ struct Target {
   bool operator==(const Target&) const = default;
 };
 
-enum class Pass { forward };
+/// Which kernels a spec generates: the forward pass, or the backward pass's kernels
+/// (templates/attn_bwd_sm80.cuh: preprocess, dK/dV(/dQ) main kernel, dQ or its conversion, dBias).
+enum class Pass { forward, backward };
 
 struct KernelSpec {
   Target target;
@@ -41,13 +43,20 @@ struct KernelSpec {
   bool alibi = false;      ///< ALiBi from per-head slopes
   float scale = 0.0f;      ///< softmax scale, baked in
   float softcap = 0.0f;    ///< 0 = off; baked in
-  bool lse = false;        ///< writes the log-sum-exp
+  bool lse = false;        ///< writes the log-sum-exp (forward; backward always reads it)
+  bool dropout = false;    ///< dropout on the probabilities (p, seed, offset are runtime params)
+  /// Backward only: dQ summed in registers by its own kernel instead of fp32 atomics, so it is
+  /// bitwise reproducible.
+  bool deterministic = false;
+  bool dbias = false;      ///< backward only: writes the bias gradient
 
   bool operator==(const KernelSpec&) const = default;
 
   /// Canonical text form, e.g. "fwd sm80 bf16 d128 dv128 mask=causal window=0 varlen=none
-  /// bias=0 alibi=0 scale=0x3db504f3 softcap=0x00000000 lse=1". Floats as exact bit patterns.
-  /// CPU specs read "fwd cpu f32 d64 ..." and ignore bias_tiled (bias=1 whenever bias is set).
+  /// bias=0 alibi=0 scale=0x3db504f3 softcap=0x00000000 lse=1" (" dropout=1" appended when on).
+  /// Backward: "bwd sm80 ... softcap=0x00000000 dropout=0 det=0 dbias=0". Floats as exact bit
+  /// patterns. CPU specs read "fwd cpu f32 d64 ..." and ignore bias_tiled (bias=1 whenever bias
+  /// is set).
   std::string canonical() const;
   /// 64-bit FNV-1a of canonical(); stable across builds and hosts.
   uint64_t hash() const;
@@ -63,13 +72,20 @@ struct TileConfig {
   int warps = 4;       ///< warps per CTA; each owns block_m / warps query rows (16 or 32); CPU: 0
   int stages = 2;      ///< K/V shared-memory pipeline depth (cp.async); CPU: 0
   bool q_in_regs = false;  ///< keep Q fragments in registers instead of re-reading shared memory
+  /// Backward only: column slices. Each CTA accumulates 1/split of the dK, dV (and dQ) columns
+  /// and recomputes S and dP in full, so large head dims fit in registers.
+  int split = 1;
 
   bool operator==(const TileConfig&) const = default;
   /// A CPU config: warps and stages 0.
   bool cpu() const { return warps == 0 && stages == 0; }
-  /// "bm128_bn64_w8_s2", suffix "_qr" = Q in registers; CPU configs "cpu_bm32_bn128".
+  /// "bm128_bn64_w8_s2", suffix "_qr" = Q in registers, "_x2" = 2 column slices (backward);
+  /// CPU configs "cpu_bm32_bn128".
   std::string canonical() const;
 };
+// Backward configs read the fields as: block_m = query rows per step of the dK/dV kernel (and
+// keys per step of the deterministic dQ kernel), block_n = keys per CTA = 16 per warp (and
+// query rows per CTA of the dQ kernel), stages = 1 or 2 buffers of the streamed tiles.
 
 /// A CPU config (warps and stages 0).
 inline TileConfig cpu_config(int block_m, int block_n) { return {block_m, block_n, 0, 0, false}; }

@@ -36,7 +36,9 @@ namespace {
 // result (cubin or host object code) is shared by every device of the same target.
 struct LoadedKernel {
   device::Module module;
-  CUfunction function = nullptr;
+  CUfunction function = nullptr;  // forward kernel, or the backward's dK/dV kernel
+  // The other kernels of a backward module (null when the spec does not use them).
+  CUfunction preprocess = nullptr, dq = nullptr, convert = nullptr, dbias = nullptr;
   device::CpuModule cpu_module;
   KernelSource source;
   std::shared_ptr<const device::CompileResult> compiled;
@@ -284,6 +286,19 @@ struct Engine::Impl {
         JITATTN_CU_CHECK(device::driver().cuFuncSetAttribute(
             k->function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, src.shared_bytes));
       }
+      if (spec.pass == Pass::backward) {
+        k->preprocess = k->module.function(backward_kernel_name(src.name, BackwardKernel::preprocess));
+        if (spec.deterministic) {
+          k->dq = k->module.function(backward_kernel_name(src.name, BackwardKernel::dq));
+          if (src.shared_bytes > 48 * 1024) {
+            JITATTN_CU_CHECK(device::driver().cuFuncSetAttribute(
+                k->dq, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, src.shared_bytes));
+          }
+        } else {
+          k->convert = k->module.function(backward_kernel_name(src.name, BackwardKernel::convert));
+        }
+        if (spec.dbias) k->dbias = k->module.function(backward_kernel_name(src.name, BackwardKernel::dbias));
+      }
       k->source = std::move(src);
       slot->kernel = std::move(k);
     }
@@ -521,6 +536,37 @@ bool runs_on_cpu(const AttentionArgs& args, const Problem& problem) {
   return true;
 }
 
+// Device checks of a call (they need the driver); all run before anything is launched.
+int check_devices(const AttentionArgs& args, const Problem& problem) {
+  device::driver();
+  const int dev = device::device_of_pointer(args.q.data);
+  if (dev < 0) throw InvalidArgument("q.data", "is not device memory known to CUDA");
+  if (args.device.kind == Device::Kind::cuda && dev != args.device.ordinal) {
+    throw InvalidArgument("q.data", fmt::format("is on device {}, the call asks for {}", dev, args.device.str()));
+  }
+  require_on_device(args.k.data, dev, "k.data");
+  require_on_device(args.v.data, dev, "v.data");
+  require_on_device(args.o.data, dev, "o.data");
+  require_on_device(args.lse, dev, "lse");
+  if (problem.bias) require_on_device(args.bias.data, dev, "bias.data");
+  if (problem.alibi) require_on_device(args.alibi_slopes, dev, "alibi_slopes");
+  require_on_device(args.cu_seqlens_q, dev, "cu_seqlens_q");
+  require_on_device(args.cu_seqlens_k, dev, "cu_seqlens_k");
+  require_on_device(args.seqused_q, dev, "seqused_q");
+  require_on_device(args.seqused_k, dev, "seqused_k");
+  auto stream = static_cast<CUstream>(args.stream);
+  if (const int sd = device::device_of_stream(stream); sd >= 0 && sd != dev) {
+    throw InvalidArgument("stream", fmt::format("belongs to device {}, tensors are on device {}", sd, dev));
+  }
+  return dev;
+}
+
+void launch_if_any(CUfunction f, std::array<unsigned, 3> grid, unsigned threads, unsigned shared,
+                   CUstream stream, void** params) {
+  if (f == nullptr || grid[0] == 0 || grid[1] == 0 || grid[2] == 0) return;
+  device::launch(f, grid, {threads, 1, 1}, shared, stream, params);
+}
+
 KernelReport report(const LoadedKernel& k, const KernelSpec& spec, const TileConfig& cfg, const BackendInfo& backend,
                     const ConfigChoice& choice, bool compiled_now, bool from_cache) {
   KernelReport r;
@@ -544,6 +590,84 @@ KernelReport report(const LoadedKernel& k, const KernelSpec& spec, const TileCon
 
 }  // namespace
 
+size_t Engine::backward_workspace_bytes(const AttentionArgs& args, const BackwardArgs& grads,
+                                        const BackwardOptions& options) {
+  return backward_workspace(validate_backward(args, grads)).total(options.deterministic);
+}
+
+KernelReport Engine::backward(const AttentionArgs& args, const BackwardArgs& grads,
+                              const BackwardOptions& options) {
+  const Problem problem = validate_backward(args, grads);
+  std::optional<TileConfig> forced;
+  if (!options.config.empty()) forced = parse_config(options.config);
+  const size_t workspace_bytes = backward_workspace(problem).total(options.deterministic);
+  if (options.workspace != nullptr && options.workspace_bytes < workspace_bytes) {
+    throw InvalidArgument("options.workspace_bytes",
+                          fmt::format("backward needs {} bytes of workspace, got {}", workspace_bytes,
+                                      options.workspace_bytes));
+  }
+  if (problem.batch == 0 || problem.heads_q == 0 || (problem.total_q == 0 && problem.total_k == 0)) {
+    return {};
+  }
+  if (runs_on_cpu(args, problem)) {
+    throw Unsupported("the backward pass runs on CUDA GPUs only (the CPU backend has forward kernels only)");
+  }
+  const int dev = check_devices(args, problem);
+  require_on_device(grads.d_o.data, dev, "d_o.data");
+  require_on_device(grads.dq.data, dev, "dq.data");
+  require_on_device(grads.dk.data, dev, "dk.data");
+  require_on_device(grads.dv.data, dev, "dv.data");
+  if (problem.dbias) require_on_device(grads.dbias.data, dev, "dbias.data");
+  require_on_device(options.workspace, dev, "options.workspace");
+  auto stream = static_cast<CUstream>(args.stream);
+
+  DeviceState& state = impl_->device_state(dev);
+  const KernelSpec spec = make_backward_spec(problem, state.backend.target.sm, options.deterministic);
+  ConfigChoice choice;
+  if (forced) {
+    choice = {*forced, "forced", "BackwardOptions::config"};
+  } else {
+    choice = impl_->choose_config(state, spec, problem);
+  }
+  if (auto why = why_illegal(spec, choice.config, state.backend.limits)) {
+    throw InvalidArgument("config", fmt::format("{}: {}", choice.config.canonical(), *why));
+  }
+
+  device::ScopedContext ctx(dev);
+  bool compiled_now = false;
+  bool from_cache = false;
+  const TileConfig& cfg = choice.config;
+  LoadedKernel& k = impl_->kernel(state, spec, cfg, &compiled_now, &from_cache);
+
+  device::DeviceBuffer own;
+  void* workspace = options.workspace;
+  if (workspace == nullptr) {
+    own = device::DeviceBuffer(workspace_bytes);
+    workspace = own.data();
+  }
+  const device::Driver& d = device::driver();
+  const BackwardWorkspace w = backward_workspace(problem);
+  // The accumulators start at zero; delta is written in full by the preprocess kernel.
+  const size_t zeroed = workspace_bytes - w.delta_bytes;
+  if (zeroed > 0) {
+    JITATTN_CU_CHECK(d.cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(workspace) + w.delta_bytes, 0,
+                                       zeroed, stream));
+  }
+  jitattn_kernel::AttnBwdParams params =
+      make_backward_params(args, grads, problem, workspace, options.deterministic);
+  const BackwardGrids grids = make_backward_grids(problem, cfg, options.deterministic);
+  void* launch_args[] = {&params};
+  const auto threads = static_cast<unsigned>(k.source.threads);
+  const auto shared = static_cast<unsigned>(k.source.shared_bytes);
+  launch_if_any(k.preprocess, grids.preprocess, 128, 0, stream, launch_args);
+  launch_if_any(k.function, grids.main, threads, shared, stream, launch_args);
+  launch_if_any(k.dq, grids.dq, threads, shared, stream, launch_args);
+  launch_if_any(k.convert, grids.convert, 128, 0, stream, launch_args);
+  launch_if_any(k.dbias, grids.dbias, 256, 0, stream, launch_args);
+  if (own.data() != nullptr) JITATTN_CU_CHECK(d.cuStreamSynchronize(stream));
+  return report(k, spec, cfg, state.backend, choice, compiled_now, from_cache);
+}
+
 KernelReport Engine::forward(const AttentionArgs& args, const ForwardOptions& options) {
   const Problem problem = validate(args);
   std::optional<TileConfig> forced;
@@ -551,6 +675,9 @@ KernelReport Engine::forward(const AttentionArgs& args, const ForwardOptions& op
   if (!problem.has_output_rows()) return {};
 
   if (runs_on_cpu(args, problem)) {
+    if (problem.dropout()) {
+      throw Unsupported("dropout runs on CUDA GPUs only: the CPU backend's kernels have no dropout");
+    }
     DeviceState& state = impl_->cpu_state();
     const KernelSpec spec = make_spec(problem, state.backend.target);
     ConfigChoice choice =
@@ -575,27 +702,8 @@ KernelReport Engine::forward(const AttentionArgs& args, const ForwardOptions& op
   if (problem.dtype == DType::f32) {
     throw InvalidArgument("q.dtype", "f32 runs on the CPU backend only (device cpu); CUDA kernels take f16 or bf16");
   }
-  // Device checks need the driver; all of them run before anything is launched.
-  device::driver();
-  const int dev = device::device_of_pointer(args.q.data);
-  if (dev < 0) throw InvalidArgument("q.data", "is not device memory known to CUDA");
-  if (args.device.kind == Device::Kind::cuda && dev != args.device.ordinal) {
-    throw InvalidArgument("q.data", fmt::format("is on device {}, the call asks for {}", dev, args.device.str()));
-  }
-  require_on_device(args.k.data, dev, "k.data");
-  require_on_device(args.v.data, dev, "v.data");
-  require_on_device(args.o.data, dev, "o.data");
-  require_on_device(args.lse, dev, "lse");
-  if (problem.bias) require_on_device(args.bias.data, dev, "bias.data");
-  if (problem.alibi) require_on_device(args.alibi_slopes, dev, "alibi_slopes");
-  require_on_device(args.cu_seqlens_q, dev, "cu_seqlens_q");
-  require_on_device(args.cu_seqlens_k, dev, "cu_seqlens_k");
-  require_on_device(args.seqused_q, dev, "seqused_q");
-  require_on_device(args.seqused_k, dev, "seqused_k");
+  const int dev = check_devices(args, problem);
   auto stream = static_cast<CUstream>(args.stream);
-  if (const int sd = device::device_of_stream(stream); sd >= 0 && sd != dev) {
-    throw InvalidArgument("stream", fmt::format("belongs to device {}, tensors are on device {}", sd, dev));
-  }
 
   DeviceState& state = impl_->device_state(dev);
   const KernelSpec spec = make_spec(problem, state.backend.target);

@@ -102,6 +102,11 @@ struct Setup {
   Mirrored q, k, v, o, lse, bias, slopes, cu_q, cu_k, used_q, used_k;
   AttentionArgs dev_args, host_args;
   uint64_t seed = 0;
+  // Backward (built on first use): dO, the gradients, the workspace.
+  bool has_backward = false;
+  Mirrored d_o, dq, dk, dv, dbias;
+  BackwardArgs grads;
+  device::DeviceBuffer workspace[2];  // [deterministic]
 };
 
 void build(Setup& s, const ProblemDesc& d, bool gpu) {
@@ -114,6 +119,9 @@ void build(Setup& s, const ProblemDesc& d, bool gpu) {
   a.scale = d.scale;
   a.softcap = d.softcap;
   a.varlen = d.varlen;
+  a.dropout_p = d.dropout_p;
+  a.dropout_seed = rng();
+  a.dropout_offset = rng();
 
   int64_t rows_q = d.seqlen_q, rows_k = d.seqlen_k, batch = d.batch;
   if (d.varlen != VarlenKind::none) {
@@ -206,6 +214,47 @@ void build(Setup& s, const ProblemDesc& d, bool gpu) {
 void synchronize(bool gpu) {
   if (gpu) JITATTN_CU_CHECK(device::driver().cuCtxSynchronize());
 }
+// Random dO and gradient buffers laid out like o / q / k / v (and bias for dbias), on the GPU
+// (the backward pass has no CPU kernels).
+void build_backward(Setup& s, const ProblemDesc& d) {
+  std::mt19937_64 rng(s.seed ^ 0x9e3779b97f4a7c15ull);
+  make_tensor(s.d_o, true, d.dtype, s.o.dev_ref.shape, d.layout, rng, -1.f, 1.f);
+  make_tensor(s.dq, true, d.dtype, s.q.dev_ref.shape, d.layout, rng, -1.f, 1.f);
+  make_tensor(s.dk, true, d.dtype, s.k.dev_ref.shape, d.layout, rng, -1.f, 1.f);
+  make_tensor(s.dv, true, d.dtype, s.v.dev_ref.shape, d.layout, rng, -1.f, 1.f);
+  s.grads.d_o = s.d_o.dev_ref;
+  s.grads.dq = s.dq.dev_ref;
+  s.grads.dk = s.dk.dev_ref;
+  s.grads.dv = s.dv.dev_ref;
+  if (d.dbias) {
+    if (d.bias == "none") throw InvalidArgument("dbias", "needs a bias (--bias)");
+    make_tensor(s.dbias, true, d.dtype, s.bias.dev_ref.shape, {0, 1, 2, 3}, rng, -1.f, 1.f);
+    s.grads.dbias = s.dbias.dev_ref;
+  }
+  for (int det = 0; det < 2; ++det) {
+    BackwardOptions o;
+    o.deterministic = det == 1;
+    s.workspace[det] = device::DeviceBuffer(Engine::backward_workspace_bytes(s.dev_args, s.grads, o));
+  }
+  s.has_backward = true;
+}
+
+// A device tensor's elements in logical [d0][d1][d2][d3] order.
+std::vector<double> download_logical(const Mirrored& m, DType dt) {
+  std::vector<std::byte> host(m.bytes);
+  m.dev.download(host.data(), host.size());
+  const auto& sh = m.dev_ref.shape;
+  const auto& st = m.dev_ref.stride;
+  std::vector<double> out;
+  out.reserve(static_cast<size_t>(sh[0] * sh[1] * sh[2] * sh[3]));
+  for (int64_t a = 0; a < sh[0]; ++a)
+    for (int64_t b = 0; b < sh[1]; ++b)
+      for (int64_t c = 0; c < sh[2]; ++c)
+        for (int64_t e = 0; e < sh[3]; ++e)
+          out.push_back(load_as_double(host.data(), dt, a * st[0] + b * st[1] + c * st[2] + e * st[3]));
+  return out;
+}
+
 
 double percentile(std::vector<double> v, double q) {
   std::sort(v.begin(), v.end());
@@ -247,6 +296,8 @@ std::string describe(const ProblemDesc& d) {
   if (d.varlen == VarlenKind::packed) s += " varlen=packed";
   if (d.varlen == VarlenKind::padded) s += " varlen=padded";
   if (d.lse) s += " lse";
+  if (d.dropout_p > 0) s += fmt::format(" dropout={}", d.dropout_p);
+  if (d.dbias) s += " dbias";
   if (d.layout != std::array<int, 4>{0, 1, 2, 3}) s += " layout=bhsd";
   return s;
 }
@@ -277,6 +328,7 @@ struct Runner::Impl {
   std::optional<device::ScopedContext> ctx;
   Setup setup;
   std::optional<reference::Result> ref;  // computed on the first check
+  std::optional<reference::Gradients> ref_grads;  // computed on the first backward check
   std::unique_ptr<device::DeviceBuffer> flush;
 
   explicit Impl(const ProblemDesc& d) : desc(d) {
@@ -293,6 +345,12 @@ struct Runner::Impl {
 
 namespace {
 // The device's context, current for the scope of a call (nothing on the CPU).
+void backward_needs_gpu(const Runner::Impl& impl) {
+  if (!impl.gpu) {
+    throw Unsupported("the backward pass runs on CUDA GPUs only (the CPU backend has forward kernels only)");
+  }
+}
+
 struct Scope {
   std::optional<device::ScopedContext> ctx;
   explicit Scope(const Runner::Impl& impl) {
@@ -424,6 +482,126 @@ BenchResult Runner::bench(Engine& engine, const ForwardOptions& options, double 
   }
   synchronize(true);
   summarize(r, times, d);
+  return r;
+}
+
+BackwardCheckResult Runner::check_backward(Engine& engine, const BackwardOptions& options,
+                                           const ForwardOptions& forward_options) {
+  backward_needs_gpu(*impl_);
+  device::ScopedContext ctx(impl_->desc.device.ordinal);
+  const ProblemDesc& d = impl_->desc;
+  Setup& s = impl_->setup;
+  if (!d.lse) throw InvalidArgument("lse", "a backward check needs the forward's LSE (desc.lse)");
+  if (!s.has_backward) build_backward(s, d);
+  BackwardCheckResult r;
+  r.forward = check(engine, forward_options);  // O and LSE on the device, judged
+  r.seed = s.seed;
+  for (Mirrored* m : {&s.dq, &s.dk, &s.dv, &s.dbias}) {
+    if (m->bytes > 0) m->dev.fill(0xFF);  // NaN: an unwritten gradient fails
+  }
+  synchronize(true);
+  BackwardOptions o = options;
+  if (o.workspace == nullptr) {
+    const auto& ws = s.workspace[o.deterministic ? 1 : 0];
+    o.workspace = ws.data();
+    o.workspace_bytes = ws.size();
+  }
+  r.kernel = engine.backward(s.dev_args, s.grads, o);
+  synchronize(true);
+  if (!impl_->ref_grads) impl_->ref_grads = reference::backward(s.host_args, s.d_o.host_ref, d.dbias);
+  const reference::Gradients& g = *impl_->ref_grads;
+  r.dq_err = relative_error(download_logical(s.dq, d.dtype), g.dq);
+  r.dk_err = relative_error(download_logical(s.dk, d.dtype), g.dk);
+  r.dv_err = relative_error(download_logical(s.dv, d.dtype), g.dv);
+  if (d.dbias) {
+    // A bias broadcast over the keys has a zero gradient (softmax ignores a per-row constant):
+    // the reference holds rounding noise there, so the error is absolute once its norm is.
+    const std::vector<double> got = download_logical(s.dbias, d.dtype);
+    double norm = 0;
+    for (double x : g.dbias) norm += x * x;
+    r.dbias_err = std::sqrt(norm) > 1e-6 ? relative_error(got, g.dbias) : max_abs_error(got, g.dbias);
+  }
+  r.tolerance = d.dtype == DType::f16 ? 5e-3 : 2e-2;
+  r.pass = r.forward.pass && r.dq_err < r.tolerance && r.dk_err < r.tolerance &&
+           r.dv_err < r.tolerance && r.dbias_err < r.tolerance;
+  return r;
+}
+
+namespace {
+
+std::vector<std::byte> device_bytes(std::initializer_list<const Mirrored*> tensors) {
+  std::vector<std::byte> out;
+  for (const Mirrored* m : tensors) {
+    const size_t at = out.size();
+    out.resize(at + m->bytes);
+    if (m->bytes > 0) m->dev.download(out.data() + at, m->bytes);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::byte> Runner::output_bytes() const {
+  backward_needs_gpu(*impl_);
+  device::ScopedContext ctx(impl_->desc.device.ordinal);
+  return device_bytes({&impl_->setup.o, &impl_->setup.lse});
+}
+
+std::vector<std::byte> Runner::gradient_bytes() const {
+  backward_needs_gpu(*impl_);
+  device::ScopedContext ctx(impl_->desc.device.ordinal);
+  const Setup& s = impl_->setup;
+  return device_bytes({&s.dq, &s.dk, &s.dv, &s.dbias});
+}
+
+BenchResult Runner::bench_backward(Engine& engine, bool with_forward, const BackwardOptions& options,
+                                   double budget_ms) {
+  backward_needs_gpu(*impl_);
+  device::ScopedContext ctx(impl_->desc.device.ordinal);
+  ProblemDesc& d = impl_->desc;
+  Setup& s = impl_->setup;
+  if (!d.lse) throw InvalidArgument("lse", "backward needs the forward's LSE (desc.lse)");
+  if (!s.has_backward) build_backward(s, d);
+  if (!impl_->flush) {
+    const device::DeviceInfo info = device::device_info(d.device.ordinal);
+    impl_->flush = std::make_unique<device::DeviceBuffer>(static_cast<size_t>(std::max(info.l2_bytes, 1 << 20)) * 2);
+  }
+  BackwardOptions o = options;
+  if (o.workspace == nullptr) {
+    const auto& ws = s.workspace[o.deterministic ? 1 : 0];
+    o.workspace = ws.data();
+    o.workspace_bytes = ws.size();
+  }
+  auto step = [&] {
+    if (with_forward) engine.forward(s.dev_args);
+    return engine.backward(s.dev_args, s.grads, o);
+  };
+  engine.forward(s.dev_args);  // O and LSE for a backward-only timing
+  BenchResult r;
+  r.kernel = step();
+  synchronize(true);
+  for (int i = 0; i < 2; ++i) step();
+  synchronize(true);
+  device::EventTimer timer;
+  std::vector<double> times;
+  double total = 0;
+  while ((total < budget_ms || times.size() < 10) && times.size() < 1000) {
+    impl_->flush->fill_async(static_cast<uint8_t>(times.size()), nullptr);
+    timer.start(nullptr);
+    step();
+    timer.stop(nullptr);
+    const double ms = timer.elapsed_ms();
+    times.push_back(ms);
+    total += ms;
+  }
+  synchronize(true);
+  r.samples = static_cast<int>(times.size());
+  r.median_ms = percentile(times, 0.5);
+  r.p20_ms = percentile(times, 0.2);
+  r.p80_ms = percentile(times, 0.8);
+  // ../shared/bench/README.md: backward = 2.5x forward, forward + backward = 3.5x.
+  r.flops = forward_flops(d) * (with_forward ? 3.5 : 2.5);
+  r.tflops = r.flops / (r.median_ms * 1e-3) / 1e12;
   return r;
 }
 

@@ -8,6 +8,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
+#include <cstddef>
 
 #include "jitattn/attention.h"
 #include "jitattn/engine.h"
@@ -33,6 +35,8 @@ struct ProblemDesc {
   std::optional<float> scale;
   VarlenKind varlen = VarlenKind::none;  ///< packed/padded: random per-batch lengths <= seqlen
   bool lse = false;
+  float dropout_p = 0.0f;  ///< dropout seed and offset are drawn from `seed`
+  bool dbias = false;      ///< backward also computes the bias gradient
   uint64_t seed = 0;  ///< 0: fresh random seed (reported back)
   /// Physical order of q/k/v/o's logical dims [batch, seq, heads, dim]; {0,2,1,3} = BHSD.
   std::array<int, 4> layout = {0, 1, 2, 3};
@@ -80,6 +84,15 @@ struct BenchResult {
 BenchResult bench(Engine& engine, const ProblemDesc& desc, const ForwardOptions& options = {},
                   double budget_ms = 300.0);
 
+struct BackwardCheckResult {
+  double dq_err = 0, dk_err = 0, dv_err = 0, dbias_err = 0;  ///< relative norms vs float64
+  double tolerance = 0;  ///< fp16 5e-3, bf16 2e-2 relative norm (dS and P are 16-bit in MMAs)
+  bool pass = false;     ///< every gradient and the forward within tolerance
+  uint64_t seed = 0;
+  CheckResult forward;   ///< the forward (with LSE) whose outputs backward read
+  KernelReport kernel;   ///< the backward's
+};
+
 /// Forward FLOPs of the peers' convention (useful work only for causal / window masks).
 double forward_flops(const ProblemDesc& desc);
 
@@ -97,6 +110,20 @@ class Runner {
   /// One forward call, asynchronous (no synchronisation, no reference): for timing whole runs.
   KernelReport run(Engine& engine, const ForwardOptions& options = {});
   BenchResult bench(Engine& engine, const ForwardOptions& options = {}, double budget_ms = 300.0);
+
+  /// Forward (with LSE, judged as check() does) then backward on fresh random dO, gradients
+  /// poisoned first and compared with reference::backward. Needs desc.lse.
+  BackwardCheckResult check_backward(Engine& engine, const BackwardOptions& options = {},
+                                     const ForwardOptions& forward_options = {});
+  /// The gradients of the last check_backward() / run_backward(), as raw bytes of dq, dk, dv
+  /// (for bitwise comparisons across runs).
+  std::vector<std::byte> gradient_bytes() const;
+  /// The forward's o and lse as raw bytes, after the last run.
+  std::vector<std::byte> output_bytes() const;
+  /// Times backward alone (`with_forward` false; FLOPs 2.5x forward) or forward + backward
+  /// (3.5x), as bench() does.
+  BenchResult bench_backward(Engine& engine, bool with_forward, const BackwardOptions& options = {},
+                             double budget_ms = 300.0);
 
   struct Impl;
 

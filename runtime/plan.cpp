@@ -24,6 +24,17 @@ KernelSpec make_spec(const Problem& problem, Target target) {
   s.scale = problem.scale;
   s.softcap = problem.softcap;
   s.lse = problem.lse;
+  s.dropout = problem.dropout();
+  return s;
+}
+
+KernelSpec make_backward_spec(const Problem& problem, int sm, bool deterministic) {
+  KernelSpec s = make_spec(problem, sm);
+  s.pass = Pass::backward;
+  s.bias_tiled = false;  // backward reads the bias per element
+  s.lse = false;         // always read
+  s.deterministic = deterministic;
+  s.dbias = problem.dbias;
   return s;
 }
 
@@ -73,7 +84,93 @@ jitattn_kernel::AttnFwdParams make_params(const AttentionArgs& a, const Problem&
   p.group = pr.heads_q / pr.heads_kv;
   p.window_left = pr.window ? pr.window_left : -1;
   p.window_right = pr.window ? pr.window_right : -1;
+  if (pr.dropout()) {
+    p.dropout_seed = a.dropout_seed;
+    p.dropout_offset = a.dropout_offset;
+    p.dropout_threshold = dropout_threshold(pr.dropout_p);
+    p.dropout_scale = static_cast<float>(1.0 / (1.0 - double(pr.dropout_p)));
+  }
   return p;
+}
+
+BackwardWorkspace backward_workspace(const Problem& pr) {
+  auto align = [](size_t n) { return (n + 255) / 256 * 256; };
+  BackwardWorkspace w;
+  const size_t rows = pr.varlen == VarlenKind::packed ? size_t(pr.total_q)
+                                                      : size_t(pr.batch) * size_t(pr.seqlen_q);
+  w.delta_bytes = align(rows * size_t(pr.heads_q) * sizeof(float));
+  w.dq_accum_bytes = align(rows * size_t(pr.heads_q) * size_t(pr.head_dim) * sizeof(float));
+  w.dbias_accum_bytes = align(size_t(pr.dbias_elements) * sizeof(float));
+  return w;
+}
+
+jitattn_kernel::AttnBwdParams make_backward_params(const AttentionArgs& a, const BackwardArgs& g,
+                                                   const Problem& pr, void* workspace,
+                                                   bool deterministic) {
+  jitattn_kernel::AttnBwdParams p{};
+  p.fwd = make_params(a, pr);
+  p.d_o = g.d_o.data;
+  p.dq = const_cast<void*>(g.dq.data);
+  p.dk = const_cast<void*>(g.dk.data);
+  p.dv = const_cast<void*>(g.dv.data);
+  const BackwardWorkspace w = backward_workspace(pr);
+  auto* base = static_cast<unsigned char*>(workspace);
+  p.delta = reinterpret_cast<float*>(base);
+  p.dq_accum = deterministic ? nullptr : reinterpret_cast<float*>(base + w.delta_bytes);
+  p.dbias_accum = pr.dbias ? reinterpret_cast<float*>(base + w.delta_bytes + (deterministic ? 0 : w.dq_accum_bytes))
+                           : nullptr;
+  p.do_batch_stride = g.d_o.stride[0];
+  p.do_row_stride = g.d_o.stride[1];
+  p.do_head_stride = g.d_o.stride[2];
+  p.dq_batch_stride = g.dq.stride[0];
+  p.dq_row_stride = g.dq.stride[1];
+  p.dq_head_stride = g.dq.stride[2];
+  p.dk_batch_stride = g.dk.stride[0];
+  p.dk_row_stride = g.dk.stride[1];
+  p.dk_head_stride = g.dk.stride[2];
+  p.dv_batch_stride = g.dv.stride[0];
+  p.dv_row_stride = g.dv.stride[1];
+  p.dv_head_stride = g.dv.stride[2];
+  if (pr.dbias) {
+    p.dbias = const_cast<void*>(g.dbias.data);
+    // The workspace is dbias's shape, contiguous; broadcast dims collapse (stride 0).
+    const auto& sh = g.dbias.shape;
+    long long step = 1;
+    long long st[4] = {};
+    for (int d = 3; d >= 0; --d) {
+      st[d] = sh[size_t(d)] == 1 ? 0 : step;
+      step *= sh[size_t(d)];
+    }
+    p.dba_batch_stride = st[0];
+    p.dba_head_stride = st[1];
+    p.dba_row_stride = st[2];
+    p.dba_col_stride = st[3];
+    for (size_t d = 0; d < 4; ++d) {
+      p.dbias_shape[d] = sh[d];
+      p.dbias_stride[d] = g.dbias.stride[d];
+    }
+  }
+  p.rows_q = pr.varlen == VarlenKind::packed ? pr.total_q : pr.batch * pr.seqlen_q;
+  return p;
+}
+
+BackwardGrids make_backward_grids(const Problem& pr, const TileConfig& c, bool deterministic) {
+  BackwardGrids g;
+  const long long row_heads = (pr.varlen == VarlenKind::packed ? (long long)pr.total_q
+                                                                : (long long)pr.batch * pr.seqlen_q) *
+                              pr.heads_q;
+  const auto batch = static_cast<unsigned>(pr.batch);
+  g.preprocess = {static_cast<unsigned>((row_heads + 3) / 4), 1, 1};
+  g.main = {static_cast<unsigned>((pr.seqlen_k + c.block_n - 1) / c.block_n * c.split),
+            static_cast<unsigned>(pr.heads_kv), batch};
+  if (deterministic) {
+    g.dq = {static_cast<unsigned>((pr.seqlen_q + c.block_n - 1) / c.block_n * c.split),
+            static_cast<unsigned>(pr.heads_q), batch};
+  } else {
+    g.convert = g.preprocess;
+  }
+  if (pr.dbias) g.dbias = {static_cast<unsigned>((pr.dbias_elements + 255) / 256), 1, 1};
+  return g;
 }
 
 std::array<unsigned, 3> make_grid(const Problem& pr, const TileConfig& c) {
@@ -84,12 +181,12 @@ std::array<unsigned, 3> make_grid(const Problem& pr, const TileConfig& c) {
 
 TileConfig parse_config(const std::string& text) {
   // At most 4 digits each: every legal value fits, and std::stoi can never overflow.
-  static const std::regex re(R"(bm(\d{1,4})_bn(\d{1,4})_w(\d{1,4})_s(\d{1,4})(_qr)?)");
+  static const std::regex re(R"(bm(\d{1,4})_bn(\d{1,4})_w(\d{1,4})_s(\d{1,4})(_qr)?(_x(\d{1,2}))?)");
   static const std::regex cpu_re(R"(cpu_bm(\d{1,4})_bn(\d{1,4}))");
   std::smatch m;
   if (std::regex_match(text, m, cpu_re)) return cpu_config(std::stoi(m[1]), std::stoi(m[2]));
   if (!std::regex_match(text, m, re)) {
-    throw InvalidArgument("config", fmt::format("expected bm<M>_bn<N>_w<warps>_s<stages>[_qr] "
+    throw InvalidArgument("config", fmt::format("expected bm<M>_bn<N>_w<warps>_s<stages>[_qr][_x<split>] "
                                                 "(GPU) or cpu_bm<M>_bn<N> (CPU), got '{}'",
                                                 text));
   }
@@ -99,6 +196,7 @@ TileConfig parse_config(const std::string& text) {
   c.warps = std::stoi(m[3]);
   c.stages = std::stoi(m[4]);
   c.q_in_regs = m[5].matched;
+  if (m[6].matched) c.split = std::stoi(m[7]);
   return c;
 }
 

@@ -18,6 +18,33 @@ inline KernelSpec make_spec(const Problem& problem, int sm) { return make_spec(p
 /// Runtime params of the forward kernel (pointers, strides, lengths, window).
 jitattn_kernel::AttnFwdParams make_params(const AttentionArgs& args, const Problem& problem);
 
+/// The backward spec of `problem` (its dbias flag included).
+KernelSpec make_backward_spec(const Problem& problem, int sm, bool deterministic);
+
+/// Device workspace of a backward call, in this order: delta (fp32 per query row and head), the
+/// fp32 dQ accumulator (fast mode only), the fp32 dBias accumulator (dbias only). O(batch *
+/// heads * seqlen) besides the dBias accumulator, which is dbias's own size.
+struct BackwardWorkspace {
+  size_t delta_bytes = 0;
+  size_t dq_accum_bytes = 0;
+  size_t dbias_accum_bytes = 0;
+  size_t total(bool deterministic) const {
+    return delta_bytes + (deterministic ? 0 : dq_accum_bytes) + dbias_accum_bytes;
+  }
+};
+BackwardWorkspace backward_workspace(const Problem& problem);
+
+/// Runtime params of the backward kernels; `workspace` laid out as backward_workspace() says.
+jitattn_kernel::AttnBwdParams make_backward_params(const AttentionArgs& args, const BackwardArgs& grads,
+                                                   const Problem& problem, void* workspace,
+                                                   bool deterministic);
+
+/// Grids of the backward kernels; {0,0,0} for a kernel that does not run.
+struct BackwardGrids {
+  std::array<unsigned, 3> preprocess{}, main{}, dq{}, convert{}, dbias{};
+};
+BackwardGrids make_backward_grids(const Problem& problem, const TileConfig& config, bool deterministic);
+
 /// Grid: (query blocks, heads_q, batch). On the CPU the work items are the same blocks, numbered
 /// (b * heads_q + h) * query_blocks + m_block.
 std::array<unsigned, 3> make_grid(const Problem& problem, const TileConfig& config);

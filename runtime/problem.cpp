@@ -3,6 +3,7 @@
 // expected and what was given, so the message alone is enough to fix the call.
 #include "runtime/problem.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -15,6 +16,10 @@
 #include "jitattn/error.h"
 
 namespace jitattn {
+
+uint32_t dropout_threshold(float p) {
+  return static_cast<uint32_t>(std::min(std::floor(double(p) * 4294967296.0), 4294967295.0));
+}
 
 bool Problem::empty() const {
   return batch == 0 || heads_q == 0 || seqlen_q == 0 || seqlen_k == 0 || total_q == 0 ||
@@ -332,6 +337,75 @@ Problem validate(const AttentionArgs& args) {
           "lse", fmt::format("must be 4-byte aligned (fp32), got {}", address(args.lse)));
     }
     p.lse = true;
+  }
+  if (!std::isfinite(args.dropout_p) || args.dropout_p < 0.0f || args.dropout_p >= 1.0f) {
+    throw InvalidArgument("dropout_p", fmt::format("must be in [0, 1) (0 = off), got {}",
+                                                   args.dropout_p));
+  }
+  p.dropout_p = args.dropout_p;
+  return p;
+}
+
+namespace {
+
+// A gradient (or dO) must have the logical shape of the tensor it belongs to.
+void expect_same_shape(const TensorRef& t, const char* name, const TensorRef& like,
+                       const char* like_name) {
+  for (size_t i = 0; i < 4; ++i) {
+    if (t.shape[i] != like.shape[i]) {
+      throw InvalidArgument(dim_name(name, "shape", i),
+                            fmt::format("must equal {}.shape[{}] ({}), got {}", like_name, i,
+                                        like.shape[i], t.shape[i]));
+    }
+  }
+}
+
+void expect_dtype(const TensorRef& t, const char* name, DType want) {
+  if (t.dtype != want) {
+    throw InvalidArgument(fmt::format("{}.dtype", name),
+                          fmt::format("must equal q's dtype ({}), got {}", dtype_name(want),
+                                      dtype_name(t.dtype)));
+  }
+}
+
+}  // namespace
+
+Problem validate_backward(const AttentionArgs& args, const BackwardArgs& grads) {
+  Problem p = validate(args);
+  if (p.has_output_rows() && !p.empty() && args.lse == nullptr) {
+    throw InvalidArgument("lse", "backward needs the forward's log-sum-exp (run forward with lse "
+                                 "set), got null");
+  }
+  const std::pair<const TensorRef*, const char*> like[] = {
+      {&args.o, "o"}, {&args.q, "q"}, {&args.k, "k"}, {&args.v, "v"}};
+  const std::pair<const TensorRef*, const char*> grad[] = {
+      {&grads.d_o, "d_o"}, {&grads.dq, "dq"}, {&grads.dk, "dk"}, {&grads.dv, "dv"}};
+  for (size_t i = 0; i < 4; ++i) {
+    expect_dtype(*grad[i].first, grad[i].second, p.dtype);
+    check_shape_range(*grad[i].first, grad[i].second);
+    expect_same_shape(*grad[i].first, grad[i].second, *like[i].first, like[i].second);
+    check_io_layout(*grad[i].first, grad[i].second, /*written=*/i > 0);
+  }
+  if (!grads.dbias.empty()) {
+    if (!p.bias) {
+      throw InvalidArgument("dbias", "is only written for a bias tensor, but bias is empty");
+    }
+    expect_dtype(grads.dbias, "dbias", p.dtype);
+    check_shape_range(grads.dbias, "dbias");
+    expect_same_shape(grads.dbias, "dbias", args.bias, "bias");
+    if (reinterpret_cast<uintptr_t>(grads.dbias.data) % 2 != 0) {
+      throw InvalidArgument("dbias.data", fmt::format("must be 2-byte aligned, got {}",
+                                                      address(grads.dbias.data)));
+    }
+    for (size_t i = 0; i < 4; ++i) {
+      if (grads.dbias.shape[i] > 1 && grads.dbias.stride[i] <= 0) {
+        throw InvalidArgument(dim_name("dbias", "stride", i),
+                              fmt::format("must be > 0 for an output dim of size {}, got {}",
+                                          grads.dbias.shape[i], grads.dbias.stride[i]));
+      }
+    }
+    p.dbias = true;
+    p.dbias_elements = element_count(grads.dbias);
   }
   return p;
 }

@@ -17,29 +17,11 @@
 #include "jitattn/error.h"
 #include "runtime/numeric.h"
 #include "runtime/problem.h"
+#include "runtime/reference_internal.h"
+#include "templates/philox.h"
 
 namespace jitattn::reference {
-namespace {
-
-constexpr double kNegInf = -std::numeric_limits<double>::infinity();
-// Query rows per work item: large enough that gathering K/V (O(keys * dim)) is cheap next to
-// the products (O(rows * keys * dim)), small enough to spread one long sequence over threads.
-constexpr int64_t kRowBlock = 64;
-// Rows computed together so that each K/V element loaded is used kGroup times, and keys per
-// chunk of the QK product (kKeyChunk doubles of K per dim stay in L1).
-constexpr int64_t kGroup = 8;
-constexpr int64_t kKeyChunk = 256;
-
-// Where one sequence lives in the tensors and in the result.
-struct Sequence {
-  int64_t batch_index = 0;  // index into dim 0 of q/k/v (0 when packed)
-  int64_t q_row0 = 0;       // first row along q's seq dim
-  int64_t k_row0 = 0;       // first row along k/v's seq dim
-  int64_t len_q = 0;
-  int64_t len_k = 0;
-  int64_t bias_batch = 0;  // sequence number, for the bias batch dim
-};
-
+namespace detail {
 // Reads n elements t[offset + s * stride] into out[s * out_stride] as doubles.
 template <typename Load>
 void gather_with(Load load, int64_t offset, int64_t stride, int64_t n, double* out,
@@ -119,6 +101,49 @@ std::vector<Sequence> sequences(const AttentionArgs& args, const Problem& p) {
   }
   return seqs;
 }
+
+Problem validate_for_reference(const AttentionArgs& args) {
+  if (args.q.dtype != DType::f32) return validate(args);
+  AttentionArgs a = args;
+  for (TensorRef* t : {&a.q, &a.k, &a.v, &a.o, &a.bias}) {
+    if (t == &a.bias && t->empty()) continue;
+    if (t->dtype != DType::f32) {
+      throw InvalidArgument("q.dtype", "f32 inputs (reference only) need f32 k, v, o and bias");
+    }
+    t->dtype = DType::bf16;  // validate() checks everything else; element strides are unchanged
+  }
+  Problem p = validate(a);
+  p.dtype = DType::f32;
+  return p;
+}
+
+double dropout_factor(const AttentionArgs& args, const Problem& p, int64_t b, int64_t h,
+                      int64_t i, int64_t j) {
+  if (!p.dropout()) return 1.0;
+  const uint32_t bh = static_cast<uint32_t>(b * p.heads_q + h);
+  const bool keep = jitattn_kernel::dropout_keep(args.dropout_seed, args.dropout_offset, bh,
+                                                 static_cast<uint32_t>(i), static_cast<uint32_t>(j),
+                                                 dropout_threshold(p.dropout_p));
+  return keep ? 1.0 / (1.0 - double(p.dropout_p)) : 0.0;
+}
+
+}  // namespace detail
+
+namespace {
+
+using detail::gather;
+using detail::Sequence;
+using detail::sequences;
+using detail::dropout_factor;
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+// Query rows per work item: large enough that gathering K/V (O(keys * dim)) is cheap next to
+// the products (O(rows * keys * dim)), small enough to spread one long sequence over threads.
+constexpr int64_t kRowBlock = 64;
+// Rows computed together so that each K/V element loaded is used kGroup times, and keys per
+// chunk of the QK product (kKeyChunk doubles of K per dim stay in L1).
+constexpr int64_t kGroup = 8;
+constexpr int64_t kKeyChunk = 256;
 
 class Forward {
  public:
@@ -266,6 +291,11 @@ void Forward::run(int64_t b, int64_t h, int64_t row_begin, int64_t row_end) cons
         sr[j] = std::exp(sr[j] - row_max[r]);
         row_sum[r] += sr[j];
       }
+      // Dropout acts on the normalised probabilities; the LSE is that of the kept-and-dropped
+      // row, so only the P V product sees the keep factors.
+      if (p_.dropout()) {
+        for (int64_t j = 0; j < n; ++j) sr[a + j] *= dropout_factor(args_, p_, b, h, i, lo[r] + j);
+      }
     }
 
     // O = P V, one V row shared by the group while it is in L1.
@@ -299,7 +329,7 @@ Result forward(const AttentionArgs& host_args, int threads) {
   AttentionArgs args = host_args;
   alignas(16) static const char placeholder[16] = {};
   if (args.o.data == nullptr) args.o.data = placeholder;
-  const Problem p = validate(args);
+  const Problem p = detail::validate_for_reference(args);
 
   Result result;
   result.heads_q = p.heads_q;

@@ -419,6 +419,26 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         row_sum[mt][hf] = row_sum[mt][hf] * correction[mt][hf] + sum;
       }
     }
+    if constexpr (kDropout) {
+      // Dropout after the row sums (the LSE is of the probabilities before dropout): one Philox
+      // call covers a thread's two adjacent columns; 1 / (1 - p) is applied in the epilogue.
+      const unsigned bh = static_cast<unsigned>(b * p.heads_q + h);
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {
+            const int qi = m0 + warp_row0 + mt * 16 + g + hf * 8;
+            const int kj = n0 + nt * 8 + 2 * t;
+            const Philox4 bits = dropout_bits4(p.dropout_seed, p.dropout_offset, bh,
+                                               static_cast<unsigned>(qi), static_cast<unsigned>(kj));
+            if (philox_word(bits, kj & 3) < p.dropout_threshold) acc_s[mt][nt][2 * hf] = 0.0f;
+            if (philox_word(bits, (kj + 1) & 3) < p.dropout_threshold) acc_s[mt][nt][2 * hf + 1] = 0.0f;
+          }
+        }
+      }
+    }
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
@@ -476,7 +496,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       const float sum = quad_sum(row_sum[mt][hf]);
       const int r = warp_row0 + mt * 16 + g + hf * 8;  // row within the block
       const bool real = m0 + r < len_q;                // padded rows past len_q write 0
-      const float inv = (sum > 0.0f && real) ? 1.0f / sum : 0.0f;
+      float inv = (sum > 0.0f && real) ? 1.0f / sum : 0.0f;
+      if constexpr (kDropout) inv *= p.dropout_scale;  // kept probabilities scale by 1 / (1 - p)
       if (r < rows_out) {
         elem_t* o_row = gO + r * p.o_row_stride;
 #pragma unroll

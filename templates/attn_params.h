@@ -33,6 +33,38 @@ struct AttnFwdParams {
   int group;  // heads_q / heads_kv
   int window_left;   // -1 = unbounded
   int window_right;  // -1 = unbounded
+
+  // Dropout (kernels generated with kDropout): keep when the Philox word >= dropout_threshold
+  // (templates/philox.h); kept probabilities are multiplied by dropout_scale = 1 / (1 - p).
+  unsigned long long dropout_seed;
+  unsigned long long dropout_offset;
+  unsigned int dropout_threshold;
+  float dropout_scale;
+};
+
+// Runtime parameters of the backward kernels (templates/attn_bwd_sm80.cuh). `fwd` is the forward
+// problem (o and lse are read); the gradients and the fp32 workspace follow.
+struct AttnBwdParams {
+  AttnFwdParams fwd;
+  const void* d_o;  // o's shape, strides below
+  void* dq;         // q's shape
+  void* dk;         // k's shape
+  void* dv;         // v's shape
+  void* dbias;      // bias's shape (null: no bias gradient)
+  float* dq_accum;     // fp32 [rows_q][heads_q][head_dim]; row = b * seqlen_q + i or packed row
+  float* delta;        // fp32 rowsum(dO * O), indexed like lse
+  float* dbias_accum;  // fp32, dbias's shape contiguous
+
+  long long do_batch_stride, do_row_stride, do_head_stride;
+  long long dq_batch_stride, dq_row_stride, dq_head_stride;
+  long long dk_batch_stride, dk_row_stride, dk_head_stride;
+  long long dv_batch_stride, dv_row_stride, dv_head_stride;
+  // dbias_accum strides over (batch, head, row, col); 0 on broadcast dims.
+  long long dba_batch_stride, dba_head_stride, dba_row_stride, dba_col_stride;
+  // dbias's shape and strides (elements), for the conversion from dbias_accum.
+  long long dbias_shape[4];
+  long long dbias_stride[4];
+  int rows_q;  // rows of q along its seq dim times batch (packed: total_q)
 };
 
 }  // namespace jitattn_kernel

@@ -30,6 +30,7 @@ std::vector<Variant> variants() {
     bool window, bias, alibi, softcap, lse;
     VarlenKind varlen;
     bool bias_tiled = false;
+    bool dropout = false;
   };
   const Mods mods[] = {
       {"plain", MaskKind::none, false, false, false, false, false, VarlenKind::none},
@@ -42,6 +43,8 @@ std::vector<Variant> variants() {
       {"everything", MaskKind::causal, true, true, true, true, true, VarlenKind::packed},
       {"bias_tiled_lse", MaskKind::none, false, true, false, false, true, VarlenKind::none, true},
       {"everything_tiled", MaskKind::causal, true, true, true, true, true, VarlenKind::packed, true},
+      {"causal_lse_dropout", MaskKind::causal, false, false, false, false, true, VarlenKind::none, false, true},
+      {"everything_tiled_dropout", MaskKind::causal, true, true, true, true, true, VarlenKind::packed, true, true},
   };
   std::vector<Variant> out;
   for (int sm : {80, 90}) {
@@ -65,6 +68,7 @@ std::vector<Variant> variants() {
           s.alibi = m.alibi;
           s.softcap = m.softcap ? 30.0f : 0.0f;
           s.lse = m.lse;
+          s.dropout = m.dropout;
           s.varlen = m.varlen;
           s.scale = 1.0f / std::sqrt(float(d));
           out.push_back({fmt::format("sm{}_{}_d{}_{}", sm, dtype_name(dt), d, m.label), s});
@@ -85,8 +89,80 @@ std::vector<Variant> variants() {
   return out;
 }
 
-TEST(CompileGrid, EveryDefaultVariantCompilesWithoutSpills) {
-  const std::vector<Variant> vs = variants();
+// Backward modules: plain attention at every head dim, the heaviest sets in both modes and each
+// feature on its own at chosen head dims, unequal QK/V dims. Every kernel of a module is checked.
+std::vector<Variant> backward_variants() {
+  struct Mods {
+    const char* label;
+    MaskKind mask;
+    bool window, bias, alibi, softcap, dropout, deterministic, dbias;
+    VarlenKind varlen;
+  };
+  const Mods heavy[] = {
+      {"plain", MaskKind::none, false, false, false, false, false, false, false, VarlenKind::none},
+      {"everything", MaskKind::causal, true, true, true, true, true, false, true, VarlenKind::packed},
+      {"everything_det", MaskKind::causal, true, true, true, true, true, true, true, VarlenKind::padded},
+  };
+  const Mods single[] = {
+      {"causal_det", MaskKind::causal, false, false, false, false, false, true, false, VarlenKind::none},
+      {"causal_br_window", MaskKind::causal_bottom_right, true, false, false, false, false, false, false, VarlenKind::none},
+      {"bias_dbias", MaskKind::none, false, true, false, false, false, false, true, VarlenKind::none},
+      {"alibi_padded", MaskKind::none, false, false, true, false, false, false, false, VarlenKind::padded},
+      {"softcap_packed", MaskKind::none, false, false, false, true, false, false, false, VarlenKind::packed},
+      {"dropout", MaskKind::none, false, false, false, false, true, false, false, VarlenKind::none},
+  };
+  auto make = [](int sm, DType dt, int d, int dv, const Mods& m) {
+    KernelSpec s;
+    s.pass = Pass::backward;
+    s.target.sm = sm;
+    s.dtype = dt;
+    s.head_dim = d;
+    s.head_dim_v = dv;
+    s.mask = m.mask;
+    s.window = m.window;
+    s.bias = m.bias;
+    s.alibi = m.alibi;
+    s.softcap = m.softcap ? 30.0f : 0.0f;
+    s.dropout = m.dropout;
+    s.deterministic = m.deterministic;
+    s.dbias = m.dbias;
+    s.varlen = m.varlen;
+    s.scale = 1.0f / std::sqrt(float(d));
+    return Variant{fmt::format("bwd_sm{}_{}_d{}_dv{}_{}", sm, dtype_name(dt), d, dv, m.label), s};
+  };
+  std::vector<Variant> out;
+  // The heavy sets at the head dims where the default config changes (and their neighbours);
+  // every head dim for plain attention. About 170 modules: ~2 minutes on 2 cores.
+  for (int sm : {80, 90}) {
+    for (int d = 8; d <= kMaxHeadDim; d += 8) out.push_back(make(sm, DType::bf16, d, d, heavy[0]));
+    for (int d : {8, 40, 48, 56, 64, 72, 96, 128, 136, 200, 256}) {
+      out.push_back(make(sm, DType::bf16, d, d, heavy[1]));
+      out.push_back(make(sm, DType::bf16, d, d, heavy[2]));
+    }
+    for (int d : {64, 128, 256}) {
+      for (const Mods& m : single) out.push_back(make(sm, DType::bf16, d, d, m));
+    }
+    for (int d : {64, 128}) out.push_back(make(sm, DType::f16, d, d, heavy[1]));
+    for (auto [d, dv] : {std::pair{72, 40}, {128, 64}, {64, 128}, {40, 200}, {256, 8}, {8, 256}}) {
+      out.push_back(make(sm, DType::bf16, d, dv, heavy[0]));
+      out.push_back(make(sm, DType::bf16, d, dv, heavy[2]));
+    }
+  }
+  return out;
+}
+
+// The kernels of `src` whose ptxas report the test checks.
+std::vector<std::string> kernels_of(const KernelSpec& spec, const KernelSource& src) {
+  if (spec.pass == Pass::forward) return {src.name};
+  std::vector<std::string> names = {src.name,
+                                    backward_kernel_name(src.name, BackwardKernel::preprocess),
+                                    backward_kernel_name(src.name, BackwardKernel::dbias)};
+  names.push_back(backward_kernel_name(
+      src.name, spec.deterministic ? BackwardKernel::dq : BackwardKernel::convert));
+  return names;
+}
+
+void compile_all_without_spills(const std::vector<Variant>& vs) {
   std::atomic<size_t> next{0};
   std::mutex mu;
   std::vector<std::string> failures;
@@ -99,14 +175,19 @@ TEST(CompileGrid, EveryDefaultVariantCompilesWithoutSpills) {
       double ms = 0;
       try {
         const KernelSource src = generate(v.spec, default_config(v.spec, limits), limits);
-        const device::CompileResult r = device::compile_to_cubin(src.source, src.name, v.spec.target.sm);
-        ms = r.compile_ms;
-        if (r.cubin.empty()) failure = "empty cubin";
-        if (r.registers <= 0) failure = "no ptxas report";
-        if (r.spill_store_bytes + r.spill_load_bytes + r.stack_frame_bytes > 0) {
-          failure = fmt::format("{}: {} registers, {} B stack, {} B spill stores, {} B spill loads",
-                                src.name, r.registers, r.stack_frame_bytes, r.spill_store_bytes,
-                                r.spill_load_bytes);
+        const device::CompileResult compiled =
+            device::compile_to_cubin(src.source, src.name, v.spec.target.sm);
+        ms = compiled.compile_ms;
+        if (compiled.cubin.empty()) failure = "empty cubin";
+        for (const std::string& name : kernels_of(v.spec, src)) {
+          device::CompileResult r;
+          if (!device::parse_ptxas_info(compiled.log, name, r) || r.registers <= 0) {
+            failure = "no ptxas report for " + name;
+          } else if (r.spill_store_bytes + r.spill_load_bytes + r.stack_frame_bytes > 0) {
+            failure = fmt::format("{}: {} registers, {} B stack, {} B spill stores, {} B spill loads",
+                                  name, r.registers, r.stack_frame_bytes, r.spill_store_bytes,
+                                  r.spill_load_bytes);
+          }
         }
       } catch (const std::exception& e) {
         failure = e.what();
@@ -121,10 +202,16 @@ TEST(CompileGrid, EveryDefaultVariantCompilesWithoutSpills) {
   const unsigned n = std::max(2u, std::thread::hardware_concurrency());
   for (unsigned t = 0; t < n; ++t) threads.emplace_back(worker);
   for (auto& t : threads) t.join();
-  RecordProperty("variants", static_cast<int>(vs.size()));
+  ::testing::Test::RecordProperty("variants", static_cast<int>(vs.size()));
   std::cout << vs.size() << " variants, compile time mean " << total_ms / double(vs.size())
             << " ms, max " << max_ms << " ms\n";
   for (const auto& f : failures) ADD_FAILURE() << f;
+}
+
+TEST(CompileGrid, EveryDefaultVariantCompilesWithoutSpills) { compile_all_without_spills(variants()); }
+
+TEST(CompileGrid, EveryDefaultBackwardVariantCompilesWithoutSpills) {
+  compile_all_without_spills(backward_variants());
 }
 
 }  // namespace

@@ -59,6 +59,8 @@ TEST(KernelSpec, CanonicalChangesWithEverySingleField) {
       {"softcap 1 ulp above 0",
        [](KernelSpec& s) { s.softcap = std::numeric_limits<float>::denorm_min(); }},
       {"lse", [](KernelSpec& s) { s.lse = true; }},
+      {"dropout", [](KernelSpec& s) { s.dropout = true; }},
+      {"pass backward", [](KernelSpec& s) { s.pass = Pass::backward; }},
   };
   const KernelSpec base = base_spec();
   std::set<std::string> seen = {base.canonical()};
@@ -163,6 +165,79 @@ KernelSpec with_dims(int d, int dv) {
 TEST(TileConfig, CanonicalSpellsOutEveryField) {
   EXPECT_EQ((TileConfig{128, 64, 4, 2, false}).canonical(), "bm128_bn64_w4_s2");
   EXPECT_EQ((TileConfig{64, 32, 2, 3, true}).canonical(), "bm64_bn32_w2_s3_qr");
+  EXPECT_EQ((TileConfig{32, 64, 4, 2, false, 2}).canonical(), "bm32_bn64_w4_s2_x2");
+}
+
+// ---- backward specs ----------------------------------------------------------------------------
+
+KernelSpec backward_spec() {
+  KernelSpec s = base_spec();
+  s.pass = Pass::backward;
+  return s;
+}
+
+TEST(KernelSpec, BackwardCanonicalNamesItsPassAndFlags) {
+  KernelSpec s = backward_spec();
+  s.mask = MaskKind::causal;
+  EXPECT_EQ(s.canonical(),
+            "bwd sm80 bf16 d128 dv128 mask=causal window=0 varlen=none bias=0 alibi=0 "
+            "scale=0x3e000000 softcap=0x00000000 dropout=0 det=0 dbias=0");
+  // Each backward-only flag makes another kernel.
+  std::set<std::string> seen = {s.canonical()};
+  for (auto change : std::vector<std::function<void(KernelSpec&)>>{
+           [](KernelSpec& k) { k.deterministic = true; }, [](KernelSpec& k) { k.dropout = true; },
+           [](KernelSpec& k) { k.bias = k.dbias = true; }, [](KernelSpec& k) { k.bias = true; }}) {
+    KernelSpec c = s;
+    change(c);
+    EXPECT_TRUE(seen.insert(c.canonical()).second) << c.canonical();
+  }
+  // Forward specs keep their pre-dropout text (cache keys) unless dropout is on.
+  KernelSpec f = base_spec();
+  EXPECT_EQ(f.canonical().find("dropout"), std::string::npos);
+  f.dropout = true;
+  EXPECT_NE(f.canonical().find(" dropout=1"), std::string::npos);
+}
+
+TEST(KernelSpec, BackwardConfigsAreCheckedWithReasons) {
+  const DeviceLimits limits = limits_for_arch(80);
+  const KernelSpec s = backward_spec();
+  EXPECT_EQ(why_illegal(s, {64, 64, 4, 2, false, 2}, limits), std::nullopt);
+  auto refused = [&](const KernelSpec& spec, TileConfig c, const char* reason) {
+    const auto why = why_illegal(spec, c, limits);
+    ASSERT_TRUE(why.has_value()) << c.canonical();
+    EXPECT_NE(why->find(reason), std::string::npos) << *why;
+  };
+  refused(s, {64, 32, 4, 2, false, 1}, "16 keys per warp");
+  refused(s, {48, 64, 4, 2, false, 1}, "block_m 48");
+  refused(s, {64, 64, 4, 3, false, 1}, "stages 3");
+  refused(s, {64, 64, 4, 2, true, 1}, "q_in_regs");
+  refused(s, {64, 64, 4, 2, false, 3}, "split 3");
+  refused(base_spec(), {128, 64, 4, 2, false, 2}, "backward option");
+  KernelSpec tiled = s;
+  tiled.bias = tiled.bias_tiled = true;
+  refused(tiled, {64, 64, 4, 2, false, 1}, "bias_tiled");
+  KernelSpec dbias = s;
+  dbias.dbias = true;
+  refused(dbias, {64, 64, 4, 2, false, 1}, "dbias needs a bias");
+  KernelSpec big = s;
+  big.head_dim = big.head_dim_v = 256;
+  refused(big, {128, 128, 8, 2, false, 1}, "shared memory");
+}
+
+TEST(KernelSpec, BackwardDefaultIsLegalForEveryHeadDim) {
+  for (int sm : {80, 86, 90}) {
+    for (int d = 8; d <= kMaxHeadDim; d += 8) {
+      for (bool heavy : {false, true}) {
+        KernelSpec s = backward_spec();
+        s.target.sm = sm;
+        s.head_dim = s.head_dim_v = d;
+        s.dropout = s.alibi = s.bias = s.dbias = heavy;
+        const TileConfig c = default_config(s, limits_for_arch(sm));
+        EXPECT_EQ(why_illegal(s, c, limits_for_arch(sm)), std::nullopt)
+            << "sm" << sm << " d" << d << " " << c.canonical();
+      }
+    }
+  }
 }
 
 TEST(TileConfig, RejectsUnsupportedHeadDims) {
@@ -464,7 +539,8 @@ TEST(Plan, MakeGridCoversEveryQueryRow) {
 
 TEST(Plan, ParseConfigRoundTripsCanonical) {
   for (const TileConfig& c : {TileConfig{128, 64, 8, 2, false}, TileConfig{64, 16, 2, 4, true},
-                              TileConfig{128, 128, 4, 3, true}, TileConfig{256, 32, 8, 2, false}}) {
+                              TileConfig{128, 128, 4, 3, true}, TileConfig{256, 32, 8, 2, false},
+                              TileConfig{32, 64, 4, 2, false, 4}, TileConfig{64, 128, 8, 1, false, 2}}) {
     const TileConfig parsed = parse_config(c.canonical());
     EXPECT_TRUE(parsed == c) << c.canonical() << " parsed as " << parsed.canonical();
   }
@@ -474,7 +550,7 @@ TEST(Plan, ParseConfigRejectsGarbage) {
   for (const std::string text :
        {"", "bm128", "bm128_bn64_w4", "bm128_bn64_w4_s2_qs", "bm128_bn64_w4_s2_qr_",
         " bm128_bn64_w4_s2", "BM128_bn64_w4_s2", "bmx_bn64_w4_s2", "bm-1_bn64_w4_s2",
-        "bm128_bn64_w4_s2 "}) {
+        "bm128_bn64_w4_s2 ", "bm64_bn64_w4_s2_x", "bm64_bn64_w4_s2_x2_qr"}) {
     try {
       const TileConfig c = parse_config(text);
       ADD_FAILURE() << "'" << text << "' parsed as " << c.canonical();

@@ -371,5 +371,99 @@ TEST(Problem, RejectsMisalignedLseAndSlopes) {
   expect_invalid(a, "alibi_slopes");
 }
 
+// ---- backward ---------------------------------------------------------------------------------
+
+struct Backward {
+  AttentionArgs args;
+  BackwardArgs grads;
+};
+
+Backward make_backward(Dims s = {}) {
+  Backward b;
+  b.args = make_args(s);
+  b.args.lse = static_cast<float*>(const_cast<void*>(fake_pointer(20)));
+  b.grads.d_o = tensor(21, DType::bf16, {s.b, s.sq, s.hq, s.dv});
+  b.grads.dq = tensor(22, DType::bf16, {s.b, s.sq, s.hq, s.d});
+  b.grads.dk = tensor(23, DType::bf16, {s.b, s.sk, s.hkv, s.d});
+  b.grads.dv = tensor(24, DType::bf16, {s.b, s.sk, s.hkv, s.dv});
+  return b;
+}
+
+void expect_backward_invalid(const Backward& b, const std::string& argument) {
+  try {
+    validate_backward(b.args, b.grads);
+    ADD_FAILURE() << "accepted; expected InvalidArgument(" << argument << ")";
+  } catch (const InvalidArgument& e) {
+    EXPECT_EQ(e.argument(), argument) << e.what();
+  }
+}
+
+TEST(Problem, BackwardValidAcceptsMatchingGradients) {
+  const Backward b = make_backward();
+  const Problem p = validate_backward(b.args, b.grads);
+  EXPECT_EQ(p.heads_kv, 2);
+  EXPECT_FALSE(p.dbias);
+}
+
+TEST(Problem, BackwardRejectsMissingLse) {
+  Backward b = make_backward();
+  b.args.lse = nullptr;
+  expect_backward_invalid(b, "lse");
+}
+
+TEST(Problem, BackwardRejectsMismatchedShapes) {
+  Backward b = make_backward();
+  b.grads.d_o.shape[1] += 1;
+  expect_backward_invalid(b, "d_o.shape[1]");
+  b = make_backward();
+  b.grads.dq.shape[3] = 32;
+  expect_backward_invalid(b, "dq.shape[3]");
+  b = make_backward();
+  b.grads.dk.shape[2] = 8;  // GQA: dk has the KV heads, not the query heads
+  expect_backward_invalid(b, "dk.shape[2]");
+  b = make_backward();
+  b.grads.dv.shape[0] = 1;
+  expect_backward_invalid(b, "dv.shape[0]");
+}
+
+TEST(Problem, BackwardRejectsBadGradientLayoutsAndTypes) {
+  Backward b = make_backward();
+  b.grads.dq.dtype = DType::f16;
+  expect_backward_invalid(b, "dq.dtype");
+  b = make_backward();
+  b.grads.dk.data = nullptr;
+  expect_backward_invalid(b, "dk.data");
+  b = make_backward();
+  b.grads.dv.stride[3] = 2;
+  expect_backward_invalid(b, "dv.stride[3]");
+  b = make_backward();
+  b.grads.dq.stride[1] = 0;  // rows of a written gradient would overlap
+  expect_backward_invalid(b, "dq.stride[1]");
+}
+
+TEST(Problem, BackwardDbiasNeedsABiasOfItsShape) {
+  Backward b = make_backward();
+  b.grads.dbias = tensor(25, DType::bf16, {2, 8, 33, 47});
+  expect_backward_invalid(b, "dbias");
+  b.args.bias = tensor(26, DType::bf16, {1, 8, 33, 47});
+  expect_backward_invalid(b, "dbias.shape[0]");
+  b.grads.dbias = tensor(25, DType::bf16, {1, 8, 33, 47});
+  const Problem p = validate_backward(b.args, b.grads);
+  EXPECT_TRUE(p.dbias);
+  EXPECT_EQ(p.dbias_elements, 8 * 33 * 47);
+}
+
+TEST(Problem, RejectsDropoutOutsideZeroToOne) {
+  for (float bad : {-0.1f, 1.0f, 1.5f, std::numeric_limits<float>::quiet_NaN(),
+                    std::numeric_limits<float>::infinity()}) {
+    AttentionArgs a = make_args();
+    a.dropout_p = bad;
+    expect_invalid(a, "dropout_p");
+  }
+  AttentionArgs a = make_args();
+  a.dropout_p = 0.999f;
+  EXPECT_TRUE(validate(a).dropout());
+}
+
 }  // namespace
 }  // namespace jitattn

@@ -34,6 +34,32 @@ KernelSpec spec_for(int sm, int head_dim, bool causal_lse = false) {
   return s;
 }
 
+TEST(SearchSpace, BackwardSpaceHoldsItsDefaultUnpruned) {
+  for (int sm : {80, 90}) {
+    const DeviceLimits limits = limits_for_arch(sm);
+    for (int d = 8; d <= kMaxHeadDim; d += 8) {
+      for (bool heavy : {false, true}) {
+        KernelSpec spec = spec_for(sm, d, heavy);
+        spec.pass = Pass::backward;
+        spec.lse = false;
+        spec.dropout = spec.alibi = heavy;
+        const TileConfig def = default_config(spec, limits);
+        const std::vector<Candidate> cands = search_space(spec, limits);
+        EXPECT_EQ(cands.size(), 4u * 3u * 2u * 3u);
+        bool found = false;
+        for (const Candidate& c : cands) {
+          EXPECT_EQ(c.config.block_n, 16 * c.config.warps) << c.config.canonical();
+          if (c.config != def) continue;
+          found = true;
+          EXPECT_FALSE(c.pruned.has_value())
+              << spec.canonical() << " " << def.canonical() << ": " << c.pruned.value_or("");
+        }
+        EXPECT_TRUE(found) << spec.canonical() << " default " << def.canonical();
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 TEST(SearchSpace, SizeAndDeterministicOrder) {

@@ -31,9 +31,44 @@ int accumulator_registers(const KernelSpec& spec, const TileConfig& cfg) {
   return regs;
 }
 
+// Backward (dK/dV kernel): a warp's 16 keys hold their dK and dV slices, plus S^T and dP^T over
+// block_m queries: 4 * (ceil(d / 8 / split) + ceil(dv / 8 / split)) + block_m floats per thread.
+int backward_accumulator_registers(const KernelSpec& spec, const TileConfig& cfg) {
+  auto tiles = [&](int dim) { return (dim / 8 + cfg.split - 1) / cfg.split; };
+  return 4 * (tiles(spec.head_dim) + tiles(spec.head_dim_v)) + cfg.block_m;
+}
+
+std::vector<Candidate> backward_search_space(const KernelSpec& spec, const DeviceLimits& limits) {
+  static constexpr int kBlockM[] = {16, 32, 64, 128};
+  static constexpr int kWarps[] = {2, 4, 8};
+  static constexpr int kStages[] = {1, 2};
+  static constexpr int kSplit[] = {1, 2, 4};
+  std::vector<Candidate> out;
+  for (int bm : kBlockM) {
+    for (int w : kWarps) {
+      for (int s : kStages) {
+        for (int x : kSplit) {
+          Candidate c;
+          c.config = TileConfig{bm, 16 * w, w, s, false, x};
+          if (auto why = why_illegal(spec, c.config, limits)) {
+            c.pruned = std::move(*why);
+          } else if (const int regs = backward_accumulator_registers(spec, c.config);
+                     regs > kAccumulatorRegisterCeiling) {
+            c.pruned = fmt::format("static model: ~{} accumulator registers of {} (would spill)",
+                                   regs, kMaxRegisters);
+          }
+          out.push_back(std::move(c));
+        }
+      }
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 std::vector<Candidate> search_space(const KernelSpec& spec, const DeviceLimits& limits) {
+  if (spec.pass == Pass::backward) return backward_search_space(spec, limits);
   if (spec.target.cpu) {
     // CPU kernels: rows per work item x keys per step; the generator's menu and stack budget
     // (why_illegal) decide what is legal.

@@ -30,8 +30,9 @@ struct Candidate {
 /// Every TileConfig the generator could take for `spec` (block_m {32,64,128} x block_n
 /// {16,32,64,128} x warps {2,4,8} x stages {1,2,3,4} x q_in_regs), in a deterministic order, each
 /// pruned with a reason when why_illegal refuses it or the static register model says it cannot
-/// fit (O and S accumulators alone over the 255-register budget). CPU specs: block_m
-/// {4,...,128} x block_n {16,...,512}, pruned by why_illegal (menu, stack budget).
+/// fit (O and S accumulators alone over the 255-register budget). Backward specs: block_m
+/// {16,32,64,128} x warps {2,4,8} (block_n = 16 per warp) x stages {1,2} x split {1,2,4}. CPU
+/// specs: block_m {4,...,128} x block_n {16,...,512}, pruned by why_illegal (menu, stack budget).
 std::vector<Candidate> search_space(const KernelSpec& spec, const DeviceLimits& limits);
 
 /// Compiles the unpruned candidates in parallel (`threads` 0 = hardware concurrency) with NVRTC,

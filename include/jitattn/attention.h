@@ -89,12 +89,35 @@ struct AttentionArgs {
   int max_seqlen_q = 0;                   ///< packed: longest query sequence
   int max_seqlen_k = 0;                   ///< packed: longest key sequence
 
+  /// Dropout on the attention probabilities (training). Each probability is dropped with
+  /// probability dropout_p and the kept ones are scaled by 1 / (1 - dropout_p). The keep decision
+  /// is a deterministic function of (dropout_seed, dropout_offset, batch, query head, row,
+  /// column) (Philox4x32-10, templates/philox.h; batch = sequence number and row/column within
+  /// the sequence for packed varlen), so backward regenerates the mask without storing it. The
+  /// LSE is that of the probabilities before dropout. dropout_p in [0, 1); 0 = off.
+  float dropout_p = 0.0f;
+  uint64_t dropout_seed = 0;
+  uint64_t dropout_offset = 0;
+
   /// CUDA stream (CUstream) to launch on; null = the default stream of the pointers' device.
   /// Ignored on the CPU, where the call returns when the output is written.
   void* stream = nullptr;
 
   /// Where to run (see Device); automatic follows q's memory.
   Device device;
+};
+
+/// What backward() reads beyond the forward's AttentionArgs (whose `o` is then the forward's
+/// output and `lse` its log-sum-exp, both read), and the gradients it writes. Gradient tensors
+/// may have any strides (last dim contiguous), like the inputs they belong to.
+struct BackwardArgs {
+  TensorRef d_o;  ///< [batch, seqlen_q, heads_q, head_dim_v] gradient of o; q's dtype
+  TensorRef dq;   ///< written, q's shape and dtype
+  TensorRef dk;   ///< written, k's shape: summed over the query heads of a GQA group
+  TensorRef dv;   ///< written, v's shape
+  /// Optional, written: gradient of the bias tensor, bias's shape and dtype, summed over the
+  /// bias's broadcast dimensions. Leave empty when the bias needs no gradient.
+  TensorRef dbias;
 };
 
 }  // namespace jitattn

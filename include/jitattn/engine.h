@@ -16,6 +16,21 @@ struct ForwardOptions {
   std::string config;
 };
 
+/// Per-call choices of backward().
+struct BackwardOptions {
+  /// Tile config text, e.g. "bm64_bn64_w4_s2_x2" (see TileConfig); empty: the default.
+  std::string config;
+  /// false: dQ is summed with fp32 atomics (fastest; the summation order, hence the last bits,
+  /// may differ between runs). true: dQ is summed in registers by its own kernel, so dq, dk and
+  /// dv are bitwise reproducible. (dk/dv are reproducible in both modes; a dbias summed over
+  /// broadcast dimensions uses atomics in both.)
+  bool deterministic = false;
+  /// Device memory of at least backward_workspace_bytes() for the fp32 accumulators. Null: the
+  /// engine allocates it and synchronises the stream before returning.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+
 /// When the engine tunes: never during a call (use what `jitattn tune` stored), or the first
 /// time a (spec, shape bucket) without tuned rows is seen.
 enum class TunePolicy { off, on_first_use };
@@ -74,6 +89,19 @@ class Engine {
   /// CompileError with the NVRTC / clang log, CudaError with the CUresult text.
   KernelReport forward(const AttentionArgs& args, const ForwardOptions& options = {});
 
+  /// Gradients of forward attention: reads args.q/k/v, args.o (the forward's output), args.lse
+  /// (required: the forward's log-sum-exp) and grads.d_o; writes grads.dq, dk, dv and, when
+  /// given, dbias. Same problem arguments as forward() (masks, window, varlen, GQA, bias, ALiBi,
+  /// softcap, scale, dropout with the forward's seed and offset). Extra device memory is
+  /// O(batch * heads * seqlen) (plus an fp32 copy of dbias when asked for). Throws
+  /// InvalidArgument for bad input (nothing launched).
+  KernelReport backward(const AttentionArgs& args, const BackwardArgs& grads,
+                        const BackwardOptions& options = {});
+
+  /// Bytes of workspace backward() needs for this call (validates the arguments).
+  static size_t backward_workspace_bytes(const AttentionArgs& args, const BackwardArgs& grads,
+                                         const BackwardOptions& options = {});
+
   /// The process-wide engine used by jitattn::forward().
   static Engine& global();
 
@@ -88,6 +116,22 @@ class Engine {
 /// forward() on the process-wide engine.
 inline KernelReport forward(const AttentionArgs& args, const ForwardOptions& options = {}) {
   return Engine::global().forward(args, options);
+}
+
+/// backward() on the process-wide engine.
+inline KernelReport backward(const AttentionArgs& args, const BackwardArgs& grads,
+                             const BackwardOptions& options = {}) {
+  return Engine::global().backward(args, grads, options);
+}
+
+/// forward() that saves what backward() needs: the log-sum-exp into `lse` (fp32, [batch,
+/// heads_q, seqlen_q], [heads_q, total_q] when packed). Returns the args to pass to backward().
+inline AttentionArgs forward_for_backward(const AttentionArgs& args, float* lse,
+                                          const ForwardOptions& options = {}) {
+  AttentionArgs a = args;
+  a.lse = lse;
+  Engine::global().forward(a, options);
+  return a;
 }
 
 }  // namespace jitattn

@@ -1,0 +1,357 @@
+// Backward kernels on a GPU against the float64 reference's gradients, over the feature grid and
+// random shapes; dropout's mask against the host's Philox; deterministic mode bitwise stable.
+// Every case draws fresh random inputs and poisons the gradients first (runtime/harness.cpp).
+// Skipped with a message when there is no GPU.
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "jitattn/jitattn.h"
+#include "runtime/device/driver.h"
+#include "runtime/harness.h"
+#include "runtime/numeric.h"
+#include "runtime/problem.h"
+#include "templates/philox.h"
+
+namespace jitattn {
+namespace {
+
+using harness::ProblemDesc;
+
+#define JITATTN_REQUIRE_GPU()                                                         \
+  do {                                                                                \
+    std::string why_;                                                                 \
+    if (!device::driver_available(&why_) || device::device_count() == 0) {            \
+      GTEST_SKIP() << "no CUDA device: " << (why_.empty() ? "no GPU found" : why_);   \
+    }                                                                                 \
+  } while (0)
+
+Engine& engine() {
+  static Engine e(EngineOptions{"off", false});
+  return e;
+}
+
+void expect_pass(const ProblemDesc& d, const BackwardOptions& opt = {}) {
+  harness::Runner runner(d);
+  const harness::BackwardCheckResult r = runner.check_backward(engine(), opt);
+  EXPECT_TRUE(r.pass) << harness::describe(d) << (opt.deterministic ? " deterministic" : "")
+                      << " config " << r.kernel.config << " seed " << r.seed << ": dq " << r.dq_err
+                      << " dk " << r.dk_err << " dv " << r.dv_err << " dbias " << r.dbias_err
+                      << " (tol " << r.tolerance << "); forward rel_err " << r.forward.rel_err
+                      << " lse " << r.forward.lse_rel_err << " pass " << r.forward.pass;
+  if (opt.config.empty()) EXPECT_EQ(r.kernel.spill_bytes, 0) << r.kernel.name;
+}
+
+ProblemDesc base(int d, DType dt = DType::bf16) {
+  ProblemDesc p;
+  p.dtype = dt;
+  p.batch = 2;
+  p.heads_q = 3;
+  p.heads_kv = 3;
+  p.seqlen_q = 190;
+  p.seqlen_k = 211;
+  p.head_dim = d;
+  p.lse = true;
+  return p;
+}
+
+struct Case {
+  std::string name;
+  ProblemDesc desc;
+  bool deterministic = false;
+  std::string config;
+};
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name << " [" << harness::describe(c.desc) << "]"; }
+
+std::vector<Case> cases() {
+  std::vector<Case> cs;
+  auto add = [&](std::string name, ProblemDesc p, bool det = false, std::string cfg = "") {
+    cs.push_back({std::move(name), p, det, std::move(cfg)});
+  };
+  for (int d : {8, 40, 64, 80, 96, 128, 160, 256}) {
+    ProblemDesc p = base(d);
+    p.mask = MaskKind::causal;
+    add(fmt::format("causal_d{}", d), p);
+  }
+  for (int d : {64, 128}) {
+    ProblemDesc p = base(d, DType::f16);
+    add(fmt::format("f16_d{}", d), p);
+  }
+  for (int d : {64, 128}) {
+    ProblemDesc p = base(d);
+    p.mask = MaskKind::causal_bottom_right;
+    add(fmt::format("causal_br_sk_longer_d{}", d), p);
+    p.seqlen_q = 300;
+    p.seqlen_k = 130;  // the first rows see no key: zero gradients, no NaN
+    add(fmt::format("causal_br_fully_masked_rows_d{}", d), p);
+    p = base(d);
+    p.window = Window{50, 70};
+    add(fmt::format("window_both_sides_d{}", d), p);
+    p.mask = MaskKind::causal;
+    p.window = Window{37, 0};
+    add(fmt::format("causal_window_d{}", d), p);
+    p = base(d);
+    p.heads_q = 8;
+    p.heads_kv = 2;
+    add(fmt::format("gqa_d{}", d), p);
+    p.heads_kv = 1;
+    p.mask = MaskKind::causal;
+    add(fmt::format("mqa_causal_d{}", d), p);
+    p = base(d);
+    p.batch = 4;
+    p.varlen = VarlenKind::packed;
+    p.mask = MaskKind::causal;
+    add(fmt::format("varlen_packed_causal_d{}", d), p);
+    p.varlen = VarlenKind::padded;
+    p.mask = MaskKind::causal_bottom_right;
+    add(fmt::format("varlen_padded_causal_br_d{}", d), p);
+    p = base(d);
+    p.alibi = true;
+    p.bias = "1hqk";
+    p.dbias = true;
+    p.softcap = 20.0f;
+    p.mask = MaskKind::causal;
+    p.window = Window{64, 0};
+    p.varlen = VarlenKind::packed;
+    p.heads_q = 6;
+    p.heads_kv = 2;
+    p.dropout_p = 0.15f;
+    add(fmt::format("everything_d{}", d), p);
+    add(fmt::format("everything_deterministic_d{}", d), p, true);
+  }
+  {
+    ProblemDesc p = base(64);
+    p.alibi = true;
+    add("alibi_d64", p);
+    p = base(64);
+    p.softcap = 5.0f;
+    add("softcap_d64", p);
+    p = base(64, DType::f16);
+    p.scale = 1.0f;
+    add("scale_one_f16_d64", p);
+    p = base(64);
+    p.layout = {0, 2, 1, 3};
+    add("layout_bhsd_d64", p);
+    for (const char* b : {"bhqk", "1hqk", "b11k", "bhq1", "111k"}) {
+      p = base(64);
+      p.bias = b;
+      p.dbias = true;
+      add(fmt::format("dbias_{}_d64", b), p);
+    }
+    p = base(96);
+    p.bias = "bhqk";  // no dbias: bias is an input only
+    add("bias_without_dbias_d96", p);
+    p = base(64);
+    p.dropout_p = 0.2f;
+    add("dropout_d64", p);
+    p.mask = MaskKind::causal;
+    p.heads_q = 6;
+    p.heads_kv = 2;
+    add("dropout_causal_gqa_d64", p);
+    add("dropout_causal_gqa_deterministic_d64", p, true);
+    p = base(128);
+    p.dropout_p = 0.5f;
+    add("dropout_half_d128", p);
+  }
+  for (auto [d, dv] : {std::pair{72, 40}, {64, 128}, {256, 8}}) {
+    ProblemDesc p = base(d);
+    p.head_dim_v = dv;
+    p.mask = MaskKind::causal;
+    add(fmt::format("d{}_dv{}", d, dv), p);
+  }
+  for (auto [sq, sk] : {std::pair{1, 1}, {1, 17}, {17, 1}, {17, 17}, {1000, 1000}, {100, 1000}, {1000, 100}}) {
+    ProblemDesc p = base(128);
+    p.seqlen_q = sq;
+    p.seqlen_k = sk;
+    p.heads_q = p.heads_kv = 2;
+    p.batch = 1;
+    add(fmt::format("seqlens_{}_{}", sq, sk), p);
+    p.mask = MaskKind::causal;
+    add(fmt::format("seqlens_{}_{}_causal", sq, sk), p);
+  }
+  {
+    ProblemDesc p = base(128);
+    p.mask = MaskKind::causal;
+    p.heads_q = 4;
+    p.heads_kv = 2;
+    add("deterministic_gqa_causal_d128", p, true);
+    p = base(256);
+    add("deterministic_d256", p, true);
+  }
+  for (const char* cfg : {"bm64_bn64_w4_s1", "bm16_bn128_w8_s2", "bm32_bn32_w2_s2_x2", "bm128_bn64_w4_s1_x4"}) {
+    ProblemDesc p = base(64);
+    p.mask = MaskKind::causal_bottom_right;
+    p.alibi = true;
+    add(fmt::format("config_{}", cfg), p, false, cfg);
+    add(fmt::format("config_{}_deterministic", cfg), p, true, cfg);
+  }
+  return cs;
+}
+
+class Features : public ::testing::TestWithParam<Case> {};
+TEST_P(Features, MatchesReference) {
+  JITATTN_REQUIRE_GPU();
+  BackwardOptions opt;
+  opt.deterministic = GetParam().deterministic;
+  opt.config = GetParam().config;
+  expect_pass(GetParam().desc, opt);
+}
+INSTANTIATE_TEST_SUITE_P(BackwardGpu, Features, ::testing::ValuesIn(cases()),
+                         [](const auto& info) { return info.param.name; });
+
+// Random shapes: fresh sizes per run (the seed is printed with every failure).
+TEST(BackwardGpu, RandomShapesMatchReference) {
+  JITATTN_REQUIRE_GPU();
+  std::mt19937_64 rng(std::random_device{}());
+  for (int n = 0; n < 6; ++n) {
+    ProblemDesc p = base(8 * std::uniform_int_distribution<int>(1, 32)(rng));
+    p.seqlen_q = std::uniform_int_distribution<int>(1, 400)(rng);
+    p.seqlen_k = std::uniform_int_distribution<int>(1, 400)(rng);
+    p.heads_kv = std::uniform_int_distribution<int>(1, 2)(rng);
+    p.heads_q = p.heads_kv * std::uniform_int_distribution<int>(1, 3)(rng);
+    p.mask = static_cast<MaskKind>(std::uniform_int_distribution<int>(0, 2)(rng));
+    p.varlen = static_cast<VarlenKind>(std::uniform_int_distribution<int>(0, 2)(rng));
+    BackwardOptions opt;
+    opt.deterministic = n % 2 == 1;
+    expect_pass(p, opt);
+  }
+}
+
+TEST(BackwardGpu, DeterministicModeIsBitwiseReproducible) {
+  JITATTN_REQUIRE_GPU();
+  for (int d : {64, 128}) {
+    ProblemDesc p = base(d);
+    p.seqlen_q = p.seqlen_k = 700;
+    p.heads_q = 4;
+    p.heads_kv = 2;
+    p.mask = MaskKind::causal;
+    p.bias = "bhqk";
+    p.dbias = true;  // full-shape dbias: one writer per element
+    harness::Runner runner(p);
+    BackwardOptions opt;
+    opt.deterministic = true;
+    const auto first = runner.check_backward(engine(), opt);
+    EXPECT_TRUE(first.pass) << d << ": dq " << first.dq_err;
+    const std::vector<std::byte> a = runner.gradient_bytes();
+    for (int rep = 0; rep < 3; ++rep) {
+      EXPECT_TRUE(runner.check_backward(engine(), opt).pass);
+      EXPECT_TRUE(a == runner.gradient_bytes()) << "d" << d << " run " << rep + 1 << " differs";
+    }
+  }
+}
+
+// p so small that floor(p * 2^32) = 0 and 1 / (1 - p) rounds to 1.0f: the dropout kernels keep
+// everything and must give exactly the no-dropout kernels' bits, forward and backward.
+TEST(BackwardGpu, DropoutKeepingEverythingEqualsNoDropoutBitwise) {
+  JITATTN_REQUIRE_GPU();
+  ASSERT_EQ(dropout_threshold(1e-10f), 0u);
+  ASSERT_EQ(static_cast<float>(1.0 / (1.0 - double(1e-10f))), 1.0f);
+  ProblemDesc p = base(64);
+  p.mask = MaskKind::causal;
+  p.seed = std::random_device{}() | 1u;
+  for (bool det : {false, true}) {
+    BackwardOptions opt;
+    opt.deterministic = det;
+    harness::Runner off(p);
+    const auto r0 = off.check_backward(engine(), opt);
+    ProblemDesc q = p;
+    q.dropout_p = 1e-10f;
+    harness::Runner on(q);
+    const auto r1 = on.check_backward(engine(), opt);
+    EXPECT_TRUE(r0.pass && r1.pass);
+    EXPECT_NE(r1.kernel.name.find("dropout"), std::string::npos) << r1.kernel.name;
+    EXPECT_TRUE(off.output_bytes() == on.output_bytes()) << "forward outputs differ";
+    if (det) EXPECT_TRUE(off.gradient_bytes() == on.gradient_bytes()) << "deterministic gradients differ";
+  }
+}
+
+// The forward's mask read back exactly: q = 0 makes every probability 1/64 over 64 keys and v
+// one-hot (v[j] = e_j) puts key j's kept factor in o[., j]; it must equal the host's Philox
+// decision for every (batch, head, row, key), and the kept fraction must be 1 - p.
+TEST(BackwardGpu, DropoutMaskMatchesHostPhiloxAndKeepsOneMinusP) {
+  JITATTN_REQUIRE_GPU();
+  device::ScopedContext ctx(0);
+  const int b = 2, s = 256, h = 4, sk = 64, d = 64;
+  const float prob = 0.3f;
+  std::vector<uint16_t> zeros(size_t{b} * s * h * d, 0), onehot(size_t{b} * sk * h * d, 0);
+  for (int bb = 0; bb < b; ++bb)
+    for (int j = 0; j < sk; ++j)
+      for (int hh = 0; hh < h; ++hh) onehot[((size_t(bb) * sk + j) * h + hh) * d + j] = float_to_bf16_bits(1.0f);
+  device::DeviceBuffer q(zeros.size() * 2), k(onehot.size() * 2), v(onehot.size() * 2), o(zeros.size() * 2);
+  q.upload(zeros.data(), zeros.size() * 2);
+  k.upload(onehot.data(), onehot.size() * 2);  // any finite keys: q = 0 makes every score 0
+  v.upload(onehot.data(), onehot.size() * 2);
+  AttentionArgs a;
+  a.q = TensorRef::contiguous(q.data(), DType::bf16, {b, s, h, d});
+  a.k = TensorRef::contiguous(k.data(), DType::bf16, {b, sk, h, d});
+  a.v = TensorRef::contiguous(v.data(), DType::bf16, {b, sk, h, d});
+  a.o = TensorRef::contiguous(o.data(), DType::bf16, {b, s, h, d});
+  a.dropout_p = prob;
+  a.dropout_seed = std::random_device{}();
+  a.dropout_offset = 12345;
+  std::vector<uint16_t> first;
+  for (int rep = 0; rep < 2; ++rep) {
+    o.fill(0xFF);
+    engine().forward(a);
+    JITATTN_CU_CHECK(device::driver().cuCtxSynchronize());
+    std::vector<uint16_t> out(zeros.size());
+    o.download(out.data(), out.size() * 2);
+    if (rep == 0) {
+      first = out;
+    } else {
+      EXPECT_TRUE(first == out) << "the same (seed, offset) gave a different mask";
+    }
+  }
+  const uint32_t threshold = dropout_threshold(prob);
+  int64_t kept = 0, mismatches = 0;
+  for (int bb = 0; bb < b; ++bb)
+    for (int i = 0; i < s; ++i)
+      for (int hh = 0; hh < h; ++hh)
+        for (int j = 0; j < sk; ++j) {
+          const float got = bf16_bits_to_float(first[((size_t(bb) * s + i) * h + hh) * d + j]);
+          const bool host_keep = jitattn_kernel::dropout_keep(a.dropout_seed, a.dropout_offset,
+                                                              unsigned(bb * h + hh), unsigned(i), unsigned(j), threshold);
+          const bool gpu_keep = got > 0.0f;
+          kept += gpu_keep;
+          mismatches += gpu_keep != host_keep;
+          if (gpu_keep) EXPECT_NEAR(got, 1.0f / 64.0f / (1.0f - prob), 1e-4f);
+        }
+  EXPECT_EQ(mismatches, 0);
+  const double n = double(b) * s * h * sk;
+  EXPECT_NEAR(double(kept) / n, 1.0 - prob, 0.01);  // n = 131072: standard deviation 0.0013
+  a.dropout_offset += 1;  // another offset: another mask
+  o.fill(0xFF);
+  engine().forward(a);
+  JITATTN_CU_CHECK(device::driver().cuCtxSynchronize());
+  std::vector<uint16_t> other(zeros.size());
+  o.download(other.data(), other.size() * 2);
+  EXPECT_FALSE(first == other);
+}
+
+TEST(BackwardGpu, BadInputThrowsBeforeLaunch) {
+  JITATTN_REQUIRE_GPU();
+  device::ScopedContext ctx(0);
+  device::DeviceBuffer buf(size_t{2} * 2 * 190 * 3 * 64 * 4);
+  AttentionArgs a;
+  a.q = TensorRef::contiguous(buf.data(), DType::bf16, {2, 190, 3, 64});
+  a.k = a.v = TensorRef::contiguous(buf.data(), DType::bf16, {2, 211, 3, 64});
+  a.o = a.q;
+  BackwardArgs g;
+  g.d_o = g.dq = a.q;
+  g.dk = g.dv = a.k;
+  try {
+    engine().backward(a, g);
+    FAIL() << "accepted a backward without lse";
+  } catch (const InvalidArgument& e) {
+    EXPECT_EQ(e.argument(), "lse");
+  }
+}
+
+}  // namespace
+}  // namespace jitattn
