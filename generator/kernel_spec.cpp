@@ -274,7 +274,9 @@ TileConfig default_backward_config(const KernelSpec& spec, const DeviceLimits& l
   // the keys, and dQ takes half the fp32 atomics of 64-key blocks. Above, K and V of 128 keys
   // would not leave room for the query tiles on sm_80: 4 warps.
   TileConfig c{32, 128, 8, 2, false, 1};
-  if (d <= 48 && light) c.block_m = 64;
+  // H200, d64 causal, seqlen 1024, bf16 backward: bm64_bn128_w8_s2 0.076 ms vs bm32 0.085 ms
+  // (jitattn tune --backward, bench/NOTES.md).
+  if (d <= 64 && light) c.block_m = 64;
   if (d > 64) c.split = 2;
   if (d > 128) c = {light ? 32 : 16, 64, 4, 2, false, 4};
   while (why_illegal(spec, c, limits)) {

@@ -47,7 +47,8 @@ struct EngineOptions {
   /// off (default) or on_first_use; JITATTN_TUNE=on-first-use selects it too. On-first-use
   /// tuning (GPU and CPU alike) runs the candidates on the caller's own buffers (each verified against the default
   /// kernel's output on the same inputs), stores every measurement in the cache and then uses the
-  /// winner; the call that tunes takes about tune_budget_seconds longer.
+  /// winner; the call that tunes takes about tune_budget_seconds longer. Forward calls only:
+  /// backward() uses configs stored by `jitattn tune --backward`, else its default.
   TunePolicy tune = TunePolicy::off;
   double tune_budget_seconds = 10.0;
 };
