@@ -99,7 +99,8 @@ TEST(CompileGrid, EveryDefaultVariantCompilesWithoutSpills) {
       double ms = 0;
       try {
         const KernelSource src = generate(v.spec, default_config(v.spec, limits), limits);
-        const device::CompileResult r = device::compile_to_cubin(src.source, src.name, v.spec.target.sm);
+        const device::CompileResult r =
+            device::compile_to_cubin(src.source, src.name, v.spec.target.sm, src.arch_specific);
         ms = r.compile_ms;
         if (r.cubin.empty()) failure = "empty cubin";
         if (r.registers <= 0) failure = "no ptxas report";
