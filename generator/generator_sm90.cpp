@@ -40,12 +40,13 @@ std::string wgmma_ss(int n) {
 }
 
 // O += P V step: wgmma m64nNk16 with A (P) from registers and B (V) an MN-major descriptor
-// (imm-trans-b 1: V's head dim is contiguous).
+// (imm-trans-b 1: V's head dim is contiguous); scale-d (a predicate) is true: accumulate.
 std::string wgmma_rs(int n) {
   const int regs = n / 2;
   std::string s = fmt::format("JITATTN_DEVICE void wgmma_o(float (&d)[{}], const u32 (&a)[4], u64 desc_b) {{\n", regs);
   s += "  asm volatile(\n";
-  s += fmt::format("      \"wgmma.mma_async.sync.aligned.m64n{}k16.f32.\" JITATTN_MMA_TYPES \" {}, {}, %{}, 1, 1, 1, 1;\\n\"\n",
+  s += "      \"{\\n .reg .pred p;\\n setp.eq.u32 p, 1, 1;\\n\"\n";
+  s += fmt::format("      \" wgmma.mma_async.sync.aligned.m64n{}k16.f32.\" JITATTN_MMA_TYPES \" {}, {}, %{}, p, 1, 1, 1;\\n}}\\n\"\n",
                    n, reg_list(0, regs), reg_list(regs, 4), regs + 4);
   s += "      : " + accumulator_operands(regs) + "\n";
   s += "      : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"l\"(desc_b));\n}\n";

@@ -202,14 +202,17 @@ std::optional<std::string> why_illegal_sm90(const KernelSpec& spec, const TileCo
     return fmt::format("stages {} unsupported: 1 to 4 (K/V TMA ring)", cfg.stages);
   }
   if (cfg.q_in_regs) return std::string("q_in_regs is an sm80-family option (wgmma reads Q from shared memory)");
-  // Consumer registers (setmaxnreg 240): O accumulator dv/2, S block_n/2 and P block_n/4 per
-  // thread, plus ~40 for addresses, softmax state and the score modifiers.
+  // Consumer registers (setmaxnreg 240 with 1-2 consumer warpgroups, 160 with 3): O accumulator
+  // dv/2, S block_n/2 and P block_n/4 per thread, plus ~40 for addresses, softmax state and the
+  // score modifiers.
   const Sm90Layout l = sm90_layout(spec);
   const int regs = l.head_dim_v_pad / 2 + cfg.block_n / 2 + cfg.block_n / 4;
-  if (regs > 200) {
+  const int budget = consumers == 3 ? 120 : 200;
+  if (regs > budget) {
     return fmt::format("~{} accumulator registers per consumer thread (O {} + S {} + P {}) exceed "
-                       "the 200 that fit under setmaxnreg 240 without spills",
-                       regs, l.head_dim_v_pad / 2, cfg.block_n / 2, cfg.block_n / 4);
+                       "the {} that fit under setmaxnreg {} without spills",
+                       regs, l.head_dim_v_pad / 2, cfg.block_n / 2, cfg.block_n / 4, budget,
+                       consumers == 3 ? 160 : 240);
   }
   if (cfg.warps * 32 > limits.max_threads_per_block) {
     return fmt::format("{} threads exceed the device's {}", cfg.warps * 32, limits.max_threads_per_block);

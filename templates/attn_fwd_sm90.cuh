@@ -22,6 +22,10 @@ namespace jitattn_kernel {
 using namespace cfg;
 
 constexpr int kThreads = 128 * (kConsumers + 1);
+// Register split after setmaxnreg (65536 per SM, one CTA): the producer keeps the minimum, the
+// consumers take the rest (2 consumers: 128 x 24 + 256 x 240 = 64512; 3: 128 x 32 + 384 x 160).
+constexpr int kProducerRegs = kConsumers == 3 ? 32 : 24;
+constexpr int kConsumerRegs = kConsumers == 3 ? 160 : 240;
 constexpr int kPanelColsQK = kSwizzleQK / 2;  // elements per panel row
 constexpr int kPanelColsV = kSwizzleV / 2;
 constexpr int kPanelsQK = kHeadDimPad / kPanelColsQK;
@@ -145,7 +149,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   const int warpgroup = tid / 128;
   if (warpgroup == 0) {
     // ---- producer: one thread drives the TMA unit -------------------------------------------
-    setmaxnreg_dec<24>();
+    setmaxnreg_dec<kProducerRegs>();
     if (tid == 0) {
       tma_prefetch_descriptor(&params.tma_k);
       tma_prefetch_descriptor(&params.tma_v);
@@ -175,7 +179,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     }
   } else {
     // ---- consumers: 64 query rows per warpgroup --------------------------------------------------
-    setmaxnreg_inc<240>();
+    setmaxnreg_inc<kConsumerRegs>();
     const int wg = warpgroup - 1;
     const int wtid = tid % 128;
     const int warp = wtid / 32;  // 16 rows per warp
