@@ -102,10 +102,14 @@ jitattn_kernel::AttnFwdTmaParams make_tma_params(const AttentionArgs& args, cons
   };
   tp.tma_q = encode(args.q, problem.head_dim, problem.seqlen_q, problem.heads_q, problem.batch,
                     static_cast<unsigned>(l.panel_cols_qk()), static_cast<unsigned>(cfg.block_m), l.swizzle_qk);
-  tp.tma_k = encode(args.k, problem.head_dim, problem.seqlen_k, problem.heads_kv, problem.batch,
-                    static_cast<unsigned>(l.panel_cols_qk()), static_cast<unsigned>(cfg.block_n), l.swizzle_qk);
-  tp.tma_v = encode(args.v, problem.head_dim_v, problem.seqlen_k, problem.heads_kv, problem.batch,
-                    static_cast<unsigned>(l.panel_cols_v()), static_cast<unsigned>(cfg.block_n), l.swizzle_v);
+  // No keys (k and v may be null): every row is fully masked, the kernel writes zeros and -inf
+  // before touching a K/V map, and the driver refuses to encode an empty tensor.
+  if (problem.seqlen_k > 0) {
+    tp.tma_k = encode(args.k, problem.head_dim, problem.seqlen_k, problem.heads_kv, problem.batch,
+                      static_cast<unsigned>(l.panel_cols_qk()), static_cast<unsigned>(cfg.block_n), l.swizzle_qk);
+    tp.tma_v = encode(args.v, problem.head_dim_v, problem.seqlen_k, problem.heads_kv, problem.batch,
+                      static_cast<unsigned>(l.panel_cols_v()), static_cast<unsigned>(cfg.block_n), l.swizzle_v);
+  }
   return tp;
 }
 
