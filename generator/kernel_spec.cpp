@@ -72,8 +72,8 @@ std::string KernelSpec::tag() const {
 
 std::string TileConfig::canonical() const {
   if (hopper()) {
-    return fmt::format("h_bm{}_bn{}_wg{}_s{}{}", block_m, block_n, consumer_warpgroups(), stages,
-                       q_in_regs ? "_qr" : "");
+    return fmt::format("h_bm{}_bn{}_wg{}_s{}{}{}", block_m, block_n, consumer_warpgroups(), stages,
+                       q_in_regs ? "_qr" : "", overlap ? "_ov" : "");
   }
   if (cpu() && !q_in_regs) return fmt::format("cpu_bm{}_bn{}", block_m, block_n);
   return fmt::format("bm{}_bn{}_w{}_s{}{}", block_m, block_n, warps, stages,
@@ -202,6 +202,10 @@ std::optional<std::string> why_illegal_sm90(const KernelSpec& spec, const TileCo
     return fmt::format("stages {} unsupported: 1 to 4 (K/V TMA ring)", cfg.stages);
   }
   if (cfg.q_in_regs) return std::string("q_in_regs is an sm80-family option (wgmma reads Q from shared memory)");
+  if (cfg.overlap && cfg.stages < 2) {
+    // The next tile's K is waited on while the current tile's stage is still held for P V.
+    return std::string("overlap (_ov) needs 2+ stages: tile j+1's K loads while tile j's V is in use");
+  }
   // Consumer registers (setmaxnreg 240 with 1-2 consumer warpgroups, 160 with 3): O accumulator
   // dv/2, S block_n/2 and P block_n/4 per thread, plus ~40 for addresses, softmax state and the
   // score modifiers.
@@ -245,6 +249,7 @@ std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig&
   }
   if (spec.target.cpu) return why_illegal_cpu(spec, cfg);
   if (cfg.hopper()) return why_illegal_sm90(spec, cfg, limits);
+  if (cfg.overlap) return std::string("overlap (_ov) is a Hopper-family (h_...) option");
   if (spec.target.sm < 80) return fmt::format("sm_{} unsupported: mma.sync family needs sm_80+", spec.target.sm);
   if (spec.dtype == DType::f32) return std::string("dtype f32 unsupported on the GPU: f16 or bf16");
   if (cfg.warps != 2 && cfg.warps != 4 && cfg.warps != 8) {
@@ -306,7 +311,7 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
   const int dv = sm90_layout(spec).head_dim_v_pad;
   // Two consumer warpgroups (128 query rows) so that one's softmax overlaps the other's wgmma;
   // block_n as large as the registers allow (O dv/2 + S and P 3/4 block_n per thread).
-  TileConfig c = sm90_config(dv <= 128 ? 128 : dv <= 192 ? 80 : 64, 2, 2);
+  TileConfig c = sm90_config(dv <= 128 ? 128 : dv <= 192 ? 80 : 64, 2, 2, /*overlap=*/true);
   while (why_illegal(spec, c, limits) && c.block_n > 16) c.block_n -= 16;
   return c;
 }

@@ -71,6 +71,9 @@ struct TileConfig {
   int stages = 2;      ///< K/V shared-memory pipeline depth (cp.async); CPU: 0
   bool q_in_regs = false;  ///< keep Q fragments in registers instead of re-reading shared memory
   Family family = Family::sm80;
+  /// Hopper family only: intra-warpgroup overlap, i.e. each consumer issues S = Q K^T of the next
+  /// tile and O += P V of the current one back to back, and runs the softmax while P V computes.
+  bool overlap = false;
 
   bool operator==(const TileConfig&) const = default;
   /// A CPU config: warps and stages 0.
@@ -79,13 +82,13 @@ struct TileConfig {
   /// Consumer warpgroups of a Hopper config (warps / 4 - 1).
   int consumer_warpgroups() const { return warps / 4 - 1; }
   /// "bm128_bn64_w8_s2", suffix "_qr" = Q in registers; CPU configs "cpu_bm32_bn128"; Hopper
-  /// configs "h_bm128_bn128_wg2_s2" (wg = consumer warpgroups).
+  /// configs "h_bm128_bn128_wg2_s2" (wg = consumer warpgroups), suffix "_ov" = overlap.
   std::string canonical() const;
 };
 
 /// A Hopper-family config with `consumers` consumer warpgroups (block_m = 64 * consumers).
-inline TileConfig sm90_config(int block_n, int consumers, int stages) {
-  return {64 * consumers, block_n, 4 * (consumers + 1), stages, false, Family::sm90};
+inline TileConfig sm90_config(int block_n, int consumers, int stages, bool overlap = false) {
+  return {64 * consumers, block_n, 4 * (consumers + 1), stages, false, Family::sm90, overlap};
 }
 
 /// Shared-memory layout facts of the Hopper family that the host needs to build TMA tensor maps:

@@ -8,7 +8,8 @@
 // shared memory (both operands K-major), score modifiers and masks (the generator's ScoreMod),
 // online softmax in fp32 in the exp2 domain, then O += P V with wgmma taking P from registers (the
 // S accumulators repacked, no trip through shared memory) and V as an MN-major operand. The
-// consumers run independently, so one warpgroup's softmax overlaps the other's wgmma.
+// consumers run independently, so one warpgroup's softmax overlaps the other's wgmma; with
+// kOverlap each consumer also overlaps its own softmax of tile j with its P V of tile j-1.
 //
 // Shared-memory tiles are panels of kSwizzle-byte rows (kSwizzle / 2 columns per panel, one TMA
 // box each), swizzled by the TMA unit exactly as wgmma's descriptors expect; head dims are padded
@@ -200,25 +201,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     row_max[0] = row_max[1] = neg_inf();
     row_sum[0] = row_sum[1] = 0.0f;
 
-    mbar_wait(bar_q, 0);
-    for (int it = 0; it < n_tiles; ++it) {
-      const int s = it % kStages;
-      const u32 phase = static_cast<u32>(it / kStages) & 1u;
-      const int n0 = (nb_begin + it) * kBlockN;
-
-      // ---- S = Q K^T ---------------------------------------------------------------------------
-      float acc_s[kSNRegs];  // (64, BLOCK_N) per warpgroup
-      mbar_wait(bar_full_k + 8 * s, phase);
-      fence_regs(acc_s);
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < kHeadDimPad / 16; ++ks) {
-        wgmma_s(acc_s, desc_q(sQ, row0, ks), desc_k(sK + s * kKStageBytes, ks), ks > 0 ? 1 : 0);
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(acc_s);
-
+    // Scores of one tile in acc_s -> probabilities in place; correction of the running max.
+    auto softmax_tile = [&](float (&acc_s)[kSNRegs], int n0, float (&correction)[2]) {
       // ---- score modifiers and masks ---------------------------------------------------------
       if constexpr (!kRawScores) {
         mod.begin_tile(nullptr, n0);
@@ -257,9 +241,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           }
         }
       }
-
       // ---- online softmax (exp2 domain; scale folded into one FMA when kRawScores) -------------
-      float correction[2];
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         float mx = row_max[hf];
@@ -283,6 +265,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         }
         row_sum[hf] = row_sum[hf] * correction[hf] + sum;
       }
+    };
+    auto rescale_o = [&](const float (&correction)[2]) {
 #pragma unroll
       for (int d = 0; d < kDT; ++d) {
         acc_o[4 * d + 0] *= correction[0];
@@ -290,9 +274,10 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         acc_o[4 * d + 2] *= correction[1];
         acc_o[4 * d + 3] *= correction[1];
       }
-
-      // ---- O += P V: P from registers (the S accumulator layout is wgmma's A fragment layout) ---
-      u32 pa[kBlockN / 16][4];  // (64, 16) A fragments of P per k16 step
+    };
+    // P as wgmma A fragments: the S accumulator layout is wgmma's A-fragment layout, so each k16
+    // step of P V takes two n8 groups of S, packed to 16-bit pairs.
+    auto pack_p = [&](const float (&acc_s)[kSNRegs], u32 (&pa)[kBlockN / 16][4]) {
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk) {
         pa[kk][0] = pack2(acc_s[8 * kk + 0], acc_s[8 * kk + 1]);
@@ -300,19 +285,100 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         pa[kk][2] = pack2(acc_s[8 * kk + 4], acc_s[8 * kk + 5]);
         pa[kk][3] = pack2(acc_s[8 * kk + 6], acc_s[8 * kk + 7]);
       }
-      mbar_wait(bar_full_v + 8 * s, phase);
-      fence_regs(acc_o);
-      wgmma_fence();
+    };
+    auto issue_s = [&](float (&acc_s)[kSNRegs], int s) {  // S = Q K^T, committed, not waited
+#pragma unroll
+      for (int ks = 0; ks < kHeadDimPad / 16; ++ks) {
+        wgmma_s(acc_s, desc_q(sQ, row0, ks), desc_k(sK + s * kKStageBytes, ks), ks > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+    };
+    auto issue_pv = [&](u32 (&pa)[kBlockN / 16][4], int s) {  // O += P V, committed, not waited
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk) {
         wgmma_o(acc_o, pa[kk], desc_v(sV + s * kVStageBytes, kk));
       }
       wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(acc_o);
+    };
+    auto fence_p = [&](u32 (&pa)[kBlockN / 16][4]) {
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk) fence_regs(pa[kk]);
-      mbar_arrive(bar_empty + 8 * s);  // this thread is done with stage s
+    };
+    auto phase_of = [](int it) { return static_cast<u32>(it / kStages) & 1u; };
+
+    mbar_wait(bar_q, 0);
+    if constexpr (!kOverlap) {
+      // Serial schedule: S, softmax, P V, each wgmma batch waited on before its result is used.
+      for (int it = 0; it < n_tiles; ++it) {
+        const int s = it % kStages;
+        float acc_s[kSNRegs];  // (64, BLOCK_N) per warpgroup
+        mbar_wait(bar_full_k + 8 * s, phase_of(it));
+        fence_regs(acc_s);
+        wgmma_fence();
+        issue_s(acc_s, s);
+        wgmma_wait<0>();
+        fence_regs(acc_s);
+        float correction[2];
+        softmax_tile(acc_s, (nb_begin + it) * kBlockN, correction);
+        rescale_o(correction);
+        u32 pa[kBlockN / 16][4];  // (64, 16) A fragments of P per k16 step
+        pack_p(acc_s, pa);
+        mbar_wait(bar_full_v + 8 * s, phase_of(it));
+        fence_regs(acc_o);
+        wgmma_fence();
+        issue_pv(pa, s);
+        wgmma_wait<0>();
+        fence_regs(acc_o);
+        fence_p(pa);
+        mbar_arrive(bar_empty + 8 * s);  // this thread is done with stage s
+      }
+    } else {
+      // Intra-warpgroup overlap: S of tile it and P V of tile it-1 are issued back to back; the
+      // softmax of tile it runs while P V computes. Holds S, P and O at once.
+      float acc_s[kSNRegs];      // (64, BLOCK_N) per warpgroup
+      u32 pa[kBlockN / 16][4];   // P of the previous tile
+      float correction[2];
+      mbar_wait(bar_full_k, 0);
+      fence_regs(acc_s);
+      wgmma_fence();
+      issue_s(acc_s, 0);
+      wgmma_wait<0>();
+      fence_regs(acc_s);
+      softmax_tile(acc_s, nb_begin * kBlockN, correction);  // O is 0: no rescale
+      pack_p(acc_s, pa);
+      for (int it = 1; it < n_tiles; ++it) {
+        const int s = it % kStages;
+        const int sp = (it - 1) % kStages;
+        // Both waits before the fence: the two batches issue back to back in one basic block
+        // (V of tile it-1 landed with or before K of tile it).
+        mbar_wait(bar_full_v + 8 * sp, phase_of(it - 1));
+        mbar_wait(bar_full_k + 8 * s, phase_of(it));
+        fence_regs(acc_s);
+        fence_regs(acc_o);
+        fence_p(pa);
+        wgmma_fence();
+        issue_s(acc_s, s);
+        issue_pv(pa, sp);
+        wgmma_wait<1>();  // S of tile it is done; P V of tile it-1 may still run
+        fence_regs(acc_s);
+        softmax_tile(acc_s, (nb_begin + it) * kBlockN, correction);
+        wgmma_wait<0>();
+        fence_regs(acc_o);
+        fence_p(pa);
+        mbar_arrive(bar_empty + 8 * sp);  // this thread is done with stage sp
+        rescale_o(correction);
+        pack_p(acc_s, pa);
+      }
+      const int sl = (n_tiles - 1) % kStages;
+      mbar_wait(bar_full_v + 8 * sl, phase_of(n_tiles - 1));
+      fence_regs(acc_o);
+      fence_p(pa);
+      wgmma_fence();
+      issue_pv(pa, sl);
+      wgmma_wait<0>();
+      fence_regs(acc_o);
+      fence_p(pa);
+      mbar_arrive(bar_empty + 8 * sl);
     }
 
     // ---- epilogue: normalise, write O (and LSE) ------------------------------------------------

@@ -635,6 +635,16 @@ TEST(Sm90Config, CanonicalIsDistinctAndRoundTrips) {
   const TileConfig same_numbers{128, 128, 12, 2, false};
   EXPECT_FALSE(same_numbers == c);
   EXPECT_EQ(same_numbers.canonical(), "bm128_bn128_w12_s2");
+  const TileConfig ov = sm90_config(128, 2, 2, true);
+  EXPECT_EQ(ov.canonical(), "h_bm128_bn128_wg2_s2_ov");
+  EXPECT_TRUE(parse_config("h_bm128_bn128_wg2_s2_ov") == ov);
+  EXPECT_FALSE(ov == c);
+  // Overlap holds tile j's stage while waiting for tile j+1's K: one stage would deadlock.
+  EXPECT_NE(why_illegal(sm90_spec(), sm90_config(128, 2, 1, true), limits_for_arch(90)).value_or("").find("stages"),
+            std::string::npos);
+  TileConfig sm80_ov{128, 64, 4, 2, false};
+  sm80_ov.overlap = true;
+  EXPECT_NE(why_illegal(sm90_spec(), sm80_ov, limits_for_arch(90)).value_or("").find("Hopper"), std::string::npos);
 }
 
 TEST(Sm90Config, WhyIllegalExplains) {

@@ -88,10 +88,12 @@ std::vector<Candidate> search_space(const KernelSpec& spec, const DeviceLimits& 
     for (int consumers : {1, 2, 3}) {
       for (int bn : kSm90BlockN) {
         for (int s : {2, 3}) {
-          Candidate c;
-          c.config = sm90_config(bn, consumers, s);
-          if (auto why = why_illegal(spec, c.config, limits)) c.pruned = std::move(*why);
-          out.push_back(std::move(c));
+          for (bool overlap : {false, true}) {
+            Candidate c;
+            c.config = sm90_config(bn, consumers, s, overlap);
+            if (auto why = why_illegal(spec, c.config, limits)) c.pruned = std::move(*why);
+            out.push_back(std::move(c));
+          }
         }
       }
     }
