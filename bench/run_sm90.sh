@@ -35,6 +35,13 @@ for step in $steps; do
       ;;
     sm90) shards 14 ${SM90_SECS:-70} "$OUT/sm90_tests.log" "$B/forward_sm90_gpu_test" ;;
     fwd) shards 14 ${FWD_SECS:-60} "$OUT/fwd_tests.log" "$B/forward_gpu_test" ;;
+    racecheck)  # shared-memory hazards and barrier misuse on two small cases (slow tools)
+      for tool in racecheck synccheck; do
+        timeout ${RACE_SECS:-40} compute-sanitizer --tool $tool --error-exitcode 99 "$B/forward_sm90_gpu_test" \
+          --gtest_filter="${RACE_FILTER:-*Sm90HeadDims*d64_bf16*:*config_h_bm128_bn128_wg2_s2_ov_pp_d96}" > "$OUT/$tool.log" 2>&1
+        echo "$tool rc=$? $(grep -c '^\[       OK \]' "$OUT/$tool.log") ok; $(grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY' "$OUT/$tool.log" | sort | uniq -c | tr '\n' ' ')"
+      done
+      ;;
     memcheck)
       FAILLINES=10 shards 4 ${MEMCHECK_SECS:-40} "$OUT/memcheck.log" compute-sanitizer --tool memcheck \
         --report-api-errors no --error-exitcode 99 "$B/forward_sm90_gpu_test" \

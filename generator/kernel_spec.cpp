@@ -72,8 +72,8 @@ std::string KernelSpec::tag() const {
 
 std::string TileConfig::canonical() const {
   if (hopper()) {
-    return fmt::format("h_bm{}_bn{}_wg{}_s{}{}{}", block_m, block_n, consumer_warpgroups(), stages,
-                       q_in_regs ? "_qr" : "", overlap ? "_ov" : "");
+    return fmt::format("h_bm{}_bn{}_wg{}_s{}{}{}{}", block_m, block_n, consumer_warpgroups(), stages,
+                       q_in_regs ? "_qr" : "", overlap ? "_ov" : "", pingpong ? "_pp" : "");
   }
   if (cpu() && !q_in_regs) return fmt::format("cpu_bm{}_bn{}", block_m, block_n);
   return fmt::format("bm{}_bn{}_w{}_s{}{}", block_m, block_n, warps, stages,
@@ -202,6 +202,10 @@ std::optional<std::string> why_illegal_sm90(const KernelSpec& spec, const TileCo
     return fmt::format("stages {} unsupported: 1 to 4 (K/V TMA ring)", cfg.stages);
   }
   if (cfg.q_in_regs) return std::string("q_in_regs is an sm80-family option (wgmma reads Q from shared memory)");
+  if (cfg.pingpong && (!cfg.overlap || consumers != 2)) {
+    return std::string("ping-pong (_pp) needs overlap (_ov) and 2 consumer warpgroups (one issue point "
+                       "per tile, two warpgroups taking turns)");
+  }
   if (cfg.overlap && cfg.stages < 2) {
     // The next tile's K is waited on while the current tile's stage is still held for P V.
     return std::string("overlap (_ov) needs 2+ stages: tile j+1's K loads while tile j's V is in use");
@@ -249,7 +253,9 @@ std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig&
   }
   if (spec.target.cpu) return why_illegal_cpu(spec, cfg);
   if (cfg.hopper()) return why_illegal_sm90(spec, cfg, limits);
-  if (cfg.overlap) return std::string("overlap (_ov) is a Hopper-family (h_...) option");
+  if (cfg.overlap || cfg.pingpong) {
+    return std::string("overlap (_ov) and ping-pong (_pp) are Hopper-family (h_...) options");
+  }
   if (spec.target.sm < 80) return fmt::format("sm_{} unsupported: mma.sync family needs sm_80+", spec.target.sm);
   if (spec.dtype == DType::f32) return std::string("dtype f32 unsupported on the GPU: f16 or bf16");
   if (cfg.warps != 2 && cfg.warps != 4 && cfg.warps != 8) {

@@ -74,6 +74,9 @@ struct TileConfig {
   /// Hopper family only: intra-warpgroup overlap, i.e. each consumer issues S = Q K^T of the next
   /// tile and O += P V of the current one back to back, and runs the softmax while P V computes.
   bool overlap = false;
+  /// Hopper family only, with overlap and 2 consumer warpgroups: the consumers take turns issuing
+  /// their wgmma batches (named barriers), so one's softmax runs while the other's wgmma does.
+  bool pingpong = false;
 
   bool operator==(const TileConfig&) const = default;
   /// A CPU config: warps and stages 0.
@@ -82,13 +85,14 @@ struct TileConfig {
   /// Consumer warpgroups of a Hopper config (warps / 4 - 1).
   int consumer_warpgroups() const { return warps / 4 - 1; }
   /// "bm128_bn64_w8_s2", suffix "_qr" = Q in registers; CPU configs "cpu_bm32_bn128"; Hopper
-  /// configs "h_bm128_bn128_wg2_s2" (wg = consumer warpgroups), suffix "_ov" = overlap.
+  /// configs "h_bm128_bn128_wg2_s2" (wg = consumer warpgroups), suffix "_ov" = overlap, "_pp" = ping-pong.
   std::string canonical() const;
 };
 
 /// A Hopper-family config with `consumers` consumer warpgroups (block_m = 64 * consumers).
-inline TileConfig sm90_config(int block_n, int consumers, int stages, bool overlap = false) {
-  return {64 * consumers, block_n, 4 * (consumers + 1), stages, false, Family::sm90, overlap};
+inline TileConfig sm90_config(int block_n, int consumers, int stages, bool overlap = false,
+                              bool pingpong = false) {
+  return {64 * consumers, block_n, 4 * (consumers + 1), stages, false, Family::sm90, overlap, pingpong};
 }
 
 /// Shared-memory layout facts of the Hopper family that the host needs to build TMA tensor maps:

@@ -9,7 +9,8 @@
 // online softmax in fp32 in the exp2 domain, then O += P V with wgmma taking P from registers (the
 // S accumulators repacked, no trip through shared memory) and V as an MN-major operand. The
 // consumers run independently, so one warpgroup's softmax overlaps the other's wgmma; with
-// kOverlap each consumer also overlaps its own softmax of tile j with its P V of tile j-1.
+// kOverlap each consumer also overlaps its own softmax of tile j with its P V of tile j-1, and with
+// kPingPong the two consumers take turns issuing wgmma (named barriers).
 //
 // Shared-memory tiles are panels of kSwizzle-byte rows (kSwizzle / 2 columns per panel, one TMA
 // box each), swizzled by the TMA unit exactly as wgmma's descriptors expect; head dims are padded
@@ -52,6 +53,8 @@ constexpr int kDT = kHeadDimVPad / 8;      // n8 column groups of O
 static_assert(kConsumers >= 1 && kConsumers <= 3, "1 to 3 consumer warpgroups");
 static_assert(kBlockM == 64 * kConsumers, "block_m must be 64 rows per consumer warpgroup");
 static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "block_n: multiple of 16 up to 256 (wgmma N)");
+static_assert(!kPingPong || (kOverlap && kConsumers == 2), "ping-pong needs overlap and 2 consumers");
+static_assert(!kOverlap || kStages >= 2, "overlap needs 2+ stages");
 static_assert(kHeadDimPad % 16 == 0 && kHeadDimVPad % 16 == 0, "padded head dims: multiples of 16");
 static_assert(kHeadDimPad % kPanelColsQK == 0 && kHeadDimVPad % kPanelColsV == 0,
               "padded head dims must be whole panels");
@@ -305,6 +308,23 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       for (int kk = 0; kk < kBlockN / 16; ++kk) fence_regs(pa[kk]);
     };
     auto phase_of = [](int it) { return static_cast<u32>(it / kStages) & 1u; };
+    // Ping-pong (2 consumers): warpgroup w issues its wgmma batch after bar.sync on barrier 1+w,
+    // then bar.arrive's the other's barrier, so the two alternate on the tensor cores and one's
+    // softmax runs under the other's wgmma. Consumer 1 starts by giving consumer 0 the first
+    // turn and skips its last hand-over, so arrivals and syncs match exactly.
+    int turns_left = n_tiles + 1;  // issue points: S of tile 0, n_tiles - 1 overlapped, last P V
+    auto my_turn = [&] {
+      if constexpr (kPingPong) named_bar_sync(1 + wg, 256);
+    };
+    auto pass_turn = [&] {
+      if constexpr (kPingPong) {
+        --turns_left;
+        if (wg == 0 || turns_left > 0) named_bar_arrive(2 - wg, 256);
+      }
+    };
+    if constexpr (kPingPong) {
+      if (wg == 1) named_bar_arrive(1, 256);
+    }
 
     mbar_wait(bar_q, 0);
     if constexpr (!kOverlap) {
@@ -340,8 +360,10 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       float correction[2];
       mbar_wait(bar_full_k, 0);
       fence_regs(acc_s);
+      my_turn();
       wgmma_fence();
       issue_s(acc_s, 0);
+      pass_turn();
       wgmma_wait<0>();
       fence_regs(acc_s);
       softmax_tile(acc_s, nb_begin * kBlockN, correction);  // O is 0: no rescale
@@ -356,9 +378,11 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         fence_regs(acc_s);
         fence_regs(acc_o);
         fence_p(pa);
+        my_turn();
         wgmma_fence();
         issue_s(acc_s, s);
         issue_pv(pa, sp);
+        pass_turn();
         wgmma_wait<1>();  // S of tile it is done; P V of tile it-1 may still run
         fence_regs(acc_s);
         softmax_tile(acc_s, (nb_begin + it) * kBlockN, correction);
@@ -373,8 +397,10 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       mbar_wait(bar_full_v + 8 * sl, phase_of(n_tiles - 1));
       fence_regs(acc_o);
       fence_p(pa);
+      my_turn();
       wgmma_fence();
       issue_pv(pa, sl);
+      pass_turn();
       wgmma_wait<0>();
       fence_regs(acc_o);
       fence_p(pa);

@@ -639,6 +639,12 @@ TEST(Sm90Config, CanonicalIsDistinctAndRoundTrips) {
   EXPECT_EQ(ov.canonical(), "h_bm128_bn128_wg2_s2_ov");
   EXPECT_TRUE(parse_config("h_bm128_bn128_wg2_s2_ov") == ov);
   EXPECT_FALSE(ov == c);
+  EXPECT_EQ(sm90_config(128, 2, 2, true, true).canonical(), "h_bm128_bn128_wg2_s2_ov_pp");
+  EXPECT_TRUE(parse_config("h_bm128_bn128_wg2_s2_ov_pp") == sm90_config(128, 2, 2, true, true));
+  EXPECT_NE(why_illegal(sm90_spec(), sm90_config(128, 2, 2, false, true), limits_for_arch(90)).value_or("").find("ping-pong"),
+            std::string::npos);
+  EXPECT_NE(why_illegal(sm90_spec(), sm90_config(64, 3, 2, true, true), limits_for_arch(90)).value_or("").find("ping-pong"),
+            std::string::npos);
   // Overlap holds tile j's stage while waiting for tile j+1's K: one stage would deadlock.
   EXPECT_NE(why_illegal(sm90_spec(), sm90_config(128, 2, 1, true), limits_for_arch(90)).value_or("").find("stages"),
             std::string::npos);

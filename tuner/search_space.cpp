@@ -88,9 +88,9 @@ std::vector<Candidate> search_space(const KernelSpec& spec, const DeviceLimits& 
     for (int consumers : {1, 2, 3}) {
       for (int bn : kSm90BlockN) {
         for (int s : {2, 3}) {
-          for (bool overlap : {false, true}) {
+          for (int schedule : {0, 1, 2}) {  // serial, overlap, overlap + ping-pong
             Candidate c;
-            c.config = sm90_config(bn, consumers, s, overlap);
+            c.config = sm90_config(bn, consumers, s, schedule >= 1, schedule == 2);
             if (auto why = why_illegal(spec, c.config, limits)) c.pruned = std::move(*why);
             out.push_back(std::move(c));
           }
