@@ -315,10 +315,28 @@ TileConfig default_config_cpu(const KernelSpec& spec) {
 
 TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limits) {
   const int dv = sm90_layout(spec).head_dim_v_pad;
-  // Two consumer warpgroups (128 query rows) so that one's softmax overlaps the other's wgmma;
-  // block_n as large as the registers allow (O dv/2 + S and P 3/4 block_n per thread).
-  TileConfig c = sm90_config(dv <= 128 ? 128 : dv <= 192 ? 80 : 64, 2, 2, /*overlap=*/true);
-  while (why_illegal(spec, c, limits) && c.block_n > 16) c.block_n -= 16;
+  // Two consumer warpgroups (128 query rows). Measured on the H200 (bench/NOTES.md, "Hopper
+  // family"), bf16 seqlen 4096: up to head dim 128, overlap + ping-pong with 3 stages wins (d128
+  // 594 TFLOP/s vs 548 serial; d64 432 vs 405); at d256 the serial schedule does (592 vs 522 with
+  // overlap + ping-pong, whose S, P and O registers all live at once spill with modifiers there).
+  // Above head dim 96 a bias tensor (its hoisted global loads), or three or more modifiers (bias,
+  // ALiBi, softcap, window, LSE), keep enough live to spill under overlap (NVRTC 13.0: 24-168
+  // bytes at d104-128): serial schedule there.
+  const int modifiers = int(spec.bias) + int(spec.alibi) + int(spec.softcap > 0.0f) + int(spec.window) +
+                        int(spec.lse);
+  const bool overlap = dv <= 96 || (dv <= 128 && !spec.bias && modifiers < 3);
+  TileConfig c = overlap ? sm90_config(128, 2, 3, /*overlap=*/true, /*pingpong=*/true)
+                         : sm90_config(dv <= 128 ? 128 : dv <= 192 ? 80 : 64, 2, dv <= 128 ? 3 : 2);
+  // Shrink until it fits: stages, then block_n.
+  while (why_illegal(spec, c, limits)) {
+    if (c.stages > 2) {
+      --c.stages;
+    } else if (c.block_n > 16) {
+      c.block_n -= 16;
+    } else {
+      break;
+    }
+  }
   return c;
 }
 
