@@ -281,8 +281,8 @@ int run_compile(const CompileOptions& o) {
   const harness::ProblemDesc desc = problem_desc(o.problem);
   const BuiltKernel k = build_kernel(desc, o.problem.config, sm);
   const device::CompileResult r =
-      device::compile_to_cubin(k.source.source, k.source.name, sm, arch_specific);
-  const std::string arch = fmt::format("sm_{}{}", sm, arch_specific ? "a" : "");
+      device::compile_to_cubin(k.source.source, k.source.name, sm, arch_specific || k.source.arch_specific);
+  const std::string arch = fmt::format("sm_{}{}", sm, arch_specific || k.source.arch_specific ? "a" : "");
   if (o.json) {
     JsonObject j;
     j.add("kernel", k.source.name).add("spec", k.spec.canonical()).add("config", k.config.canonical())

@@ -158,7 +158,7 @@ bool tune_one(harness::ProblemDesc desc, const TuneOptions& o, std::ostream& out
   for (auto& c : cands) {
     if (c.pruned) continue;
     cache::Binary b;
-    b.key = binary_key(c.source, backend);
+    b.key = binary_key(c.source, backend, c.config.hopper());
     b.kernel_name = c.kernel_name;
     b.cubin = c.cubin;
     b.registers = std::max(0, c.registers);  // -1 (CPU, no report) is stored as 0

@@ -21,6 +21,11 @@ struct KernelSource {
   std::string source;  ///< full translation unit, no #include of host headers
   int threads = 128;     ///< GPU: threads per CTA; CPU: 0
   int shared_bytes = 0;  ///< GPU: dynamic shared memory to launch with; CPU: 0
+  /// GPU: compile for the arch-specific target (sm_90a: wgmma, setmaxnreg), whose binaries run on
+  /// that arch only; the Hopper family sets it.
+  bool arch_specific = false;
+  /// GPU: the kernel takes AttnFwdTmaParams (TMA tensor maps + params) instead of AttnFwdParams.
+  bool tma_params = false;
 };
 
 /// The kernels of a backward module besides the dK/dV kernel `name`.
@@ -50,6 +55,24 @@ std::string header_text(std::string_view name);
 std::string params_header();
 /// generate() for a CPU spec, after why_illegal (generator_cpu.cpp).
 KernelSource generate_cpu(const KernelSpec& spec, const TileConfig& cfg);
+/// generate() for a Hopper-family config, after why_illegal (generator_sm90.cpp).
+KernelSource generate_sm90(const KernelSpec& spec, const TileConfig& cfg);
+
+/// Score modifiers of a GPU spec, as the lines of struct ScoreMod's members.
+struct GpuScoreModCode {
+  std::string fields;
+  std::string init;
+  std::string begin_tile;  // per key tile: where this tile's staged inputs are
+  std::string apply;
+  std::string grad_scale;  // backward: d(modified score) / d(raw score)
+};
+GpuScoreModCode gpu_score_mod_code(const KernelSpec& spec);
+/// The emitted `struct ScoreMod { ... };` for these modifiers (with grad_scale() for backward).
+std::string gpu_score_mod_struct(const GpuScoreModCode& mod, bool with_grad = false);
+/// No modifier: the kernel keeps raw scores and folds the scale into the exp2 FMA.
+bool gpu_raw_scores(const KernelSpec& spec);
+/// The extern "C" symbol of a GPU kernel; spells out the specialisation.
+std::string gpu_kernel_name(const KernelSpec& spec, const TileConfig& cfg);
 }  // namespace detail
 
 }  // namespace jitattn

@@ -80,6 +80,10 @@ std::string KernelSpec::tag() const {
 }
 
 std::string TileConfig::canonical() const {
+  if (hopper()) {
+    return fmt::format("h_bm{}_bn{}_wg{}_s{}{}{}{}", block_m, block_n, consumer_warpgroups(), stages,
+                       q_in_regs ? "_qr" : "", overlap ? "_ov" : "", pingpong ? "_pp" : "");
+  }
   if (cpu() && !q_in_regs) return fmt::format("cpu_bm{}_bn{}", block_m, block_n);
   return fmt::format("bm{}_bn{}_w{}_s{}{}{}", block_m, block_n, warps, stages,
                      q_in_regs ? "_qr" : "", split > 1 ? fmt::format("_x{}", split) : "");
@@ -93,6 +97,25 @@ int cpu_scratch_bytes(const KernelSpec& spec, const TileConfig& cfg) {
   return static_cast<int>(std::min<long long>(4 * floats, 1ll << 30));
 }
 
+Sm90Layout sm90_layout(const KernelSpec& spec) {
+  Sm90Layout l;
+  auto pad16 = [](int d) { return (d + 15) / 16 * 16; };
+  // The widest swizzle whose panel (swizzle / 2 columns) divides the padded dim: 128-byte rows
+  // give conflict-free wgmma reads; 64/32-byte panels keep head dims like 96 or 80 unpadded.
+  auto swizzle = [](int dpad) { return dpad % 64 == 0 ? 128 : dpad % 32 == 0 ? 64 : 32; };
+  l.head_dim_pad = pad16(spec.head_dim);
+  l.head_dim_v_pad = pad16(spec.head_dim_v);
+  l.swizzle_qk = swizzle(l.head_dim_pad);
+  l.swizzle_v = swizzle(l.head_dim_v_pad);
+  return l;
+}
+
+namespace {
+// Same rule as templates/attn_fwd_sm90.cuh: each panel of `rows` rows of `swizzle` bytes starts on
+// a 1 KiB boundary (the period of the widest swizzle pattern).
+int sm90_panel_bytes(int rows, int swizzle) { return (rows * swizzle + 1023) / 1024 * 1024; }
+}  // namespace
+
 int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
   if (spec.pass == Pass::backward) {
     // dK/dV kernel: K and V of the CTA's keys, `stages` x (Q, dO) query tiles, dS^T (fast mode),
@@ -101,6 +124,15 @@ int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
     int elems = cfg.block_n * rows + cfg.stages * cfg.block_m * rows;
     if (!spec.deterministic) elems += cfg.block_n * padded_stride(cfg.block_m);
     return 2 * elems + 8 * cfg.stages * cfg.block_m;
+  }
+  if (cfg.hopper()) {
+    const Sm90Layout l = sm90_layout(spec);
+    const int q = (l.head_dim_pad / l.panel_cols_qk()) * sm90_panel_bytes(cfg.block_m, l.swizzle_qk);
+    const int k = (l.head_dim_pad / l.panel_cols_qk()) * sm90_panel_bytes(cfg.block_n, l.swizzle_qk);
+    const int v = (l.head_dim_v_pad / l.panel_cols_v()) * sm90_panel_bytes(cfg.block_n, l.swizzle_v);
+    // + 1 KiB to align the dynamic shared-memory base, + the mbarriers (Q, then full K, full V
+    // and empty per stage), 8 bytes each.
+    return q + cfg.stages * (k + v) + 1024 + 8 * (1 + 3 * cfg.stages);
   }
   const int q = cfg.block_m * padded_stride(spec.head_dim);
   int per_stage = cfg.block_n * (padded_stride(spec.head_dim) + padded_stride(spec.head_dim_v));
@@ -161,6 +193,68 @@ std::optional<std::string> why_illegal_cpu(const KernelSpec& spec, const TileCon
   return std::nullopt;
 }
 
+// The Hopper family (templates/attn_fwd_sm90.cuh).
+std::optional<std::string> why_illegal_sm90(const KernelSpec& spec, const TileConfig& cfg,
+                                            const DeviceLimits& limits) {
+  // wgmma and setmaxnreg exist on sm_90a only (not on later archs' plain targets).
+  if (spec.target.sm != 90 || limits.sm != 90) {
+    return fmt::format("the sm90 family needs an sm_90 device (wgmma, sm_90a); spec targets sm_{}",
+                       spec.target.sm);
+  }
+  if (spec.dtype == DType::f32) return std::string("dtype f32 unsupported on the GPU: f16 or bf16");
+  if (spec.pass != Pass::forward) return std::string("the sm90 family has forward kernels only (backward: mma.sync)");
+  if (spec.dropout) return std::string("the sm90 family has no dropout yet (the mma.sync family does)");
+  if (cfg.split != 1) return std::string("column slices (_x) are a backward option");
+  if (spec.varlen != VarlenKind::none) {
+    return std::string("varlen is not implemented in the sm90 family yet (the sm80 family runs it)");
+  }
+  const int consumers = cfg.consumer_warpgroups();
+  if (cfg.warps % 4 != 0 || consumers < 1 || consumers > 3) {
+    return fmt::format("warps {} unsupported: 4 * (1 producer + 1..3 consumer warpgroups)", cfg.warps);
+  }
+  if (cfg.block_m != 64 * consumers) {
+    return fmt::format("block_m {} must be 64 per consumer warpgroup ({} warpgroups)", cfg.block_m,
+                       consumers);
+  }
+  if (cfg.block_n < 16 || cfg.block_n > 256 || cfg.block_n % 16 != 0) {
+    return fmt::format("block_n {} unsupported: a multiple of 16 up to 256 (wgmma N and k16 steps of P V)",
+                       cfg.block_n);
+  }
+  if (cfg.stages < 1 || cfg.stages > 4) {
+    return fmt::format("stages {} unsupported: 1 to 4 (K/V TMA ring)", cfg.stages);
+  }
+  if (cfg.q_in_regs) return std::string("q_in_regs is an sm80-family option (wgmma reads Q from shared memory)");
+  if (cfg.pingpong && (!cfg.overlap || consumers != 2)) {
+    return std::string("ping-pong (_pp) needs overlap (_ov) and 2 consumer warpgroups (one issue point "
+                       "per tile, two warpgroups taking turns)");
+  }
+  if (cfg.overlap && cfg.stages < 2) {
+    // The next tile's K is waited on while the current tile's stage is still held for P V.
+    return std::string("overlap (_ov) needs 2+ stages: tile j+1's K loads while tile j's V is in use");
+  }
+  // Consumer registers (setmaxnreg 240 with 1-2 consumer warpgroups, 160 with 3): O accumulator
+  // dv/2, S block_n/2 and P block_n/4 per thread, plus ~40 for addresses, softmax state and the
+  // score modifiers.
+  const Sm90Layout l = sm90_layout(spec);
+  const int regs = l.head_dim_v_pad / 2 + cfg.block_n / 2 + cfg.block_n / 4;
+  const int budget = consumers == 3 ? 120 : 200;
+  if (regs > budget) {
+    return fmt::format("~{} accumulator registers per consumer thread (O {} + S {} + P {}) exceed "
+                       "the {} that fit under setmaxnreg {} without spills",
+                       regs, l.head_dim_v_pad / 2, cfg.block_n / 2, cfg.block_n / 4, budget,
+                       consumers == 3 ? 160 : 240);
+  }
+  if (cfg.warps * 32 > limits.max_threads_per_block) {
+    return fmt::format("{} threads exceed the device's {}", cfg.warps * 32, limits.max_threads_per_block);
+  }
+  const int smem = shared_memory_bytes(spec, cfg);
+  if (smem > limits.max_shared_per_block) {
+    return fmt::format("needs {} bytes of shared memory, device allows {} per block", smem,
+                       limits.max_shared_per_block);
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig& cfg,
@@ -180,6 +274,10 @@ std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig&
                : fmt::format("spec targets sm_{} but the device limits are the CPU's", spec.target.sm);
   }
   if (spec.target.cpu) return why_illegal_cpu(spec, cfg);
+  if (cfg.hopper()) return why_illegal_sm90(spec, cfg, limits);
+  if (cfg.overlap || cfg.pingpong) {
+    return std::string("overlap (_ov) and ping-pong (_pp) are Hopper-family (h_...) options");
+  }
   if (spec.target.sm < 80) return fmt::format("sm_{} unsupported: mma.sync family needs sm_80+", spec.target.sm);
   if (spec.dtype == DType::f32) return std::string("dtype f32 unsupported on the GPU: f16 or bf16");
   if (cfg.warps != 2 && cfg.warps != 4 && cfg.warps != 8) {
@@ -291,11 +389,51 @@ TileConfig default_backward_config(const KernelSpec& spec, const DeviceLimits& l
   return c;
 }
 
+TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limits) {
+  const int dv = sm90_layout(spec).head_dim_v_pad;
+  // Two consumer warpgroups (128 query rows). Measured on the H200 (bench/NOTES.md, "Hopper
+  // family"), bf16 seqlen 4096: up to head dim 128, overlap + ping-pong with 3 stages wins (d128
+  // 594 TFLOP/s vs 548 serial; d64 432 vs 405); at d256 the serial schedule does (592 vs 522 with
+  // overlap + ping-pong, whose S, P and O registers all live at once spill with modifiers there).
+  // Above head dim 96 a bias tensor (its hoisted global loads), or three or more modifiers (bias,
+  // ALiBi, softcap, window, LSE), keep enough live to spill under overlap (NVRTC 13.0: 24-168
+  // bytes at d104-128): serial schedule there.
+  const int modifiers = int(spec.bias) + int(spec.alibi) + int(spec.softcap > 0.0f) + int(spec.window) +
+                        int(spec.lse);
+  const bool overlap = dv <= 96 || (dv <= 128 && !spec.bias && modifiers < 3);
+  TileConfig c = overlap ? sm90_config(128, 2, 3, /*overlap=*/true, /*pingpong=*/true)
+                         : sm90_config(dv <= 128 ? 128 : dv <= 192 ? 80 : 64, 2, dv <= 128 ? 3 : 2);
+  // Shrink until it fits: stages, then block_n.
+  while (why_illegal(spec, c, limits)) {
+    if (c.stages > 2) {
+      --c.stages;
+    } else if (c.block_n > 16) {
+      c.block_n -= 16;
+    } else {
+      break;
+    }
+  }
+  return c;
+}
+
 }  // namespace
+
+bool sm90_family_default(const KernelSpec& spec, const DeviceLimits& limits) {
+  if (spec.target.cpu || spec.target.sm != 90 || limits.sm != 90) return false;
+  return !why_illegal(spec, default_config_sm90(spec, limits), limits).has_value();
+}
 
 TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits) {
   if (spec.target.cpu) return default_config_cpu(spec);
   if (spec.pass == Pass::backward) return default_backward_config(spec, limits);
+  if (sm90_family_default(spec, limits)) return default_config_sm90(spec, limits);
+  return family_default_config(spec, limits, Family::sm80);
+}
+
+TileConfig family_default_config(const KernelSpec& spec, const DeviceLimits& limits, Family family) {
+  if (spec.target.cpu) return default_config_cpu(spec);
+  if (spec.pass == Pass::backward) return default_backward_config(spec, limits);
+  if (family == Family::sm90) return default_config_sm90(spec, limits);
   // Register budget per thread decides (255 max, no spills; measured with NVRTC 13.0, see
   // bench/NOTES.md): the O accumulator holds rows_per_warp * head_dim_v / 32 floats and S
   // rows_per_warp * block_n / 32. 32 rows per warp (fewer K/V shared-memory reads per FLOP) fits

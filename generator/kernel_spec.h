@@ -64,8 +64,15 @@ struct KernelSpec {
   std::string tag() const;
 };
 
+/// Which GPU kernel family computes a config: the mma.sync family (templates/attn_fwd_sm80.cuh,
+/// sm_80+) or the Hopper family (templates/attn_fwd_sm90.cuh: wgmma, TMA, warp specialisation;
+/// compiled for sm_90a only).
+enum class Family { sm80, sm90 };
+
 /// How a spec is computed. GPU (mma.sync, sm_80+): all fields. CPU: block_m query rows per work
 /// item and block_n keys per step, with warps = 0, stages = 0 and q_in_regs = false.
+/// Hopper family (family sm90): warps = 4 * (consumer warpgroups + 1), the first warpgroup being
+/// the TMA producer; each consumer warpgroup owns 64 query rows, so block_m = 64 * consumers.
 struct TileConfig {
   int block_m = 128;   ///< query rows per CTA (CPU: per work item)
   int block_n = 64;    ///< keys per main-loop step
@@ -75,17 +82,48 @@ struct TileConfig {
   /// Backward only: column slices. Each CTA accumulates 1/split of the dK, dV (and dQ) columns
   /// and recomputes S and dP in full, so large head dims fit in registers.
   int split = 1;
+  Family family = Family::sm80;
+  /// Hopper family only: intra-warpgroup overlap, i.e. each consumer issues S = Q K^T of the next
+  /// tile and O += P V of the current one back to back, and runs the softmax while P V computes.
+  bool overlap = false;
+  /// Hopper family only, with overlap and 2 consumer warpgroups: the consumers take turns issuing
+  /// their wgmma batches (named barriers), so one's softmax runs while the other's wgmma does.
+  bool pingpong = false;
 
   bool operator==(const TileConfig&) const = default;
   /// A CPU config: warps and stages 0.
   bool cpu() const { return warps == 0 && stages == 0; }
+  bool hopper() const { return family == Family::sm90; }
+  /// Consumer warpgroups of a Hopper config (warps / 4 - 1).
+  int consumer_warpgroups() const { return warps / 4 - 1; }
   /// "bm128_bn64_w8_s2", suffix "_qr" = Q in registers, "_x2" = 2 column slices (backward);
-  /// CPU configs "cpu_bm32_bn128".
+  /// CPU configs "cpu_bm32_bn128"; Hopper configs "h_bm128_bn128_wg2_s2" (wg = consumer
+  /// warpgroups), suffix "_ov" = overlap, "_pp" = ping-pong.
   std::string canonical() const;
 };
 // Backward configs read the fields as: block_m = query rows per step of the dK/dV kernel (and
 // keys per step of the deterministic dQ kernel), block_n = keys per CTA = 16 per warp (and
 // query rows per CTA of the dQ kernel), stages = 1 or 2 buffers of the streamed tiles.
+
+/// A Hopper-family config with `consumers` consumer warpgroups (block_m = 64 * consumers).
+inline TileConfig sm90_config(int block_n, int consumers, int stages, bool overlap = false,
+                              bool pingpong = false) {
+  return {64 * consumers, block_n, 4 * (consumers + 1), stages, false, 1, Family::sm90, overlap, pingpong};
+}
+
+/// Shared-memory layout facts of the Hopper family that the host needs to build TMA tensor maps:
+/// head dims padded to wgmma's k16 granularity in shared memory (never in the user's tensors), and
+/// the swizzle width (bytes) of the Q/K and V tiles: tiles are stored as panels of
+/// swizzle_bytes / 2 columns, each loaded by one TMA box.
+struct Sm90Layout {
+  int head_dim_pad = 0;
+  int head_dim_v_pad = 0;
+  int swizzle_qk = 128;  ///< 32, 64 or 128
+  int swizzle_v = 128;
+  int panel_cols_qk() const { return swizzle_qk / 2; }
+  int panel_cols_v() const { return swizzle_v / 2; }
+};
+Sm90Layout sm90_layout(const KernelSpec& spec);
 
 /// A CPU config (warps and stages 0).
 inline TileConfig cpu_config(int block_m, int block_n) { return {block_m, block_n, 0, 0, false}; }
@@ -93,7 +131,8 @@ inline TileConfig cpu_config(int block_m, int block_n) { return {block_m, block_
 /// Largest head dim (QK or V) the mma.sync family specialises; multiples of 8 from 8 up to it.
 inline constexpr int kMaxHeadDim = 256;
 
-/// Shared memory in bytes the tile config needs for the spec (dynamic shared memory).
+/// Shared memory in bytes the tile config needs for the spec (dynamic shared memory; Hopper
+/// configs include 1 KiB of alignment slack and the mbarriers).
 int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg);
 
 /// Scratch (stack) bytes one CPU work item uses: Q^T, K and V blocks, S^T and the O accumulator
@@ -123,7 +162,15 @@ DeviceLimits limits_for_cpu();
 std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig& cfg,
                                        const DeviceLimits& limits);
 
-/// The heuristic default config for a spec on a device (always legal).
+/// The heuristic default config for a spec on a device (always legal): the Hopper family's on
+/// sm_90 where it supports the spec (sm90_family_default), else the mma.sync family's.
 TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits);
+
+/// The default config of one family (GPU specs; the CPU default for CPU specs). The sm90 family's
+/// may be illegal for the spec: check why_illegal.
+TileConfig family_default_config(const KernelSpec& spec, const DeviceLimits& limits, Family family);
+
+/// Whether default_config picks the Hopper family for this spec on this device.
+bool sm90_family_default(const KernelSpec& spec, const DeviceLimits& limits);
 
 }  // namespace jitattn

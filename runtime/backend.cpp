@@ -40,13 +40,15 @@ BackendInfo cpu_backend() {
   return b;
 }
 
-cache::BinaryKey binary_key(const std::string& source, const BackendInfo& backend) {
+cache::BinaryKey binary_key(const std::string& source, const BackendInfo& backend, bool arch_specific) {
   if (backend.cpu()) {
     return {cache::sha256_hex(source), cache::normalize_options(device::cpu_compile_options()),
             "llvm-" + device::llvm_version(), backend.key.arch};
   }
-  return {cache::sha256_hex(source), cache::normalize_options(device::compile_options(backend.target.sm)),
-          device::nvrtc_version(), fmt::format("sm_{}", backend.target.sm)};
+  // The target names the 'a' suffix: an sm_90a cubin is a different binary from an sm_90 one.
+  return {cache::sha256_hex(source),
+          cache::normalize_options(device::compile_options(backend.target.sm, arch_specific)),
+          device::nvrtc_version(), fmt::format("sm_{}{}", backend.target.sm, arch_specific ? "a" : "")};
 }
 
 const char* compiler_name(const BackendInfo& backend) { return backend.cpu() ? "clang" : "NVRTC"; }

@@ -30,8 +30,9 @@ BackendInfo cpu_backend();
 
 /// The binary cache key of `source` compiled for `backend`: sha256 of the source, the normalised
 /// compile options, the compiler version (NVRTC's, or "llvm-X.Y.Z") and the target ("sm_90", or
-/// the host CPU's arch key, which covers its feature set).
-cache::BinaryKey binary_key(const std::string& source, const BackendInfo& backend);
+/// the host CPU's arch key, which covers its feature set); `arch_specific` (the Hopper family's
+/// sm_90a binaries) changes both the options and the target ("sm_90a").
+cache::BinaryKey binary_key(const std::string& source, const BackendInfo& backend, bool arch_specific = false);
 
 /// "NVRTC" or "clang": what compiles kernels for `backend`.
 const char* compiler_name(const BackendInfo& backend);

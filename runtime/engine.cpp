@@ -26,6 +26,7 @@
 #include "runtime/plan.h"
 #include "runtime/problem.h"
 #include "runtime/numeric.h"
+#include "templates/attn_params_sm90.h"
 #include "tuner/record.h"
 #include "tuner/tuner.h"
 
@@ -77,6 +78,41 @@ void require_on_device(const void* p, int device, const char* argument) {
     throw InvalidArgument(argument, d < 0 ? fmt::format("must be device memory of device {} (q's device)", device)
                                           : fmt::format("is on device {}, q is on device {}", d, device));
   }
+}
+
+// The Hopper family's kernel parameter: TMA tensor maps of Q, K and V (boxes of one swizzled
+// panel by block_m or block_n rows, templates/attn_fwd_sm90.cuh) ahead of the ordinary params.
+jitattn_kernel::AttnFwdTmaParams make_tma_params(const AttentionArgs& args, const Problem& problem,
+                                                 const KernelSpec& spec, const TileConfig& cfg) {
+  static_assert(sizeof(CUtensorMap) == sizeof(jitattn_kernel::TensorMapBytes));
+  jitattn_kernel::AttnFwdTmaParams tp{};
+  tp.p = make_params(args, problem);
+  const Sm90Layout l = sm90_layout(spec);
+  auto encode = [](const TensorRef& t, int cols, int rows, int heads, int batch, unsigned box_cols,
+                   unsigned box_rows, int swizzle) {
+    const uint64_t es = 2;  // bytes per element (f16 / bf16)
+    const CUtensorMap map = device::encode_tensor_map_16bit(
+        t.data,
+        {static_cast<uint64_t>(cols), static_cast<uint64_t>(rows), static_cast<uint64_t>(heads),
+         static_cast<uint64_t>(batch)},
+        {static_cast<uint64_t>(t.stride[1]) * es, static_cast<uint64_t>(t.stride[2]) * es,
+         static_cast<uint64_t>(t.stride[0]) * es},
+        box_cols, box_rows, swizzle);
+    jitattn_kernel::TensorMapBytes bytes;
+    std::memcpy(&bytes, &map, sizeof(bytes));
+    return bytes;
+  };
+  tp.tma_q = encode(args.q, problem.head_dim, problem.seqlen_q, problem.heads_q, problem.batch,
+                    static_cast<unsigned>(l.panel_cols_qk()), static_cast<unsigned>(cfg.block_m), l.swizzle_qk);
+  // No keys (k and v may be null): every row is fully masked, the kernel writes zeros and -inf
+  // before touching a K/V map, and the driver refuses to encode an empty tensor.
+  if (problem.seqlen_k > 0) {
+    tp.tma_k = encode(args.k, problem.head_dim, problem.seqlen_k, problem.heads_kv, problem.batch,
+                      static_cast<unsigned>(l.panel_cols_qk()), static_cast<unsigned>(cfg.block_n), l.swizzle_qk);
+    tp.tma_v = encode(args.v, problem.head_dim_v, problem.seqlen_k, problem.heads_kv, problem.batch,
+                      static_cast<unsigned>(l.panel_cols_v()), static_cast<unsigned>(cfg.block_n), l.swizzle_v);
+  }
+  return tp;
 }
 
 }  // namespace
@@ -162,7 +198,7 @@ struct Engine::Impl {
     }
     // The cache file's binaries are keyed by the exact source, options, compiler version and
     // target, so a hit is the binary the compiler would produce now.
-    const cache::BinaryKey bkey = binary_key(src.source, backend);
+    const cache::BinaryKey bkey = binary_key(src.source, backend, src.arch_specific);
     std::shared_ptr<const device::CompileResult> result;
     {
       std::lock_guard lock(store_mu);
@@ -196,7 +232,7 @@ struct Engine::Impl {
         r = std::move(cr);
       } else {
         r = std::make_shared<const device::CompileResult>(
-            device::compile_to_cubin(src.source, src.name, backend.target.sm));
+            device::compile_to_cubin(src.source, src.name, backend.target.sm, src.arch_specific));
       }
       ++compiles;
       *compiled_now = true;
@@ -257,6 +293,23 @@ struct Engine::Impl {
     }
     std::lock_guard lock(dev.mu);
     return dev.choices.emplace(key, c).first->second;
+  }
+
+  // Launches a loaded GPU kernel for `problem` with its family's parameter block.
+  static void launch_gpu(const LoadedKernel& k, const KernelSpec& spec, const TileConfig& cfg,
+                         const Problem& problem, const AttentionArgs& args, CUstream stream) {
+    const auto grid = make_grid(problem, cfg);
+    const std::array<unsigned, 3> block = {static_cast<unsigned>(k.source.threads), 1, 1};
+    const auto shared = static_cast<unsigned>(k.source.shared_bytes);
+    if (k.source.tma_params) {
+      jitattn_kernel::AttnFwdTmaParams tp = make_tma_params(args, problem, spec, cfg);
+      void* launch_args[] = {&tp};
+      device::launch(k.function, grid, block, shared, stream, launch_args);
+    } else {
+      jitattn_kernel::AttnFwdParams params = make_params(args, problem);
+      void* launch_args[] = {&params};
+      device::launch(k.function, grid, block, shared, stream, launch_args);
+    }
   }
 
   // Returns the loaded kernel; for a CUDA device its primary context must be current.
@@ -375,9 +428,7 @@ ConfigChoice Engine::Impl::tune_now(DeviceState& dev, const KernelSpec& spec, co
                              [&](long long begin, long long end) { fn(&params, begin, end); });
         return;
       }
-      void* launch_args[] = {&params};
-      device::launch(k.function, grid, {static_cast<unsigned>(k.source.threads), 1, 1},
-                     static_cast<unsigned>(k.source.shared_bytes), stream, launch_args);
+      launch_gpu(k, spec, cfg, problem, args, stream);
     };
     const size_t o_bytes = span_bytes(args.o);
     auto download_o = [&] {
@@ -465,7 +516,7 @@ ConfigChoice Engine::Impl::tune_now(DeviceState& dev, const KernelSpec& spec, co
       for (const auto& c : todo) {
         if (!(c.config == *winner)) continue;
         cache::Binary b;
-        b.key = binary_key(c.source, dev.backend);
+        b.key = binary_key(c.source, dev.backend, c.config.hopper());
         b.kernel_name = c.kernel_name;
         b.cubin = c.cubin;
         b.registers = std::max(0, c.registers);  // -1 (CPU, no report) is stored as 0
@@ -574,7 +625,8 @@ KernelReport report(const LoadedKernel& k, const KernelSpec& spec, const TileCon
   r.spec = spec.canonical();
   r.config = cfg.canonical();
   r.backend = backend.cpu() ? "cpu" : "cuda";
-  r.target = backend.cpu() ? backend.key.arch : fmt::format("sm_{}", spec.target.sm);
+  r.target = backend.cpu() ? backend.key.arch
+                           : fmt::format("sm_{}{}", spec.target.sm, k.source.arch_specific ? "a" : "");
   r.sm = backend.cpu() ? 0 : spec.target.sm;
   r.device = backend.ordinal;
   r.registers = k.compiled->registers;
@@ -725,10 +777,7 @@ KernelReport Engine::forward(const AttentionArgs& args, const ForwardOptions& op
   bool from_cache = false;
   const TileConfig& cfg = choice.config;
   LoadedKernel& k = impl_->kernel(state, spec, cfg, &compiled_now, &from_cache);
-  jitattn_kernel::AttnFwdParams params = make_params(args, problem);
-  void* launch_args[] = {&params};
-  device::launch(k.function, make_grid(problem, cfg), {static_cast<unsigned>(k.source.threads), 1, 1},
-                 static_cast<unsigned>(k.source.shared_bytes), stream, launch_args);
+  Impl::launch_gpu(k, spec, cfg, problem, args, stream);
   return report(k, spec, cfg, state.backend, choice, compiled_now, from_cache);
 }
 

@@ -49,7 +49,8 @@ BackwardGrids make_backward_grids(const Problem& problem, const TileConfig& conf
 /// (b * heads_q + h) * query_blocks + m_block.
 std::array<unsigned, 3> make_grid(const Problem& problem, const TileConfig& config);
 
-/// Parses TileConfig::canonical() text ("bm128_bn64_w8_s2[_qr]"); throws InvalidArgument("config").
+/// Parses TileConfig::canonical() text ("bm128_bn64_w8_s2[_qr]", "h_bm128_bn128_wg2_s2",
+/// "cpu_bm64_bn64"); throws InvalidArgument("config").
 TileConfig parse_config(const std::string& text);
 
 }  // namespace jitattn

@@ -176,7 +176,7 @@ void compile_all_without_spills(const std::vector<Variant>& vs) {
       try {
         const KernelSource src = generate(v.spec, default_config(v.spec, limits), limits);
         const device::CompileResult compiled =
-            device::compile_to_cubin(src.source, src.name, v.spec.target.sm);
+            device::compile_to_cubin(src.source, src.name, v.spec.target.sm, src.arch_specific);
         ms = compiled.compile_ms;
         if (compiled.cubin.empty()) failure = "empty cubin";
         for (const std::string& name : kernels_of(v.spec, src)) {

@@ -687,3 +687,95 @@ TEST(CpuSpec, DefaultConfigIsLegalForEverySpec) {
 
 }  // namespace
 }  // namespace jitattn
+
+// ---- Hopper family (sm90) configs ---------------------------------------------------------------
+namespace jitattn {
+namespace {
+
+KernelSpec sm90_spec(int d = 128, int dv = 128) {
+  KernelSpec s = base_spec();
+  s.target.sm = 90;
+  s.head_dim = d;
+  s.head_dim_v = dv;
+  return s;
+}
+
+TEST(Sm90Config, CanonicalIsDistinctAndRoundTrips) {
+  const TileConfig c = sm90_config(128, 2, 2);
+  EXPECT_EQ(c.canonical(), "h_bm128_bn128_wg2_s2");
+  EXPECT_EQ(c.warps, 12);  // producer warpgroup + 2 consumers
+  EXPECT_TRUE(c.hopper());
+  EXPECT_TRUE(parse_config("h_bm128_bn128_wg2_s2") == c);
+  EXPECT_TRUE(parse_config("h_bm64_bn96_wg1_s3") == sm90_config(96, 1, 3));
+  // Same numbers, other family: another config with another text.
+  const TileConfig same_numbers{128, 128, 12, 2, false};
+  EXPECT_FALSE(same_numbers == c);
+  EXPECT_EQ(same_numbers.canonical(), "bm128_bn128_w12_s2");
+  const TileConfig ov = sm90_config(128, 2, 2, true);
+  EXPECT_EQ(ov.canonical(), "h_bm128_bn128_wg2_s2_ov");
+  EXPECT_TRUE(parse_config("h_bm128_bn128_wg2_s2_ov") == ov);
+  EXPECT_FALSE(ov == c);
+  EXPECT_EQ(sm90_config(128, 2, 2, true, true).canonical(), "h_bm128_bn128_wg2_s2_ov_pp");
+  EXPECT_TRUE(parse_config("h_bm128_bn128_wg2_s2_ov_pp") == sm90_config(128, 2, 2, true, true));
+  EXPECT_NE(why_illegal(sm90_spec(), sm90_config(128, 2, 2, false, true), limits_for_arch(90)).value_or("").find("ping-pong"),
+            std::string::npos);
+  EXPECT_NE(why_illegal(sm90_spec(), sm90_config(64, 3, 2, true, true), limits_for_arch(90)).value_or("").find("ping-pong"),
+            std::string::npos);
+  // Overlap holds tile j's stage while waiting for tile j+1's K: one stage would deadlock.
+  EXPECT_NE(why_illegal(sm90_spec(), sm90_config(128, 2, 1, true), limits_for_arch(90)).value_or("").find("stages"),
+            std::string::npos);
+  TileConfig sm80_ov{128, 64, 4, 2, false};
+  sm80_ov.overlap = true;
+  EXPECT_NE(why_illegal(sm90_spec(), sm80_ov, limits_for_arch(90)).value_or("").find("Hopper"), std::string::npos);
+}
+
+TEST(Sm90Config, WhyIllegalExplains) {
+  const DeviceLimits h = limits_for_arch(90);
+  auto why = [&](const KernelSpec& s, const TileConfig& c, const DeviceLimits& l) {
+    return why_illegal(s, c, l).value_or("");
+  };
+  EXPECT_EQ(why_illegal(sm90_spec(), sm90_config(128, 2, 2), h), std::nullopt);
+  KernelSpec on80 = sm90_spec();
+  on80.target.sm = 80;
+  EXPECT_NE(why(on80, sm90_config(128, 2, 2), limits_for_arch(80)).find("sm_90"), std::string::npos);
+  KernelSpec varlen = sm90_spec();
+  varlen.varlen = VarlenKind::packed;
+  EXPECT_NE(why(varlen, sm90_config(128, 2, 2), h).find("varlen"), std::string::npos);
+  TileConfig bad_m = sm90_config(128, 2, 2);
+  bad_m.block_m = 96;
+  EXPECT_NE(why(sm90_spec(), bad_m, h).find("block_m"), std::string::npos);
+  EXPECT_NE(why(sm90_spec(), sm90_config(120, 2, 2), h).find("block_n"), std::string::npos);
+  EXPECT_NE(why(sm90_spec(), sm90_config(128, 2, 5), h).find("stages"), std::string::npos);
+  // d256: O accumulator 128 + S 64 + P 32 registers per thread is too many.
+  EXPECT_NE(why(sm90_spec(256, 256), sm90_config(128, 2, 2), h).find("registers"), std::string::npos);
+  EXPECT_NE(why(sm90_spec(256, 256), sm90_config(64, 2, 4), h).find("shared memory"), std::string::npos);
+}
+
+TEST(Sm90Config, SharedMemoryPadsHeadDimsToWholeSwizzledPanels) {
+  // d128: 128-byte panels. Q 128 x 256 B, per stage K and V 128 x 256 B each, + 1 KiB alignment
+  // slack + 7 mbarriers.
+  EXPECT_EQ(shared_memory_bytes(sm90_spec(), sm90_config(128, 2, 2)), 32768 + 2 * 65536 + 1024 + 56);
+  // d72 pads to 80 = five 32-byte panels (16 columns each).
+  const Sm90Layout l = sm90_layout(sm90_spec(72, 96));
+  EXPECT_EQ(l.head_dim_pad, 80);
+  EXPECT_EQ(l.swizzle_qk, 32);
+  EXPECT_EQ(l.head_dim_v_pad, 96);
+  EXPECT_EQ(l.swizzle_v, 64);
+}
+
+TEST(Sm90Config, DefaultPicksTheFamilyOnSm90Only) {
+  for (int d = 8; d <= kMaxHeadDim; d += 8) {
+    KernelSpec s = sm90_spec(d, d);
+    const TileConfig c = default_config(s, limits_for_arch(90));
+    EXPECT_TRUE(c.hopper()) << d << " " << c.canonical();
+    EXPECT_EQ(why_illegal(s, c, limits_for_arch(90)), std::nullopt) << d;
+    s.varlen = VarlenKind::padded;  // not in the family: the mma.sync default
+    EXPECT_FALSE(default_config(s, limits_for_arch(90)).hopper()) << d;
+    s = sm90_spec(d, d);
+    s.target.sm = 80;
+    EXPECT_FALSE(default_config(s, limits_for_arch(80)).hopper()) << d;
+  }
+}
+
+}  // namespace
+}  // namespace jitattn

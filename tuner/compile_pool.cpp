@@ -40,7 +40,8 @@ void compile_one(const KernelSpec& spec, const DeviceLimits& limits, Candidate& 
       c.compile_ms = r.compile_ms;
       return;
     }
-    device::CompileResult r = device::compile_to_cubin(src.source, src.name, spec.target.sm);
+    device::CompileResult r =
+        device::compile_to_cubin(src.source, src.name, spec.target.sm, src.arch_specific);
     c.source = std::move(src.source);
     c.registers = r.registers;
     // Stack frame counts too: local arrays there are spills in all but name.

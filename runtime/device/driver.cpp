@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <mutex>
 #include <type_traits>
@@ -365,6 +366,34 @@ void DeviceBuffer::fill_async(uint8_t byte, CUstream stream) {
 }
 
 // ---- launch ----
+
+CUtensorMap encode_tensor_map_16bit(const void* base, std::array<uint64_t, 4> dims,
+                                    std::array<uint64_t, 3> strides_bytes, unsigned box_cols,
+                                    unsigned box_rows, int swizzle_bytes) {
+  const Driver& d = driver();
+  // A dim of size 1 is never stepped along; give it a legal stride (a multiple of 16 no smaller
+  // than the one before), since the user's stride there may be anything (even 0).
+  uint64_t prev = dims[0] * 2;
+  for (size_t i = 0; i < 3; ++i) {
+    if (dims[i + 1] == 1) strides_bytes[i] = std::max<uint64_t>((prev + 15) / 16 * 16, 16);
+    prev = strides_bytes[i] * dims[i + 1];
+  }
+  const cuuint64_t global_dim[4] = {dims[0], dims[1], dims[2], dims[3]};
+  const cuuint64_t global_strides[3] = {strides_bytes[0], strides_bytes[1], strides_bytes[2]};
+  const cuuint32_t box[4] = {box_cols, box_rows, 1, 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  const CUtensorMapSwizzle swizzle = swizzle_bytes == 128  ? CU_TENSOR_MAP_SWIZZLE_128B
+                                     : swizzle_bytes == 64 ? CU_TENSOR_MAP_SWIZZLE_64B
+                                                           : CU_TENSOR_MAP_SWIZZLE_32B;
+  CUtensorMap map{};
+  // The data type only sets the element size here (copies move bits, never convert).
+  JITATTN_CU_CHECK(d.cuTensorMapEncodeTiled(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void*>(base),
+                                            global_dim, global_strides, box, element_strides,
+                                            CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+                                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
+  return map;
+}
 
 void launch(CUfunction f, std::array<unsigned, 3> grid, std::array<unsigned, 3> block,
             unsigned shared_bytes, CUstream stream, void** params) {

@@ -44,7 +44,8 @@ namespace jitattn::device {
   X(cuMemsetD8Async, 3020) X(cuModuleLoadData, 2000) X(cuModuleUnload, 2000)                 \
   X(cuModuleGetFunction, 2000) X(cuFuncSetAttribute, 9000) X(cuFuncGetAttribute, 2020)       \
   X(cuLaunchKernel, 4000) X(cuEventCreate, 2000) X(cuEventRecord, 2000)                      \
-  X(cuEventSynchronize, 2000) X(cuEventElapsedTime, 12080) X(cuEventDestroy, 4000)
+  X(cuEventSynchronize, 2000) X(cuEventElapsedTime, 12080) X(cuEventDestroy, 4000)           \
+  X(cuTensorMapEncodeTiled, 12000)
 
 /// Typed pointers to the driver's entry points. Obtain the loaded instance with driver().
 /// Members are named as cuda.h spells the call, so `d.cuMemAlloc(&p, n)` reads like the docs.
@@ -177,6 +178,14 @@ class DeviceBuffer {
 /// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES before launching. Throws CudaError.
 void launch(CUfunction f, std::array<unsigned, 3> grid, std::array<unsigned, 3> block,
             unsigned shared_bytes, CUstream stream, void** params);
+
+/// A TMA tensor map (sm_90+) of a 4-d tensor of 16-bit elements: dims innermost first (elements),
+/// strides of dims 1..3 in bytes (multiples of 16; a dim of size 1 may carry any stride), a box
+/// of (box_cols, box_rows, 1, 1) with `swizzle_bytes` (32, 64 or 128; box_cols * 2 must equal it)
+/// swizzling, and zero fill outside the tensor. Host-only (no device work). Throws CudaError.
+CUtensorMap encode_tensor_map_16bit(const void* base, std::array<uint64_t, 4> dims,
+                                    std::array<uint64_t, 3> strides_bytes, unsigned box_cols,
+                                    unsigned box_rows, int swizzle_bytes);
 
 /// Times work on one stream with a pair of CUDA events (created in the current context).
 class EventTimer {

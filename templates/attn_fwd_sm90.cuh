@@ -1,0 +1,431 @@
+// Forward attention, Hopper family (sm_90a): wgmma, TMA and warp specialisation.
+//
+// One CTA computes kBlockM = 64 * kConsumers query rows of one (batch, head). Warpgroup 0 is the
+// producer: one thread issues TMA bulk tensor copies of Q (once) and of the K and V tiles into a
+// kStages-deep shared-memory ring, each stage completing on its own "full" mbarrier (K and V
+// apart, so S = Q K^T starts before V has landed); the consumers release a stage on its "empty"
+// mbarrier. Warpgroups 1..kConsumers are consumers, 64 query rows each: S = Q K^T with wgmma from
+// shared memory (both operands K-major), score modifiers and masks (the generator's ScoreMod),
+// online softmax in fp32 in the exp2 domain, then O += P V with wgmma taking P from registers (the
+// S accumulators repacked, no trip through shared memory) and V as an MN-major operand. The
+// consumers run independently, so one warpgroup's softmax overlaps the other's wgmma; with
+// kOverlap each consumer also overlaps its own softmax of tile j with its P V of tile j-1, and with
+// kPingPong the two consumers take turns issuing wgmma (named barriers).
+//
+// Shared-memory tiles are panels of kSwizzle-byte rows (kSwizzle / 2 columns per panel, one TMA
+// box each), swizzled by the TMA unit exactly as wgmma's descriptors expect; head dims are padded
+// to 16 in shared memory only (TMA zero-fills the columns past the real head dim).
+//
+// Expects, from the generator: JITATTN_BF16, JITATTN_KERNEL_NAME, namespace cfg with the
+// compile-time constants, struct ScoreMod, and wgmma_s / wgmma_o (the two wgmma shapes).
+
+namespace jitattn_kernel {
+
+using namespace cfg;
+
+constexpr int kThreads = 128 * (kConsumers + 1);
+// Register split after setmaxnreg (65536 per SM, one CTA): the producer keeps the minimum, the
+// consumers take the rest (2 consumers: 128 x 24 + 256 x 240 = 64512; 3: 128 x 32 + 384 x 160).
+constexpr int kProducerRegs = kConsumers == 3 ? 32 : 24;
+constexpr int kConsumerRegs = kConsumers == 3 ? 160 : 240;
+constexpr int kPanelColsQK = kSwizzleQK / 2;  // elements per panel row
+constexpr int kPanelColsV = kSwizzleV / 2;
+constexpr int kPanelsQK = kHeadDimPad / kPanelColsQK;
+constexpr int kPanelsV = kHeadDimVPad / kPanelColsV;
+__host__ __device__ constexpr int panel_bytes(int rows, int swizzle) {
+  return (rows * swizzle + 1023) / 1024 * 1024;  // each panel on a 1 KiB boundary
+}
+constexpr int kQPanelBytes = panel_bytes(kBlockM, kSwizzleQK);  // (BLOCK_M, PANEL_COLS_QK)
+constexpr int kKPanelBytes = panel_bytes(kBlockN, kSwizzleQK);  // (BLOCK_N, PANEL_COLS_QK)
+constexpr int kVPanelBytes = panel_bytes(kBlockN, kSwizzleV);   // (BLOCK_N, PANEL_COLS_V)
+constexpr int kQBytes = kPanelsQK * kQPanelBytes;
+constexpr int kKStageBytes = kPanelsQK * kKPanelBytes;
+constexpr int kVStageBytes = kPanelsV * kVPanelBytes;
+// Bytes each TMA transaction delivers (full boxes, zero-filled parts included).
+constexpr u32 kQTxBytes = kPanelsQK * kBlockM * kSwizzleQK;
+constexpr u32 kKTxBytes = kPanelsQK * kBlockN * kSwizzleQK;
+constexpr u32 kVTxBytes = kPanelsV * kBlockN * kSwizzleV;
+constexpr int kSNRegs = kBlockN / 2;      // S accumulator floats per thread (64 x BLOCK_N / 128)
+constexpr int kONRegs = kHeadDimVPad / 2;  // O accumulator floats per thread
+constexpr int kNT = kBlockN / 8;           // n8 column groups of S
+constexpr int kDT = kHeadDimVPad / 8;      // n8 column groups of O
+
+static_assert(kConsumers >= 1 && kConsumers <= 3, "1 to 3 consumer warpgroups");
+static_assert(kBlockM == 64 * kConsumers, "block_m must be 64 rows per consumer warpgroup");
+static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "block_n: multiple of 16 up to 256 (wgmma N)");
+static_assert(!kPingPong || (kOverlap && kConsumers == 2), "ping-pong needs overlap and 2 consumers");
+static_assert(!kOverlap || kStages >= 2, "overlap needs 2+ stages");
+static_assert(kHeadDimPad % 16 == 0 && kHeadDimVPad % 16 == 0, "padded head dims: multiples of 16");
+static_assert(kHeadDimPad % kPanelColsQK == 0 && kHeadDimVPad % kPanelColsV == 0,
+              "padded head dims must be whole panels");
+static_assert(kQBytes + kStages * (kKStageBytes + kVStageBytes) + 1024 + 8 * (1 + 3 * kStages) ==
+                  kSmemBytes,
+              "shared-memory layout disagrees with the generator's shared_memory_bytes");
+
+// Q descriptor of k16 step ks for the consumer warpgroup whose rows start `row0` rows in.
+JITATTN_DEVICE u64 desc_q(u32 sq, int row0, int ks) {
+  const int col = ks * 16;
+  return make_smem_desc<kSwizzleQK>(sq + (col / kPanelColsQK) * kQPanelBytes + row0 * kSwizzleQK +
+                                        (col % kPanelColsQK) * 2,
+                                    16);
+}
+// K (as B of S = Q K^T, K-major: head dim contiguous) for k16 step ks.
+JITATTN_DEVICE u64 desc_k(u32 sk, int ks) {
+  const int col = ks * 16;
+  return make_smem_desc<kSwizzleQK>(sk + (col / kPanelColsQK) * kKPanelBytes + (col % kPanelColsQK) * 2, 16);
+}
+// V (as B of O += P V, MN-major: head dim contiguous) for keys kk*16 .. kk*16+15; the leading
+// byte offset steps across head-dim panels.
+JITATTN_DEVICE u64 desc_v(u32 sv, int kk) {
+  return make_smem_desc<kSwizzleV>(sv + kk * 16 * kSwizzleV, kVPanelBytes);
+}
+
+}  // namespace jitattn_kernel
+
+// At global scope so that the extern "C" symbol is also the NVRTC name expression.
+extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
+    JITATTN_KERNEL_NAME(const __grid_constant__ jitattn_kernel::AttnFwdTmaParams params) {
+  using namespace jitattn_kernel;
+  const AttnFwdParams& p = params.p;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+
+  const int m_block = kCausal ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
+  const int h = blockIdx.y;
+  const int b = blockIdx.z;
+  const int tid = threadIdx.x;
+
+  const int len_q = p.seqlen_q;
+  const int len_k = p.seqlen_k;
+  const int m0 = m_block * kBlockM;
+  const int rows_out = min(kBlockM, len_q - m0);
+  if (rows_out <= 0) return;
+  const int kvh = h / p.group;
+
+  // ---- key blocks this query block can see (masks skip empty tiles) ----------------------------
+  const int offset = kBottomRight ? len_k - len_q : 0;
+  const int m_last = min(m0 + kBlockM, len_q) - 1;
+  int n_end = len_k;
+  int n_begin = 0;
+  if (kCausal) n_end = min(n_end, m_last + offset + 1);
+  if (kWindow && p.window_right >= 0) n_end = min(n_end, m_last + offset + p.window_right + 1);
+  if (kWindow && p.window_left >= 0) n_begin = max(0, m0 + offset - p.window_left);
+  const int nb_begin = n_begin / kBlockN;
+  const int nb_end = (max(n_end, 0) + kBlockN - 1) / kBlockN;
+
+  elem_t* gO = static_cast<elem_t*>(p.o) + b * p.o_batch_stride + m0 * p.o_row_stride + h * p.o_head_stride;
+  float* gLse = kLse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + m0 : nullptr;
+  if (nb_end <= nb_begin) {
+    // Every row fully masked: output 0, LSE -inf. Uniform across the CTA, before any barrier.
+    for (int i = tid; i < rows_out * (kHeadDimV / 2); i += kThreads) {
+      const int r = i / (kHeadDimV / 2);
+      const int c = i % (kHeadDimV / 2);
+      *reinterpret_cast<u32*>(gO + r * p.o_row_stride + 2 * c) = 0u;
+    }
+    if (kLse) {
+      for (int r = tid; r < rows_out; r += kThreads) gLse[r] = neg_inf();
+    }
+    return;
+  }
+
+  // ---- shared memory: Q, the K and V rings, then the mbarriers ---------------------------------
+  const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const u32 sQ = base;
+  const u32 sK = sQ + kQBytes;                       // kStages x (BLOCK_N, HEAD_DIM_PAD) panels
+  const u32 sV = sK + kStages * kKStageBytes;        // kStages x (BLOCK_N, HEAD_DIM_V_PAD) panels
+  const u32 bar_q = sV + kStages * kVStageBytes;
+  const u32 bar_full_k = bar_q + 8;                  // kStages each
+  const u32 bar_full_v = bar_full_k + 8 * kStages;
+  const u32 bar_empty = bar_full_v + 8 * kStages;
+  const int n_tiles = nb_end - nb_begin;
+
+  if (tid == 0) {
+    mbar_init(bar_q, 1);
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(bar_full_k + 8 * s, 1);
+      mbar_init(bar_full_v + 8 * s, 1);
+      mbar_init(bar_empty + 8 * s, 128 * kConsumers);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  const int warpgroup = tid / 128;
+  if (warpgroup == 0) {
+    // ---- producer: one thread drives the TMA unit -------------------------------------------
+    setmaxnreg_dec<kProducerRegs>();
+    if (tid == 0) {
+      tma_prefetch_descriptor(&params.tma_k);
+      tma_prefetch_descriptor(&params.tma_v);
+      mbar_arrive_expect_tx(bar_q, kQTxBytes);
+#pragma unroll
+      for (int pnl = 0; pnl < kPanelsQK; ++pnl) {
+        tma_load_4d(sQ + pnl * kQPanelBytes, &params.tma_q, bar_q, pnl * kPanelColsQK, m0, h, b);
+      }
+      for (int it = 0; it < n_tiles; ++it) {
+        const int s = it % kStages;
+        const u32 phase = static_cast<u32>(it / kStages) & 1u;
+        if (it >= kStages) mbar_wait(bar_empty + 8 * s, phase ^ 1u);  // consumers are done with it
+        const int n0 = (nb_begin + it) * kBlockN;
+        mbar_arrive_expect_tx(bar_full_k + 8 * s, kKTxBytes);
+#pragma unroll
+        for (int pnl = 0; pnl < kPanelsQK; ++pnl) {
+          tma_load_4d(sK + s * kKStageBytes + pnl * kKPanelBytes, &params.tma_k, bar_full_k + 8 * s,
+                      pnl * kPanelColsQK, n0, kvh, b);
+        }
+        mbar_arrive_expect_tx(bar_full_v + 8 * s, kVTxBytes);
+#pragma unroll
+        for (int pnl = 0; pnl < kPanelsV; ++pnl) {
+          tma_load_4d(sV + s * kVStageBytes + pnl * kVPanelBytes, &params.tma_v, bar_full_v + 8 * s,
+                      pnl * kPanelColsV, n0, kvh, b);
+        }
+      }
+    }
+  } else {
+    // ---- consumers: 64 query rows per warpgroup --------------------------------------------------
+    setmaxnreg_inc<kConsumerRegs>();
+    const int wg = warpgroup - 1;
+    const int wtid = tid % 128;
+    const int warp = wtid / 32;  // 16 rows per warp
+    const int lane = tid % 32;
+    const int g = lane / 4;      // row within the warp's 16 (and +8)
+    const int t = lane % 4;      // column pair within an n8 group
+    const int row0 = wg * 64;    // first row of this warpgroup within the block
+    const int wm0 = m0 + row0;   // first query row of this warpgroup
+
+    ScoreMod mod;
+    mod.init(p, b, h, len_q, len_k, offset, m0);
+
+    float acc_o[kONRegs];  // (64, HEAD_DIM_V_PAD) per warpgroup
+    float row_max[2];      // rows g and g+8 of this warp; raw scores or log2 domain (kRawScores)
+    float row_sum[2];      // per-thread partial sums, reduced at the end
+#pragma unroll
+    for (int i = 0; i < kONRegs; ++i) acc_o[i] = 0.0f;
+    row_max[0] = row_max[1] = neg_inf();
+    row_sum[0] = row_sum[1] = 0.0f;
+
+    // Scores of one tile in acc_s -> probabilities in place; correction of the running max.
+    auto softmax_tile = [&](float (&acc_s)[kSNRegs], int n0, float (&correction)[2]) {
+      // ---- score modifiers and masks ---------------------------------------------------------
+      if constexpr (!kRawScores) {
+        mod.begin_tile(nullptr, n0);
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int qi = wm0 + warp * 16 + g + (e / 2) * 8;
+            const int kj = n0 + nt * 8 + 2 * t + (e % 2);
+            acc_s[4 * nt + e] = mod.apply(acc_s[4 * nt + e], qi, kj);
+          }
+        }
+      }
+      // Per-warpgroup decision: only tiles crossing the sequence end or a mask boundary of this
+      // warpgroup's 64 rows evaluate the mask per element.
+      const int wm_last = wm0 + 63;
+      bool need_mask = n0 + kBlockN > len_k;
+      if (kCausal) need_mask |= n0 + kBlockN - 1 > wm0 + offset;
+      if (kWindow && p.window_right >= 0) need_mask |= n0 + kBlockN - 1 > wm0 + offset + p.window_right;
+      if (kWindow && p.window_left >= 0) need_mask |= n0 < wm_last + offset - p.window_left;
+      if (need_mask) {
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int qi = wm0 + warp * 16 + g + (e / 2) * 8;
+            const int kj = n0 + nt * 8 + 2 * t + (e % 2);
+            const int rel = kj - (qi + offset);
+            bool masked = kj >= len_k;
+            if (kCausal) masked |= rel > 0;
+            if (kWindow) {
+              masked |= p.window_right >= 0 && rel > p.window_right;
+              masked |= p.window_left >= 0 && rel < -p.window_left;
+            }
+            if (masked) acc_s[4 * nt + e] = neg_inf();
+          }
+        }
+      }
+      // ---- online softmax (exp2 domain; scale folded into one FMA when kRawScores) -------------
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        float mx = row_max[hf];
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(acc_s[4 * nt + 2 * hf], acc_s[4 * nt + 2 * hf + 1]));
+        mx = quad_max(mx);
+        // A row with no visible key so far keeps max -inf; use 0 so exp2 sees -inf, not NaN.
+        const float m_use = (mx == neg_inf()) ? 0.0f : mx;
+        const float m_scaled = m_use * kExpScale;
+        correction[hf] = fast_exp2(row_max[hf] * kExpScale - m_scaled);
+        row_max[hf] = mx;
+        float sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float pe = fast_exp2(fmaf(acc_s[4 * nt + 2 * hf + e], kExpScale, -m_scaled));
+            acc_s[4 * nt + 2 * hf + e] = pe;
+            sum += pe;
+          }
+        }
+        row_sum[hf] = row_sum[hf] * correction[hf] + sum;
+      }
+    };
+    auto rescale_o = [&](const float (&correction)[2]) {
+#pragma unroll
+      for (int d = 0; d < kDT; ++d) {
+        acc_o[4 * d + 0] *= correction[0];
+        acc_o[4 * d + 1] *= correction[0];
+        acc_o[4 * d + 2] *= correction[1];
+        acc_o[4 * d + 3] *= correction[1];
+      }
+    };
+    // P as wgmma A fragments: the S accumulator layout is wgmma's A-fragment layout, so each k16
+    // step of P V takes two n8 groups of S, packed to 16-bit pairs.
+    auto pack_p = [&](const float (&acc_s)[kSNRegs], u32 (&pa)[kBlockN / 16][4]) {
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        pa[kk][0] = pack2(acc_s[8 * kk + 0], acc_s[8 * kk + 1]);
+        pa[kk][1] = pack2(acc_s[8 * kk + 2], acc_s[8 * kk + 3]);
+        pa[kk][2] = pack2(acc_s[8 * kk + 4], acc_s[8 * kk + 5]);
+        pa[kk][3] = pack2(acc_s[8 * kk + 6], acc_s[8 * kk + 7]);
+      }
+    };
+    auto issue_s = [&](float (&acc_s)[kSNRegs], int s) {  // S = Q K^T, committed, not waited
+#pragma unroll
+      for (int ks = 0; ks < kHeadDimPad / 16; ++ks) {
+        wgmma_s(acc_s, desc_q(sQ, row0, ks), desc_k(sK + s * kKStageBytes, ks), ks > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+    };
+    auto issue_pv = [&](u32 (&pa)[kBlockN / 16][4], int s) {  // O += P V, committed, not waited
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        wgmma_o(acc_o, pa[kk], desc_v(sV + s * kVStageBytes, kk));
+      }
+      wgmma_commit();
+    };
+    auto fence_p = [&](u32 (&pa)[kBlockN / 16][4]) {
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) fence_regs(pa[kk]);
+    };
+    auto phase_of = [](int it) { return static_cast<u32>(it / kStages) & 1u; };
+    // Ping-pong (2 consumers): warpgroup w issues its wgmma batch after bar.sync on barrier 1+w,
+    // then bar.arrive's the other's barrier, so the two alternate on the tensor cores and one's
+    // softmax runs under the other's wgmma. Consumer 1 starts by giving consumer 0 the first
+    // turn and skips its last hand-over, so arrivals and syncs match exactly.
+    int turns_left = n_tiles + 1;  // issue points: S of tile 0, n_tiles - 1 overlapped, last P V
+    auto my_turn = [&] {
+      if constexpr (kPingPong) named_bar_sync(1 + wg, 256);
+    };
+    auto pass_turn = [&] {
+      if constexpr (kPingPong) {
+        --turns_left;
+        if (wg == 0 || turns_left > 0) named_bar_arrive(2 - wg, 256);
+      }
+    };
+    if constexpr (kPingPong) {
+      if (wg == 1) named_bar_arrive(1, 256);
+    }
+
+    mbar_wait(bar_q, 0);
+    if constexpr (!kOverlap) {
+      // Serial schedule: S, softmax, P V, each wgmma batch waited on before its result is used.
+      for (int it = 0; it < n_tiles; ++it) {
+        const int s = it % kStages;
+        float acc_s[kSNRegs];  // (64, BLOCK_N) per warpgroup
+        mbar_wait(bar_full_k + 8 * s, phase_of(it));
+        fence_regs(acc_s);
+        wgmma_fence();
+        issue_s(acc_s, s);
+        wgmma_wait<0>();
+        fence_regs(acc_s);
+        float correction[2];
+        softmax_tile(acc_s, (nb_begin + it) * kBlockN, correction);
+        rescale_o(correction);
+        u32 pa[kBlockN / 16][4];  // (64, 16) A fragments of P per k16 step
+        pack_p(acc_s, pa);
+        mbar_wait(bar_full_v + 8 * s, phase_of(it));
+        fence_regs(acc_o);
+        wgmma_fence();
+        issue_pv(pa, s);
+        wgmma_wait<0>();
+        fence_regs(acc_o);
+        fence_p(pa);
+        mbar_arrive(bar_empty + 8 * s);  // this thread is done with stage s
+      }
+    } else {
+      // Intra-warpgroup overlap: S of tile it and P V of tile it-1 are issued back to back; the
+      // softmax of tile it runs while P V computes. Holds S, P and O at once.
+      float acc_s[kSNRegs];      // (64, BLOCK_N) per warpgroup
+      u32 pa[kBlockN / 16][4];   // P of the previous tile
+      float correction[2];
+      mbar_wait(bar_full_k, 0);
+      fence_regs(acc_s);
+      my_turn();
+      wgmma_fence();
+      issue_s(acc_s, 0);
+      pass_turn();
+      wgmma_wait<0>();
+      fence_regs(acc_s);
+      softmax_tile(acc_s, nb_begin * kBlockN, correction);  // O is 0: no rescale
+      pack_p(acc_s, pa);
+      for (int it = 1; it < n_tiles; ++it) {
+        const int s = it % kStages;
+        const int sp = (it - 1) % kStages;
+        // Both waits before the fence: the two batches issue back to back in one basic block
+        // (V of tile it-1 landed with or before K of tile it).
+        mbar_wait(bar_full_v + 8 * sp, phase_of(it - 1));
+        mbar_wait(bar_full_k + 8 * s, phase_of(it));
+        fence_regs(acc_s);
+        fence_regs(acc_o);
+        fence_p(pa);
+        my_turn();
+        wgmma_fence();
+        issue_s(acc_s, s);
+        issue_pv(pa, sp);
+        pass_turn();
+        wgmma_wait<1>();  // S of tile it is done; P V of tile it-1 may still run
+        fence_regs(acc_s);
+        softmax_tile(acc_s, (nb_begin + it) * kBlockN, correction);
+        wgmma_wait<0>();
+        fence_regs(acc_o);
+        fence_p(pa);
+        mbar_arrive(bar_empty + 8 * sp);  // this thread is done with stage sp
+        rescale_o(correction);
+        pack_p(acc_s, pa);
+      }
+      const int sl = (n_tiles - 1) % kStages;
+      mbar_wait(bar_full_v + 8 * sl, phase_of(n_tiles - 1));
+      fence_regs(acc_o);
+      fence_p(pa);
+      my_turn();
+      wgmma_fence();
+      issue_pv(pa, sl);
+      pass_turn();
+      wgmma_wait<0>();
+      fence_regs(acc_o);
+      fence_p(pa);
+      mbar_arrive(bar_empty + 8 * sl);
+    }
+
+    // ---- epilogue: normalise, write O (and LSE) ------------------------------------------------
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const float sum = quad_sum(row_sum[hf]);
+      const int r = row0 + warp * 16 + g + hf * 8;  // row within the block
+      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      if (r < rows_out) {
+        elem_t* o_row = gO + r * p.o_row_stride;
+#pragma unroll
+        for (int d = 0; d < kDT; ++d) {
+          if (kHeadDimVPad == kHeadDimV || d * 8 < kHeadDimV) {
+            *reinterpret_cast<u32*>(o_row + d * 8 + 2 * t) =
+                pack2(acc_o[4 * d + 2 * hf] * inv, acc_o[4 * d + 2 * hf + 1] * inv);
+          }
+        }
+        if (kLse && t == 0) {
+          gLse[r] = sum > 0.0f ? (row_max[hf] * kExpScale + __log2f(sum)) * kLn2 : neg_inf();
+        }
+      }
+    }
+  }
+}

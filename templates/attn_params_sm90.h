@@ -1,0 +1,23 @@
+// Runtime parameters of a Hopper-family forward kernel (attn_fwd_sm90.cuh): the TMA tensor maps
+// of Q, K and V ahead of the ordinary AttnFwdParams, all in one __grid_constant__ kernel parameter
+// so the maps stay in parameter space, where the TMA unit reads them. Included by the host
+// (runtime/plan.cpp) and embedded after attn_params.h in every sm90 kernel. Plain C types only.
+//
+// What must change with this struct: the engine's make_tma_params(), and kGeneratorVersion.
+#pragma once
+
+namespace jitattn_kernel {
+
+// A CUtensorMap: 128 opaque bytes, 64-byte aligned, encoded by cuTensorMapEncodeTiled.
+struct alignas(64) TensorMapBytes {
+  unsigned long long opaque[16];
+};
+
+struct AttnFwdTmaParams {
+  TensorMapBytes tma_q;  // dims (head_dim, seqlen_q, heads_q, batch), box (panel cols, block_m)
+  TensorMapBytes tma_k;  // dims (head_dim, seqlen_k, heads_kv, batch), box (panel cols, block_n)
+  TensorMapBytes tma_v;  // dims (head_dim_v, seqlen_k, heads_kv, batch), box (panel cols, block_n)
+  AttnFwdParams p;
+};
+
+}  // namespace jitattn_kernel

@@ -1,0 +1,107 @@
+// Hopper (sm_90a) device primitives, as inline PTX, for attn_fwd_sm90.cuh: mbarriers, TMA bulk
+// tensor copies, wgmma (warpgroup MMA) and its shared-memory descriptors, register reallocation.
+// NVRTC-safe (no #include); appended after common.cuh, whose elem_t/u32/JITATTN_MMA_TYPES it uses.
+// The wgmma instructions themselves, one per N the kernel needs, are emitted by the generator
+// (their operand lists grow with N).
+
+namespace jitattn_kernel {
+
+typedef unsigned long long u64;
+
+// ---- mbarriers (shared::cta, 8 bytes each) ------------------------------------------------------
+JITATTN_DEVICE void mbar_init(u32 bar, u32 count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes the initialised barriers visible to the async proxy (the TMA unit) before first use.
+JITATTN_DEVICE void mbar_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+// Arrives once and adds `bytes` to the transaction count the current phase waits for.
+JITATTN_DEVICE void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+JITATTN_DEVICE void mbar_arrive(u32 bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits until the phase with parity `parity` has completed.
+JITATTN_DEVICE void mbar_wait(u32 bar, u32 parity) {
+  u32 done;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        " selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// ---- TMA: one box of a 4-d tensor map into shared memory, completing on an mbarrier -------------
+// Coordinates are (column, row, head, batch) in elements; boxes reaching past the tensor are
+// zero-filled (rows past the sequence end, columns past an unpadded head dim).
+JITATTN_DEVICE void tma_load_4d(u32 dst, const void* tensor_map, u32 bar, int c0, int c1, int c2,
+                                int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4, %5, %6}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<u64>(tensor_map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+JITATTN_DEVICE void tma_prefetch_descriptor(const void* tensor_map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<u64>(tensor_map)) : "memory");
+}
+
+// ---- register reallocation between warpgroup roles (needs __launch_bounds__(threads, 1)) --------
+template <int N>
+JITATTN_DEVICE void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+JITATTN_DEVICE void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+// ---- named barriers (ids 1..15; 0 is __syncthreads) -----------------------------------------------
+JITATTN_DEVICE void named_bar_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+JITATTN_DEVICE void named_bar_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// ---- wgmma ------------------------------------------------------------------------------------
+JITATTN_DEVICE void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+JITATTN_DEVICE void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+JITATTN_DEVICE void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving reads or writes of wgmma operands across the asynchronous
+// window: an empty asm that "modifies" each register, placed after wgmma_wait (and before the
+// first wgmma), orders every later use after the wait.
+template <int N>
+JITATTN_DEVICE void fence_regs(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N>
+JITATTN_DEVICE void fence_regs(u32 (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
+
+// Shared-memory matrix descriptor (PTX ISA, "matrix descriptor"): start address, leading and
+// stride byte offsets (all >> 4), swizzle mode in bits 62-63 (1 = 128 B, 2 = 64 B, 3 = 32 B).
+// Tiles here are panels of rows of `swizzle` bytes, 8-row groups `8 * swizzle` bytes apart
+// (the stride byte offset); for an MN-major B (V) the leading byte offset steps to the next panel.
+template <int kSwizzle>
+JITATTN_DEVICE u64 make_smem_desc(u32 addr, u32 leading_bytes) {
+  static_assert(kSwizzle == 32 || kSwizzle == 64 || kSwizzle == 128, "swizzle must be 32, 64 or 128 bytes");
+  constexpr u64 mode = kSwizzle == 128 ? 1 : kSwizzle == 64 ? 2 : 3;
+  constexpr u64 stride = 8 * kSwizzle;
+  return static_cast<u64>((addr & 0x3FFFF) >> 4) | (static_cast<u64>((leading_bytes >> 4) & 0x3FFF) << 16) |
+         ((stride >> 4) << 32) | (mode << 62);
+}
+
+}  // namespace jitattn_kernel
