@@ -3,6 +3,9 @@
 # Usage (on the GPU machine, from the repo root, binaries in .devcarry/):
 #   bench/run_gpu.sh tests       GPU test binaries, then compute-sanitizer memcheck over them
 #   bench/run_gpu.sh bench       jitattn bench grid and ../shared/bench/peers.py on the same grid
+#   bench/run_gpu.sh all         every GPU test binary (forward, backward, sm90 family, SASS), memcheck
+#                                over all of them (sharded, time-limited), then bench beside peers
+#                                (forward grid; forward+backward at d128) -- one device call
 set -u
 B=${B:-.devcarry}
 OUT=${OUT:-/tmp/out}
@@ -17,7 +20,47 @@ shards() {  # shards N LOGPREFIX CMD... : runs CMD in N gtest shards at once
   echo "$(basename "$log"): passed $(grep -c '^\[       OK \]' "$log"), failed $(grep -c '^\[  FAILED  \] .*(' "$log"), skipped $(grep -c '^\[  SKIPPED \] .*(' "$log")"
   grep -E -A3 "^\[  FAILED  \] .*\(|ERROR SUMMARY: [1-9]|Invalid|Failure" "$log" | head -40
 }
+tshards() {  # tshards N SECONDS LOG CMD... : like shards, each shard under a time limit
+  local n=$1 secs=$2 log=$3; shift 3
+  for i in $(seq 0 $((n - 1))); do
+    GTEST_TOTAL_SHARDS=$n GTEST_SHARD_INDEX=$i timeout "$secs" "$@" > "$log.$i" 2>&1 &
+  done
+  wait
+  cat "$log".* > "$log"; rm -f "$log".*
+  echo "$(basename "$log"): passed $(grep -c '^\[       OK \]' "$log"), failed $(grep -c '^\[  FAILED  \] .*(' "$log"), finished shards $(grep -c '^\[==========\] .* ran' "$log")/$n"
+  grep -E -A3 "^\[  FAILED  \] .*\(|ERROR SUMMARY: [1-9]|Failure" "$log" | head -20
+}
 case "${1:-tests}" in
+  all)
+    export PATH=/usr/local/cuda/bin:$PATH
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+    for t in forward_gpu_test backward_gpu_test forward_sm90_gpu_test; do
+      tshards 14 ${TEST_SECS:-90} "$OUT/$t.log" "$B/$t"
+    done
+    for t in sm90_sass_test readme_example_test nvrtc_test driver_test; do
+      [ -x "$B/$t" ] && { timeout 60 "$B/$t" > "$OUT/$t.log" 2>&1; echo "$t: $(tail -n 1 "$OUT/$t.log")"; }
+    done
+    for t in forward_gpu_test backward_gpu_test forward_sm90_gpu_test; do
+      tshards 16 ${MEMCHECK_SECS:-100} "$OUT/memcheck_$t.log" compute-sanitizer --tool memcheck --report-api-errors no \
+        --error-exitcode 99 "$B/$t"
+      grep -h "ERROR SUMMARY" "$OUT/memcheck_$t.log" | sort | uniq -c
+    done
+    GRID="--hdims ${HDIMS:-64,80,96,128,256} --seqlens ${SEQLENS:-4096}"
+    timeout 150 "$B/jitattn" bench --grid $GRID --masks ${MASKS:-none,causal,alibi,bias} --budget-ms 150 --json > "$OUT/ours.jsonl" 2> "$OUT/ours.err"
+    python3 -c "
+import json
+for l in open('$OUT/ours.jsonl'):
+    if l.startswith('{'):
+        j=json.loads(l); print('ours', j.get('head_dim', j.get('d')), j.get('grid_mask', j.get('mask')), j.get('config'), round(j.get('tflops', 0), 1), j.get('error', ''))
+"
+    timeout 60 "$B/jitattn" bench --fwd-bwd --tokens 16384 --width 2048 --seqlen-q 4096 --head-dim 128 --budget-ms 200 | grep -E "config|speed"
+    PYTHONUNBUFFERED=1 timeout 200 python3 "$B/peers.py" $GRID --masks ${PEER_MASKS:-none,causal,bias} --modes fwd --backends ${PEER_BACKENDS:-flash,cudnn} \
+      --out "$OUT/peers.jsonl" > "$OUT/peers.log" 2>&1
+    grep -A200 "^dtype" "$OUT/peers.log" | head -60
+    PYTHONUNBUFFERED=1 timeout 60 python3 "$B/peers.py" --hdims 128 --seqlens 4096 --masks none --modes fwd_bwd --backends flash,cudnn \
+      --out "$OUT/peers_fb.jsonl" > "$OUT/peers_fb.log" 2>&1
+    grep -A20 "^dtype" "$OUT/peers_fb.log" | head -12
+    ;;
   tests)
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
     shards 12 "$OUT/gpu_tests.log" "$B/forward_gpu_test"
