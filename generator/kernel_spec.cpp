@@ -420,6 +420,10 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
 
 bool sm90_family_default(const KernelSpec& spec, const DeviceLimits& limits) {
   if (spec.target.cpu || spec.target.sm != 90 || limits.sm != 90) return false;
+  // A bias tensor stays on the mma.sync family, which streams bias tiles through shared memory:
+  // H200, bf16, seqlen 4096, [1,h,s,s] bias, the sm90 family's per-element loads gave 99 / 121 /
+  // 140 / 89 / 167 TFLOP/s at d64 / 80 / 96 / 128 / 256 against mma.sync's 168-217 (NOTES).
+  if (spec.bias) return false;
   return !why_illegal(spec, default_config_sm90(spec, limits), limits).has_value();
 }
 
