@@ -72,8 +72,9 @@ std::string KernelSpec::tag() const {
 
 std::string TileConfig::canonical() const {
   if (hopper()) {
-    return fmt::format("h_bm{}_bn{}_wg{}_s{}{}{}{}", block_m, block_n, consumer_warpgroups(), stages,
-                       q_in_regs ? "_qr" : "", overlap ? "_ov" : "", pingpong ? "_pp" : "");
+    return fmt::format("h_bm{}_bn{}_wg{}_s{}{}{}{}{}", block_m, block_n, consumer_warpgroups(), stages,
+                       q_in_regs ? "_qr" : "", overlap ? "_ov" : "", pingpong ? "_pp" : "",
+                       poly_exp ? "_pe" : "");
   }
   if (cpu() && !q_in_regs) return fmt::format("cpu_bm{}_bn{}", block_m, block_n);
   return fmt::format("bm{}_bn{}_w{}_s{}{}", block_m, block_n, warps, stages,
@@ -253,8 +254,8 @@ std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig&
   }
   if (spec.target.cpu) return why_illegal_cpu(spec, cfg);
   if (cfg.hopper()) return why_illegal_sm90(spec, cfg, limits);
-  if (cfg.overlap || cfg.pingpong) {
-    return std::string("overlap (_ov) and ping-pong (_pp) are Hopper-family (h_...) options");
+  if (cfg.overlap || cfg.pingpong || cfg.poly_exp) {
+    return std::string("overlap (_ov), ping-pong (_pp) and poly exp (_pe) are Hopper-family (h_...) options");
   }
   if (spec.target.sm < 80) return fmt::format("sm_{} unsupported: mma.sync family needs sm_80+", spec.target.sm);
   if (spec.dtype == DType::f32) return std::string("dtype f32 unsupported on the GPU: f16 or bf16");

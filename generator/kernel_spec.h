@@ -77,6 +77,9 @@ struct TileConfig {
   /// Hopper family only, with overlap and 2 consumer warpgroups: the consumers take turns issuing
   /// their wgmma batches (named barriers), so one's softmax runs while the other's wgmma does.
   bool pingpong = false;
+  /// Hopper family only: one in four exponentials of the softmax by a polynomial on the FMA pipe
+  /// instead of the MUFU unit (16 per clock per SM), which bounds the softmax at small head dims.
+  bool poly_exp = false;
 
   bool operator==(const TileConfig&) const = default;
   /// A CPU config: warps and stages 0.
@@ -85,14 +88,15 @@ struct TileConfig {
   /// Consumer warpgroups of a Hopper config (warps / 4 - 1).
   int consumer_warpgroups() const { return warps / 4 - 1; }
   /// "bm128_bn64_w8_s2", suffix "_qr" = Q in registers; CPU configs "cpu_bm32_bn128"; Hopper
-  /// configs "h_bm128_bn128_wg2_s2" (wg = consumer warpgroups), suffix "_ov" = overlap, "_pp" = ping-pong.
+  /// configs "h_bm128_bn128_wg2_s2" (wg = consumer warpgroups), suffix "_ov" = overlap, "_pp" = ping-pong, "_pe" = polynomial exp2.
   std::string canonical() const;
 };
 
 /// A Hopper-family config with `consumers` consumer warpgroups (block_m = 64 * consumers).
 inline TileConfig sm90_config(int block_n, int consumers, int stages, bool overlap = false,
-                              bool pingpong = false) {
-  return {64 * consumers, block_n, 4 * (consumers + 1), stages, false, Family::sm90, overlap, pingpong};
+                              bool pingpong = false, bool poly_exp = false) {
+  return {64 * consumers, block_n, 4 * (consumers + 1), stages, false, Family::sm90, overlap, pingpong,
+          poly_exp};
 }
 
 /// Shared-memory layout facts of the Hopper family that the host needs to build TMA tensor maps:

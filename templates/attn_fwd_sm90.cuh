@@ -261,7 +261,9 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const float pe = fast_exp2(fmaf(acc_s[4 * nt + 2 * hf + e], kExpScale, -m_scaled));
+            const float x = fmaf(acc_s[4 * nt + 2 * hf + e], kExpScale, -m_scaled);
+            // kPolyExp: every fourth n8 group on the FMA pipe, balancing it against MUFU.
+            const float pe = (kPolyExp && nt % 4 == 3) ? exp2_poly(x) : fast_exp2(x);
             acc_s[4 * nt + 2 * hf + e] = pe;
             sum += pe;
           }

@@ -185,7 +185,9 @@ std::vector<Case> feature_cases() {
                           "h_bm128_bn96_wg2_s3", "h_bm192_bn64_wg3_s2", "h_bm128_bn176_wg2_s2",
                           "h_bm128_bn16_wg2_s4", "h_bm128_bn128_wg2_s2", "h_bm64_bn64_wg1_s2_ov",
                           "h_bm192_bn64_wg3_s2_ov", "h_bm128_bn112_wg2_s3_ov", "h_bm128_bn16_wg2_s4_ov",
-                          "h_bm128_bn160_wg2_s2_ov", "h_bm128_bn128_wg2_s2_ov_pp", "h_bm128_bn64_wg2_s3_ov_pp"}) {
+                          "h_bm128_bn160_wg2_s2_ov", "h_bm128_bn128_wg2_s2_ov_pp", "h_bm128_bn64_wg2_s3_ov_pp",
+                          "h_bm128_bn128_wg2_s3_ov_pp_pe", "h_bm128_bn64_wg2_s2_pe", "h_bm192_bn64_wg3_s3_ov",
+                          "h_bm128_bn48_wg2_s3_ov_pp"}) {
     for (int d : {40, 64, 96, 128}) {
       ProblemDesc p = base(d);
       p.mask = MaskKind::causal_bottom_right;

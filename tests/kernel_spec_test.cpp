@@ -640,6 +640,8 @@ TEST(Sm90Config, CanonicalIsDistinctAndRoundTrips) {
   EXPECT_TRUE(parse_config("h_bm128_bn128_wg2_s2_ov") == ov);
   EXPECT_FALSE(ov == c);
   EXPECT_EQ(sm90_config(128, 2, 2, true, true).canonical(), "h_bm128_bn128_wg2_s2_ov_pp");
+  EXPECT_EQ(sm90_config(128, 2, 3, true, true, true).canonical(), "h_bm128_bn128_wg2_s3_ov_pp_pe");
+  EXPECT_TRUE(parse_config("h_bm64_bn64_wg1_s2_pe") == sm90_config(64, 1, 2, false, false, true));
   EXPECT_TRUE(parse_config("h_bm128_bn128_wg2_s2_ov_pp") == sm90_config(128, 2, 2, true, true));
   EXPECT_NE(why_illegal(sm90_spec(), sm90_config(128, 2, 2, false, true), limits_for_arch(90)).value_or("").find("ping-pong"),
             std::string::npos);

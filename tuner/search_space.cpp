@@ -89,10 +89,12 @@ std::vector<Candidate> search_space(const KernelSpec& spec, const DeviceLimits& 
       for (int bn : kSm90BlockN) {
         for (int s : {2, 3}) {
           for (int schedule : {0, 1, 2}) {  // serial, overlap, overlap + ping-pong
-            Candidate c;
-            c.config = sm90_config(bn, consumers, s, schedule >= 1, schedule == 2);
-            if (auto why = why_illegal(spec, c.config, limits)) c.pruned = std::move(*why);
-            out.push_back(std::move(c));
+            for (bool poly_exp : {false, true}) {
+              Candidate c;
+              c.config = sm90_config(bn, consumers, s, schedule >= 1, schedule == 2, poly_exp);
+              if (auto why = why_illegal(spec, c.config, limits)) c.pruned = std::move(*why);
+              out.push_back(std::move(c));
+            }
           }
         }
       }
