@@ -319,7 +319,8 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
   // Two consumer warpgroups (128 query rows). Measured on the H200 (bench/NOTES.md, "Hopper
   // family"), bf16 seqlen 4096: up to head dim 128, overlap + ping-pong with 3 stages wins (d128
   // 594 TFLOP/s vs 548 serial; d64 432 vs 405); at d256 the serial schedule does (592 vs 522 with
-  // overlap + ping-pong, whose S, P and O registers all live at once spill with modifiers there).
+  // overlap + ping-pong, whose S, P and O registers all live at once spill with modifiers there),
+  // with block_n 80 (616 vs 601 with 64; causal 539 vs 511).
   // Above head dim 96 a bias tensor (its hoisted global loads), or three or more modifiers (bias,
   // ALiBi, softcap, window, LSE), keep enough live to spill under overlap (NVRTC 13.0: 24-168
   // bytes at d104-128): serial schedule there.
@@ -327,7 +328,7 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
                         int(spec.lse);
   const bool overlap = dv <= 96 || (dv <= 128 && !spec.bias && modifiers < 3);
   TileConfig c = overlap ? sm90_config(128, 2, 3, /*overlap=*/true, /*pingpong=*/true)
-                         : sm90_config(dv <= 128 ? 128 : dv <= 192 ? 80 : 64, 2, dv <= 128 ? 3 : 2);
+                         : sm90_config(dv <= 128 ? 128 : 80, 2, dv <= 128 ? 3 : 2);
   // Shrink until it fits: stages, then block_n.
   while (why_illegal(spec, c, limits)) {
     if (c.stages > 2) {
