@@ -104,6 +104,8 @@ KernelSource generate_sm90(const KernelSpec& spec, const TileConfig& cfg) {
   s += fmt::format("constexpr bool kCausal = {};\n", spec.mask != MaskKind::none);
   s += fmt::format("constexpr bool kBottomRight = {};\n", spec.mask == MaskKind::causal_bottom_right);
   s += fmt::format("constexpr bool kWindow = {};\n", spec.window);
+  s += fmt::format("constexpr bool kPacked = {};\n", spec.varlen == VarlenKind::packed);
+  s += fmt::format("constexpr bool kPadded = {};\n", spec.varlen == VarlenKind::padded);
   s += fmt::format("constexpr bool kLse = {};\n", spec.lse);
   s += fmt::format("constexpr bool kRawScores = {};\n", raw);
   s += "// exp2 argument scale: softmax scale * log2(e) on raw scores, 1 after modifiers\n";

@@ -184,9 +184,6 @@ std::optional<std::string> why_illegal_sm90(const KernelSpec& spec, const TileCo
                        spec.target.sm);
   }
   if (spec.dtype == DType::f32) return std::string("dtype f32 unsupported on the GPU: f16 or bf16");
-  if (spec.varlen != VarlenKind::none) {
-    return std::string("varlen is not implemented in the sm90 family yet (the sm80 family runs it)");
-  }
   const int consumers = cfg.consumer_warpgroups();
   if (cfg.warps % 4 != 0 || consumers < 1 || consumers > 3) {
     return fmt::format("warps {} unsupported: 4 * (1 producer + 1..3 consumer warpgroups)", cfg.warps);

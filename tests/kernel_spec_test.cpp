@@ -664,9 +664,9 @@ TEST(Sm90Config, WhyIllegalExplains) {
   KernelSpec on80 = sm90_spec();
   on80.target.sm = 80;
   EXPECT_NE(why(on80, sm90_config(128, 2, 2), limits_for_arch(80)).find("sm_90"), std::string::npos);
-  KernelSpec varlen = sm90_spec();
-  varlen.varlen = VarlenKind::packed;
-  EXPECT_NE(why(varlen, sm90_config(128, 2, 2), h).find("varlen"), std::string::npos);
+  KernelSpec f32 = sm90_spec();
+  f32.dtype = DType::f32;
+  EXPECT_NE(why(f32, sm90_config(128, 2, 2), h).find("f32"), std::string::npos);
   TileConfig bad_m = sm90_config(128, 2, 2);
   bad_m.block_m = 96;
   EXPECT_NE(why(sm90_spec(), bad_m, h).find("block_m"), std::string::npos);
@@ -695,8 +695,8 @@ TEST(Sm90Config, DefaultPicksTheFamilyOnSm90Only) {
     const TileConfig c = default_config(s, limits_for_arch(90));
     EXPECT_TRUE(c.hopper()) << d << " " << c.canonical();
     EXPECT_EQ(why_illegal(s, c, limits_for_arch(90)), std::nullopt) << d;
-    s.varlen = VarlenKind::padded;  // not in the family: the mma.sync default
-    EXPECT_FALSE(default_config(s, limits_for_arch(90)).hopper()) << d;
+    s.varlen = VarlenKind::padded;
+    EXPECT_TRUE(default_config(s, limits_for_arch(90)).hopper()) << d;
     s = sm90_spec(d, d);
     s.target.sm = 80;
     EXPECT_FALSE(default_config(s, limits_for_arch(80)).hopper()) << d;
