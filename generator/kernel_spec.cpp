@@ -343,6 +343,10 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
 
 bool sm90_family_default(const KernelSpec& spec, const DeviceLimits& limits) {
   if (spec.target.cpu || spec.target.sm != 90 || limits.sm != 90) return false;
+  // Bias tensors: the sm90 kernel reads each bias element from global memory inside the softmax
+  // (no staged bias tiles yet) and measured 99-140 TFLOP/s on the H200 at d64-96 (bench/NOTES.md),
+  // under the mma.sync family's shared-memory bias tiles (168-217); they stay there for now.
+  if (spec.bias) return false;
   return !why_illegal(spec, default_config_sm90(spec, limits), limits).has_value();
 }
 

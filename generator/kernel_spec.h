@@ -158,7 +158,8 @@ TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits);
 /// may be illegal for the spec: check why_illegal.
 TileConfig family_default_config(const KernelSpec& spec, const DeviceLimits& limits, Family family);
 
-/// Whether default_config picks the Hopper family for this spec on this device.
+/// Whether default_config picks the Hopper family for this spec on this device (sm_90, and no
+/// bias tensor: the family has no staged bias tiles yet).
 bool sm90_family_default(const KernelSpec& spec, const DeviceLimits& limits);
 
 }  // namespace jitattn

@@ -697,6 +697,8 @@ TEST(Sm90Config, DefaultPicksTheFamilyOnSm90Only) {
     EXPECT_EQ(why_illegal(s, c, limits_for_arch(90)), std::nullopt) << d;
     s.varlen = VarlenKind::padded;
     EXPECT_TRUE(default_config(s, limits_for_arch(90)).hopper()) << d;
+    s.bias = true;  // bias tensors stay on the mma.sync family's staged bias tiles
+    EXPECT_FALSE(default_config(s, limits_for_arch(90)).hopper()) << d;
     s = sm90_spec(d, d);
     s.target.sm = 80;
     EXPECT_FALSE(default_config(s, limits_for_arch(80)).hopper()) << d;
