@@ -99,10 +99,13 @@ KernelSource generate_sm90(const KernelSpec& spec, const TileConfig& cfg) {
   s += fmt::format("constexpr int kStages = {};\n", cfg.stages);
   s += fmt::format("constexpr bool kOverlap = {};\n", cfg.overlap);
   s += fmt::format("constexpr bool kPingPong = {};\n", cfg.pingpong);
+  s += fmt::format("constexpr bool kPolyExp = {};\n", cfg.poly_exp);
   s += fmt::format("constexpr int kSmemBytes = {};\n", out.shared_bytes);
   s += fmt::format("constexpr bool kCausal = {};\n", spec.mask != MaskKind::none);
   s += fmt::format("constexpr bool kBottomRight = {};\n", spec.mask == MaskKind::causal_bottom_right);
   s += fmt::format("constexpr bool kWindow = {};\n", spec.window);
+  s += fmt::format("constexpr bool kPacked = {};\n", spec.varlen == VarlenKind::packed);
+  s += fmt::format("constexpr bool kPadded = {};\n", spec.varlen == VarlenKind::padded);
   s += fmt::format("constexpr bool kLse = {};\n", spec.lse);
   s += fmt::format("constexpr bool kRawScores = {};\n", raw);
   s += "// exp2 argument scale: softmax scale * log2(e) on raw scores, 1 after modifiers\n";

@@ -81,8 +81,9 @@ std::string KernelSpec::tag() const {
 
 std::string TileConfig::canonical() const {
   if (hopper()) {
-    return fmt::format("h_bm{}_bn{}_wg{}_s{}{}{}{}", block_m, block_n, consumer_warpgroups(), stages,
-                       q_in_regs ? "_qr" : "", overlap ? "_ov" : "", pingpong ? "_pp" : "");
+    return fmt::format("h_bm{}_bn{}_wg{}_s{}{}{}{}{}", block_m, block_n, consumer_warpgroups(), stages,
+                       q_in_regs ? "_qr" : "", overlap ? "_ov" : "", pingpong ? "_pp" : "",
+                       poly_exp ? "_pe" : "");
   }
   if (cpu() && !q_in_regs) return fmt::format("cpu_bm{}_bn{}", block_m, block_n);
   return fmt::format("bm{}_bn{}_w{}_s{}{}{}", block_m, block_n, warps, stages,
@@ -205,9 +206,6 @@ std::optional<std::string> why_illegal_sm90(const KernelSpec& spec, const TileCo
   if (spec.pass != Pass::forward) return std::string("the sm90 family has forward kernels only (backward: mma.sync)");
   if (spec.dropout) return std::string("the sm90 family has no dropout yet (the mma.sync family does)");
   if (cfg.split != 1) return std::string("column slices (_x) are a backward option");
-  if (spec.varlen != VarlenKind::none) {
-    return std::string("varlen is not implemented in the sm90 family yet (the sm80 family runs it)");
-  }
   const int consumers = cfg.consumer_warpgroups();
   if (cfg.warps % 4 != 0 || consumers < 1 || consumers > 3) {
     return fmt::format("warps {} unsupported: 4 * (1 producer + 1..3 consumer warpgroups)", cfg.warps);
@@ -275,8 +273,8 @@ std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig&
   }
   if (spec.target.cpu) return why_illegal_cpu(spec, cfg);
   if (cfg.hopper()) return why_illegal_sm90(spec, cfg, limits);
-  if (cfg.overlap || cfg.pingpong) {
-    return std::string("overlap (_ov) and ping-pong (_pp) are Hopper-family (h_...) options");
+  if (cfg.overlap || cfg.pingpong || cfg.poly_exp) {
+    return std::string("overlap (_ov), ping-pong (_pp) and poly exp (_pe) are Hopper-family (h_...) options");
   }
   if (spec.target.sm < 80) return fmt::format("sm_{} unsupported: mma.sync family needs sm_80+", spec.target.sm);
   if (spec.dtype == DType::f32) return std::string("dtype f32 unsupported on the GPU: f16 or bf16");
@@ -394,7 +392,8 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
   // Two consumer warpgroups (128 query rows). Measured on the H200 (bench/NOTES.md, "Hopper
   // family"), bf16 seqlen 4096: up to head dim 128, overlap + ping-pong with 3 stages wins (d128
   // 594 TFLOP/s vs 548 serial; d64 432 vs 405); at d256 the serial schedule does (592 vs 522 with
-  // overlap + ping-pong, whose S, P and O registers all live at once spill with modifiers there).
+  // overlap + ping-pong, whose S, P and O registers all live at once spill with modifiers there),
+  // with block_n 80 (616 vs 601 with 64; causal 539 vs 511).
   // Above head dim 96 a bias tensor (its hoisted global loads), or three or more modifiers (bias,
   // ALiBi, softcap, window, LSE), keep enough live to spill under overlap (NVRTC 13.0: 24-168
   // bytes at d104-128): serial schedule there.
@@ -402,7 +401,7 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
                         int(spec.lse);
   const bool overlap = dv <= 96 || (dv <= 128 && !spec.bias && modifiers < 3);
   TileConfig c = overlap ? sm90_config(128, 2, 3, /*overlap=*/true, /*pingpong=*/true)
-                         : sm90_config(dv <= 128 ? 128 : dv <= 192 ? 80 : 64, 2, dv <= 128 ? 3 : 2);
+                         : sm90_config(dv <= 128 ? 128 : 80, 2, dv <= 128 ? 3 : 2);
   // Shrink until it fits: stages, then block_n.
   while (why_illegal(spec, c, limits)) {
     if (c.stages > 2) {
@@ -420,9 +419,9 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
 
 bool sm90_family_default(const KernelSpec& spec, const DeviceLimits& limits) {
   if (spec.target.cpu || spec.target.sm != 90 || limits.sm != 90) return false;
-  // A bias tensor stays on the mma.sync family, which streams bias tiles through shared memory:
-  // H200, bf16, seqlen 4096, [1,h,s,s] bias, the sm90 family's per-element loads gave 99 / 121 /
-  // 140 / 89 / 167 TFLOP/s at d64 / 80 / 96 / 128 / 256 against mma.sync's 168-217 (NOTES).
+  // Bias tensors: the sm90 kernel reads each bias element from global memory inside the softmax
+  // (no staged bias tiles yet) and measured 99-140 TFLOP/s on the H200 at d64-96 (bench/NOTES.md),
+  // under the mma.sync family's shared-memory bias tiles (168-217); they stay there for now.
   if (spec.bias) return false;
   return !why_illegal(spec, default_config_sm90(spec, limits), limits).has_value();
 }

@@ -89,6 +89,9 @@ struct TileConfig {
   /// Hopper family only, with overlap and 2 consumer warpgroups: the consumers take turns issuing
   /// their wgmma batches (named barriers), so one's softmax runs while the other's wgmma does.
   bool pingpong = false;
+  /// Hopper family only: one in four exponentials of the softmax by a polynomial on the FMA pipe
+  /// instead of the MUFU unit (16 per clock per SM), which bounds the softmax at small head dims.
+  bool poly_exp = false;
 
   bool operator==(const TileConfig&) const = default;
   /// A CPU config: warps and stages 0.
@@ -98,7 +101,7 @@ struct TileConfig {
   int consumer_warpgroups() const { return warps / 4 - 1; }
   /// "bm128_bn64_w8_s2", suffix "_qr" = Q in registers, "_x2" = 2 column slices (backward);
   /// CPU configs "cpu_bm32_bn128"; Hopper configs "h_bm128_bn128_wg2_s2" (wg = consumer
-  /// warpgroups), suffix "_ov" = overlap, "_pp" = ping-pong.
+  /// warpgroups), suffix "_ov" = overlap, "_pp" = ping-pong, "_pe" = polynomial exp2.
   std::string canonical() const;
 };
 // Backward configs read the fields as: block_m = query rows per step of the dK/dV kernel (and
@@ -107,8 +110,9 @@ struct TileConfig {
 
 /// A Hopper-family config with `consumers` consumer warpgroups (block_m = 64 * consumers).
 inline TileConfig sm90_config(int block_n, int consumers, int stages, bool overlap = false,
-                              bool pingpong = false) {
-  return {64 * consumers, block_n, 4 * (consumers + 1), stages, false, 1, Family::sm90, overlap, pingpong};
+                              bool pingpong = false, bool poly_exp = false) {
+  return {64 * consumers, block_n, 4 * (consumers + 1), stages, false, 1, Family::sm90, overlap, pingpong,
+          poly_exp};
 }
 
 /// Shared-memory layout facts of the Hopper family that the host needs to build TMA tensor maps:
@@ -170,7 +174,8 @@ TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits);
 /// may be illegal for the spec: check why_illegal.
 TileConfig family_default_config(const KernelSpec& spec, const DeviceLimits& limits, Family family);
 
-/// Whether default_config picks the Hopper family for this spec on this device.
+/// Whether default_config picks the Hopper family for this spec on this device (sm_90, and no
+/// bias tensor: the family has no staged bias tiles yet).
 bool sm90_family_default(const KernelSpec& spec, const DeviceLimits& limits);
 
 }  // namespace jitattn

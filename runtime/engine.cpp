@@ -88,8 +88,10 @@ jitattn_kernel::AttnFwdTmaParams make_tma_params(const AttentionArgs& args, cons
   jitattn_kernel::AttnFwdTmaParams tp{};
   tp.p = make_params(args, problem);
   const Sm90Layout l = sm90_layout(spec);
-  auto encode = [](const TensorRef& t, int cols, int rows, int heads, int batch, unsigned box_cols,
-                   unsigned box_rows, int swizzle) {
+  // Dims are the tensors' own (seq = total rows and batch 1 for packed varlen, whose sequences the
+  // kernel addresses by row offset).
+  auto encode = [](const TensorRef& t, int cols, unsigned box_cols, unsigned box_rows, int swizzle) {
+    const auto rows = t.shape[1], heads = t.shape[2], batch = t.shape[0];
     const uint64_t es = 2;  // bytes per element (f16 / bf16)
     const CUtensorMap map = device::encode_tensor_map_16bit(
         t.data,
@@ -102,15 +104,15 @@ jitattn_kernel::AttnFwdTmaParams make_tma_params(const AttentionArgs& args, cons
     std::memcpy(&bytes, &map, sizeof(bytes));
     return bytes;
   };
-  tp.tma_q = encode(args.q, problem.head_dim, problem.seqlen_q, problem.heads_q, problem.batch,
-                    static_cast<unsigned>(l.panel_cols_qk()), static_cast<unsigned>(cfg.block_m), l.swizzle_qk);
+  tp.tma_q = encode(args.q, problem.head_dim, static_cast<unsigned>(l.panel_cols_qk()),
+                    static_cast<unsigned>(cfg.block_m), l.swizzle_qk);
   // No keys (k and v may be null): every row is fully masked, the kernel writes zeros and -inf
   // before touching a K/V map, and the driver refuses to encode an empty tensor.
-  if (problem.seqlen_k > 0) {
-    tp.tma_k = encode(args.k, problem.head_dim, problem.seqlen_k, problem.heads_kv, problem.batch,
-                      static_cast<unsigned>(l.panel_cols_qk()), static_cast<unsigned>(cfg.block_n), l.swizzle_qk);
-    tp.tma_v = encode(args.v, problem.head_dim_v, problem.seqlen_k, problem.heads_kv, problem.batch,
-                      static_cast<unsigned>(l.panel_cols_v()), static_cast<unsigned>(cfg.block_n), l.swizzle_v);
+  if (problem.seqlen_k > 0 && problem.total_k > 0) {
+    tp.tma_k = encode(args.k, problem.head_dim, static_cast<unsigned>(l.panel_cols_qk()),
+                      static_cast<unsigned>(cfg.block_n), l.swizzle_qk);
+    tp.tma_v = encode(args.v, problem.head_dim_v, static_cast<unsigned>(l.panel_cols_v()),
+                      static_cast<unsigned>(cfg.block_n), l.swizzle_v);
   }
   return tp;
 }

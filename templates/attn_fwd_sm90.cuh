@@ -94,12 +94,30 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   const int b = blockIdx.z;
   const int tid = threadIdx.x;
 
-  const int len_q = p.seqlen_q;
-  const int len_k = p.seqlen_k;
+  // ---- sequence extents of this batch -------------------------------------------------------
+  int len_q = p.seqlen_q;
+  int len_k = p.seqlen_k;
+  int row_q0 = 0, row_k0 = 0;  // first row of this batch along the seq dim (packed varlen)
+  if (kPacked) {
+    row_q0 = p.cu_seqlens_q[b];
+    row_k0 = p.cu_seqlens_k[b];
+    len_q = p.cu_seqlens_q[b + 1] - row_q0;
+    len_k = p.cu_seqlens_k[b + 1] - row_k0;
+  }
+  if (kPadded) {
+    if (p.seqused_q) len_q = min(p.seqused_q[b], p.seqlen_q);
+    if (p.seqused_k) len_k = min(p.seqused_k[b], p.seqlen_k);
+  }
   const int m0 = m_block * kBlockM;
-  const int rows_out = min(kBlockM, len_q - m0);
+  // Rows this CTA must write: packed sequences end at len_q; padded batches also zero their rows
+  // in [len_q, seqlen_q).
+  const int rows_out = min(kBlockM, (kPadded ? p.seqlen_q : len_q) - m0);
   if (rows_out <= 0) return;
   const int kvh = h / p.group;
+  // TMA coordinates: packed sequences sit in batch 0 of the maps, from their first row on. Rows of
+  // a tile past the sequence belong to the next one (or are zero-filled past the tensor): masked
+  // keys, and query rows that are never written.
+  const int tma_b = kPacked ? 0 : b;
 
   // ---- key blocks this query block can see (masks skip empty tiles) ----------------------------
   const int offset = kBottomRight ? len_k - len_q : 0;
@@ -112,9 +130,11 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   const int nb_begin = n_begin / kBlockN;
   const int nb_end = (max(n_end, 0) + kBlockN - 1) / kBlockN;
 
-  elem_t* gO = static_cast<elem_t*>(p.o) + b * p.o_batch_stride + m0 * p.o_row_stride + h * p.o_head_stride;
-  float* gLse = kLse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + m0 : nullptr;
-  if (nb_end <= nb_begin) {
+  const long long ob = kPacked ? 0 : static_cast<long long>(b);
+  elem_t* gO = static_cast<elem_t*>(p.o) + ob * p.o_batch_stride + (row_q0 + m0) * p.o_row_stride +
+               h * p.o_head_stride;
+  float* gLse = kLse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + row_q0 + m0 : nullptr;
+  if (m0 >= len_q || nb_end <= nb_begin) {
     // Every row fully masked: output 0, LSE -inf. Uniform across the CTA, before any barrier.
     for (int i = tid; i < rows_out * (kHeadDimV / 2); i += kThreads) {
       const int r = i / (kHeadDimV / 2);
@@ -160,7 +180,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       mbar_arrive_expect_tx(bar_q, kQTxBytes);
 #pragma unroll
       for (int pnl = 0; pnl < kPanelsQK; ++pnl) {
-        tma_load_4d(sQ + pnl * kQPanelBytes, &params.tma_q, bar_q, pnl * kPanelColsQK, m0, h, b);
+        tma_load_4d(sQ + pnl * kQPanelBytes, &params.tma_q, bar_q, pnl * kPanelColsQK, row_q0 + m0, h, tma_b);
       }
       for (int it = 0; it < n_tiles; ++it) {
         const int s = it % kStages;
@@ -171,13 +191,13 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
 #pragma unroll
         for (int pnl = 0; pnl < kPanelsQK; ++pnl) {
           tma_load_4d(sK + s * kKStageBytes + pnl * kKPanelBytes, &params.tma_k, bar_full_k + 8 * s,
-                      pnl * kPanelColsQK, n0, kvh, b);
+                      pnl * kPanelColsQK, row_k0 + n0, kvh, tma_b);
         }
         mbar_arrive_expect_tx(bar_full_v + 8 * s, kVTxBytes);
 #pragma unroll
         for (int pnl = 0; pnl < kPanelsV; ++pnl) {
           tma_load_4d(sV + s * kVStageBytes + pnl * kVPanelBytes, &params.tma_v, bar_full_v + 8 * s,
-                      pnl * kPanelColsV, n0, kvh, b);
+                      pnl * kPanelColsV, row_k0 + n0, kvh, tma_b);
         }
       }
     }
@@ -261,7 +281,9 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const float pe = fast_exp2(fmaf(acc_s[4 * nt + 2 * hf + e], kExpScale, -m_scaled));
+            const float x = fmaf(acc_s[4 * nt + 2 * hf + e], kExpScale, -m_scaled);
+            // kPolyExp: every fourth n8 group on the FMA pipe, balancing it against MUFU.
+            const float pe = (kPolyExp && nt % 4 == 3) ? exp2_poly(x) : fast_exp2(x);
             acc_s[4 * nt + 2 * hf + e] = pe;
             sum += pe;
           }
@@ -412,7 +434,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     for (int hf = 0; hf < 2; ++hf) {
       const float sum = quad_sum(row_sum[hf]);
       const int r = row0 + warp * 16 + g + hf * 8;  // row within the block
-      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      const bool real = m0 + r < len_q;              // padded rows past len_q write 0
+      const float inv = (sum > 0.0f && real) ? 1.0f / sum : 0.0f;
       if (r < rows_out) {
         elem_t* o_row = gO + r * p.o_row_stride;
 #pragma unroll
@@ -423,7 +446,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           }
         }
         if (kLse && t == 0) {
-          gLse[r] = sum > 0.0f ? (row_max[hf] * kExpScale + __log2f(sum)) * kLn2 : neg_inf();
+          gLse[r] = (sum > 0.0f && real) ? (row_max[hf] * kExpScale + __log2f(sum)) * kLn2 : neg_inf();
         }
       }
     }

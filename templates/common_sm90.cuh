@@ -62,6 +62,20 @@ JITATTN_DEVICE void setmaxnreg_dec() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
 }
 
+// 2^x on the FMA pipe: 2^n * 2^f with n = round(x) (the 1.5 * 2^23 rounding trick; n sits in the
+// low mantissa bits of t) and 2^f, f in [-0.5, 0.5], by a degree-3 polynomial through Chebyshev
+// nodes (relative error 1e-4, under the 16-bit rounding of P). Exactly 0 below -125, so -inf
+// (masked scores) gives 0 as ex2.approx does.
+JITATTN_DEVICE float exp2_poly(float x) {
+  const float xc = fmaxf(x, -125.0f);
+  const float t = xc + 12582912.0f;
+  const float f = xc - (t - 12582912.0f);
+  const float p = fmaf(fmaf(fmaf(0.0558382829f, f, 0.242639479f), f, 0.693136734f), f, 0.999924557f);
+  const float r = __int_as_float(__float_as_int(p) +
+                                 static_cast<int>(static_cast<unsigned>(__float_as_int(t)) << 23));
+  return x < -125.0f ? 0.0f : r;
+}
+
 // ---- named barriers (ids 1..15; 0 is __syncthreads) -----------------------------------------------
 JITATTN_DEVICE void named_bar_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");

@@ -152,6 +152,23 @@ std::vector<Case> feature_cases() {
     p.layout = {0, 2, 1, 3};
     add(fmt::format("layout_bhsd_d{}", d), p);
     p = base(d);
+    p.batch = 4;
+    p.varlen = VarlenKind::packed;
+    p.mask = MaskKind::causal;
+    add(fmt::format("varlen_packed_causal_d{}", d), p);
+    p.varlen = VarlenKind::padded;
+    p.mask = MaskKind::causal_bottom_right;
+    add(fmt::format("varlen_padded_causal_br_d{}", d), p);
+    p.varlen = VarlenKind::packed;
+    p.mask = MaskKind::none;
+    p.heads_q = 6;
+    p.heads_kv = 2;
+    p.bias = "1hqk";
+    p.window = Window{40, 20};
+    add(fmt::format("varlen_packed_gqa_bias_window_d{}", d), p);
+    p.varlen = VarlenKind::padded;
+    add(fmt::format("varlen_padded_gqa_bias_window_d{}", d), p);
+    p = base(d);
     p.alibi = true;
     p.bias = "1hqk";
     p.softcap = 20.0f;
@@ -160,6 +177,8 @@ std::vector<Case> feature_cases() {
     p.heads_q = 6;
     p.heads_kv = 2;
     add(fmt::format("everything_d{}", d), p);
+    p.varlen = VarlenKind::packed;
+    add(fmt::format("everything_packed_d{}", d), p);
   }
   for (auto [d, dv] : {std::pair{72, 40}, {128, 64}, {64, 128}, {40, 200}, {256, 8}, {8, 256}}) {
     ProblemDesc p = base(d);
@@ -185,7 +204,9 @@ std::vector<Case> feature_cases() {
                           "h_bm128_bn96_wg2_s3", "h_bm192_bn64_wg3_s2", "h_bm128_bn176_wg2_s2",
                           "h_bm128_bn16_wg2_s4", "h_bm128_bn128_wg2_s2", "h_bm64_bn64_wg1_s2_ov",
                           "h_bm192_bn64_wg3_s2_ov", "h_bm128_bn112_wg2_s3_ov", "h_bm128_bn16_wg2_s4_ov",
-                          "h_bm128_bn160_wg2_s2_ov", "h_bm128_bn128_wg2_s2_ov_pp", "h_bm128_bn64_wg2_s3_ov_pp"}) {
+                          "h_bm128_bn160_wg2_s2_ov", "h_bm128_bn128_wg2_s2_ov_pp", "h_bm128_bn64_wg2_s3_ov_pp",
+                          "h_bm128_bn128_wg2_s3_ov_pp_pe", "h_bm128_bn64_wg2_s2_pe", "h_bm192_bn64_wg3_s3_ov",
+                          "h_bm128_bn48_wg2_s3_ov_pp"}) {
     for (int d : {40, 64, 96, 128}) {
       ProblemDesc p = base(d);
       p.mask = MaskKind::causal_bottom_right;
@@ -230,20 +251,19 @@ TEST(ForwardSm90, RandomShapes) {
   }
 }
 
-// On sm_90 the runtime's default is this family wherever it supports the spec; varlen is not in
-// the family yet, so it falls back to the mma.sync family there.
-TEST(ForwardSm90, RuntimeDefaultPicksTheFamilyAndFallsBack) {
+// On sm_90 the runtime's default is this family wherever it supports the spec (varlen too).
+TEST(ForwardSm90, RuntimeDefaultPicksTheFamily) {
   JITATTN_REQUIRE_SM90();
   ProblemDesc p = base(128);
   p.mask = MaskKind::causal;
   harness::CheckResult r = harness::check(engine(), p);
   EXPECT_TRUE(r.pass);
   EXPECT_EQ(r.kernel.config.rfind("h_", 0), 0u) << r.kernel.config;
+  EXPECT_EQ(r.kernel.target, "sm_90a");
   p.varlen = VarlenKind::packed;
   r = harness::check(engine(), p);
   EXPECT_TRUE(r.pass);
-  EXPECT_NE(r.kernel.config.rfind("h_", 0), 0u) << r.kernel.config;
-  EXPECT_EQ(r.kernel.target, "sm_90");
+  EXPECT_EQ(r.kernel.config.rfind("h_", 0), 0u) << r.kernel.config;
 }
 
 // The mma.sync family stays a candidate on Hopper: forced, it still computes the same function.

@@ -716,6 +716,8 @@ TEST(Sm90Config, CanonicalIsDistinctAndRoundTrips) {
   EXPECT_TRUE(parse_config("h_bm128_bn128_wg2_s2_ov") == ov);
   EXPECT_FALSE(ov == c);
   EXPECT_EQ(sm90_config(128, 2, 2, true, true).canonical(), "h_bm128_bn128_wg2_s2_ov_pp");
+  EXPECT_EQ(sm90_config(128, 2, 3, true, true, true).canonical(), "h_bm128_bn128_wg2_s3_ov_pp_pe");
+  EXPECT_TRUE(parse_config("h_bm64_bn64_wg1_s2_pe") == sm90_config(64, 1, 2, false, false, true));
   EXPECT_TRUE(parse_config("h_bm128_bn128_wg2_s2_ov_pp") == sm90_config(128, 2, 2, true, true));
   EXPECT_NE(why_illegal(sm90_spec(), sm90_config(128, 2, 2, false, true), limits_for_arch(90)).value_or("").find("ping-pong"),
             std::string::npos);
@@ -738,9 +740,9 @@ TEST(Sm90Config, WhyIllegalExplains) {
   KernelSpec on80 = sm90_spec();
   on80.target.sm = 80;
   EXPECT_NE(why(on80, sm90_config(128, 2, 2), limits_for_arch(80)).find("sm_90"), std::string::npos);
-  KernelSpec varlen = sm90_spec();
-  varlen.varlen = VarlenKind::packed;
-  EXPECT_NE(why(varlen, sm90_config(128, 2, 2), h).find("varlen"), std::string::npos);
+  KernelSpec f32 = sm90_spec();
+  f32.dtype = DType::f32;
+  EXPECT_NE(why(f32, sm90_config(128, 2, 2), h).find("f32"), std::string::npos);
   TileConfig bad_m = sm90_config(128, 2, 2);
   bad_m.block_m = 96;
   EXPECT_NE(why(sm90_spec(), bad_m, h).find("block_m"), std::string::npos);
@@ -769,7 +771,9 @@ TEST(Sm90Config, DefaultPicksTheFamilyOnSm90Only) {
     const TileConfig c = default_config(s, limits_for_arch(90));
     EXPECT_TRUE(c.hopper()) << d << " " << c.canonical();
     EXPECT_EQ(why_illegal(s, c, limits_for_arch(90)), std::nullopt) << d;
-    s.varlen = VarlenKind::padded;  // not in the family: the mma.sync default
+    s.varlen = VarlenKind::padded;
+    EXPECT_TRUE(default_config(s, limits_for_arch(90)).hopper()) << d;
+    s.bias = true;  // bias tensors stay on the mma.sync family's staged bias tiles
     EXPECT_FALSE(default_config(s, limits_for_arch(90)).hopper()) << d;
     s = sm90_spec(d, d);
     s.target.sm = 80;
