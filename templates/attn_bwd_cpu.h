@@ -163,11 +163,48 @@ struct BiasGrad {
 // One (BLOCK_N keys, BLOCK_M queries) tile's share of the chain rule. In: s_t = raw Q.K, dp_t =
 // dO.V (both S^T layout). Out: s_t = P Z (dropped probabilities, which multiply dO into dV),
 // dp_t = dL/d(Q.K). With kCollect, dL/d(score) of every allowed position is added to `bg`.
+inline bool is_masked(const AttnFwdParams& p, int qi, int kj, int len_q, int len_k, int offset) {
+  const int rel = kj - (qi + offset);
+  bool masked = qi >= len_q || kj >= len_k;
+  if (kCausal) masked |= rel > 0;
+  if (kWindow) {
+    masked |= p.window_right >= 0 && rel > p.window_right;
+    masked |= p.window_left >= 0 && rel < -p.window_left;
+  }
+  return masked;
+}
+
 template <bool kCollect>
 inline void score_grads(const AttnFwdParams& p, const ScoreMod& mod, float* __restrict s_t,
                         float* __restrict dp_t, const float* __restrict lse_log2,
                         const float* __restrict delta, int m0, int n0, int len_q, int len_k,
                         int offset, unsigned bh, const BiasGrad& bg) {
+  if constexpr (!kDropout) {
+    // One key row at a time, query rows innermost: a branch-free loop over contiguous rows of
+    // S^T and dP^T that the loop vectoriser takes (fp32 d64 seqlen 1024: 66.6 -> 59.7 ms against
+    // the key-quad loop below, which the dropout path keeps for its one Philox draw per 4 keys).
+    (void)bh;
+    for (int j = 0; j < kBlockN; ++j) {
+      const int kj = n0 + j;
+      const int kj_clamped = min_i(kj, len_k - 1);
+      float* __restrict s_row = s_t + j * kBlockM;
+      float* __restrict dp_row = dp_t + j * kBlockM;
+      for (int i = 0; i < kBlockM; ++i) {
+        const int qi = m0 + i;
+        const bool masked = is_masked(p, qi, kj, len_q, len_k, offset);
+        const float raw = s_row[i];
+        const float x = kRawScores ? raw * kScaleLog2 : mod.apply(raw * kScale, min_i(qi, len_q - 1), kj_clamped);
+        const float pr = masked ? 0.0f : exp2_scalar(x - lse_log2[i]);
+        const float ds = pr * (dp_row[i] - delta[i]);
+        s_row[i] = pr;
+        dp_row[i] = ds * mod.grad_scale(raw * kScale);
+        if constexpr (kCollect) {
+          if (!masked) bg.base[qi * bg.row_stride + kj * bg.col_stride] += ds;
+        }
+      }
+    }
+    return;
+  }
   for (int j0 = 0; j0 < kBlockN; j0 += 4) {
     for (int i = 0; i < kBlockM; ++i) {
       const int qi = m0 + i;
@@ -181,13 +218,7 @@ inline void score_grads(const AttnFwdParams& p, const ScoreMod& mod, float* __re
       for (int u = 0; u < 4; ++u) {
         const int j = j0 + u;
         const int kj = n0 + j;
-        const int rel = kj - (qi + offset);
-        bool masked = qi >= len_q || kj >= len_k;
-        if (kCausal) masked |= rel > 0;
-        if (kWindow) {
-          masked |= p.window_right >= 0 && rel > p.window_right;
-          masked |= p.window_left >= 0 && rel < -p.window_left;
-        }
+        const bool masked = is_masked(p, qi, kj, len_q, len_k, offset);
         const int at = j * kBlockM + i;
         const float raw = s_t[at];
         // Indices clamped into the sequence so that no modifier reads past it (masked anyway).
