@@ -19,6 +19,7 @@
 #include "runtime/harness.h"
 #include "runtime/numeric.h"
 #include "runtime/problem.h"
+#include "runtime/reference.h"
 #include "templates/philox.h"
 #include "tests/test_util.h"
 
@@ -312,6 +313,41 @@ TEST(CpuBackward, ForwardDropoutMatchesReference) {
     EXPECT_TRUE(r.pass) << harness::describe(p) << " seed " << r.seed << ": rel " << r.rel_err << " lse "
                         << r.lse_rel_err;
   }
+}
+
+// The public API as a user calls it: host tensors with automatic device selection, the forward
+// saving its LSE, then backward with no workspace (the engine allocates it in host memory).
+TEST(CpuBackward, PublicApiWithEngineWorkspace) {
+  JITATTN_REQUIRE_LLVM();
+  auto rng = test::seeded_rng();
+  const int64_t b = 2, s = 45, sk = 61, hq = 4, hkv = 2, d = 40;
+  auto q = test::random_tensor(DType::f32, {b, s, hq, d}, rng);
+  auto k = test::random_tensor(DType::f32, {b, sk, hkv, d}, rng);
+  auto v = test::random_tensor(DType::f32, {b, sk, hkv, d}, rng);
+  auto o = test::poisoned_tensor(DType::f32, {b, s, hq, d});
+  auto d_o = test::random_tensor(DType::f32, {b, s, hq, d}, rng);
+  auto dq = test::poisoned_tensor(DType::f32, {b, s, hq, d});
+  auto dk = test::poisoned_tensor(DType::f32, {b, sk, hkv, d});
+  auto dv = test::poisoned_tensor(DType::f32, {b, sk, hkv, d});
+  std::vector<float> lse(size_t(b * hq * s), std::nanf(""));
+  AttentionArgs a;  // device: automatic, host memory -> the CPU backend
+  a.q = q.ref;
+  a.k = k.ref;
+  a.v = v.ref;
+  a.o = o.ref;
+  a.mask = MaskKind::causal_bottom_right;
+  const AttentionArgs saved = forward_for_backward(a, lse.data());
+  BackwardArgs g;
+  g.d_o = d_o.ref;
+  g.dq = dq.ref;
+  g.dk = dk.ref;
+  g.dv = dv.ref;
+  const KernelReport r = backward(saved, g);
+  EXPECT_EQ(r.backend, "cpu");
+  const reference::Gradients ref = reference::backward(saved, d_o.ref, false);
+  EXPECT_LT(relative_error(test::to_double(dq.ref), ref.dq), 1e-5);
+  EXPECT_LT(relative_error(test::to_double(dk.ref), ref.dk), 1e-5);
+  EXPECT_LT(relative_error(test::to_double(dv.ref), ref.dv), 1e-5);
 }
 
 // The generator's side: every head-dim pair has a legal default within the stack budget, and the
