@@ -156,15 +156,6 @@ Device require_device(Device wanted) {
   return d;
 }
 
-// The backward pass runs on CUDA GPUs only: the CPU backend has forward kernels alone.
-Device require_backward_device(Device wanted) {
-  const Device d = require_device(wanted);
-  if (d.kind == Device::Kind::cpu) {
-    throw Unsupported("the backward pass runs on CUDA GPUs only (the CPU backend has forward kernels only); "
-                      "no GPU is available here");
-  }
-  return d;
-}
 
 
 // ---- info ----
@@ -315,7 +306,7 @@ namespace {
 int run_check_backward(const CheckOptions& o) {
   harness::ProblemDesc desc = problem_desc(o.problem);
   desc.lse = true;  // backward reads the forward's LSE
-  desc.device = require_backward_device(desc.device);
+  desc.device = require_device(desc.device);
   Engine engine;
   BackwardOptions options;
   options.config = o.problem.config;
@@ -551,7 +542,7 @@ int run_bench(const BenchOptions& o) {
   }
   if (o.grid) return run_grid(o);
   harness::ProblemDesc desc = problem_desc(o.problem);
-  desc.device = backward ? require_backward_device(desc.device) : require_device(desc.device);
+  desc.device = backward ? require_device(desc.device) : require_device(desc.device);
   Engine engine;
   harness::BenchResult r;
   // peers.py's mode names: "bwd" and "fwd_bwd".

@@ -71,7 +71,5 @@ Problem problem_without_device(const harness::ProblemDesc& desc);
 /// `wanted` resolved (auto: a GPU when present, else the CPU) and checked to exist: NoDevice
 /// without a driver or device, Unsupported for the CPU in a build without LLVM.
 Device require_device(Device wanted);
-/// require_device for the backward pass: a CUDA device (Unsupported on the CPU backend).
-Device require_backward_device(Device wanted);
 
 }  // namespace jitattn::cli

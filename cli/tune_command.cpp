@@ -103,9 +103,6 @@ class RunnerMeasurer : public tuner::Measurer {
 // Tunes one problem; returns false when it could not (claimed elsewhere, nothing ok).
 bool tune_one(harness::ProblemDesc desc, const TuneOptions& o, std::ostream& out) {
   if (o.backward) desc.lse = true;  // backward reads the forward's LSE
-  if (o.backward && desc.device.kind == Device::Kind::cpu) {
-    throw Unsupported("the backward pass runs on CUDA GPUs only (the CPU backend has forward kernels only)");
-  }
   const BackendInfo backend =
       desc.device.kind == Device::Kind::cpu ? cpu_backend() : cuda_backend(desc.device.ordinal);
   const DeviceLimits& limits = backend.limits;
@@ -114,7 +111,7 @@ bool tune_one(harness::ProblemDesc desc, const TuneOptions& o, std::ostream& out
 
   Problem problem = problem_without_device(desc);
   problem.dbias = desc.dbias;
-  const KernelSpec spec = o.backward ? make_backward_spec(problem, backend.target.sm, false)
+  const KernelSpec spec = o.backward ? make_backward_spec(problem, backend.target, false)
                                      : make_spec(problem, backend.target);
   const std::string spec_hash = cache::hex64(spec.hash());
   const std::string bucket = tuner::shape_bucket(problem);

@@ -237,7 +237,7 @@ uint64_t template_hash() {
 }
 
 uint64_t cpu_template_hash() {
-  return hash_templates({"common_cpu.h", "attn_params.h", "attn_fwd_cpu.h"});
+  return hash_templates({"common_cpu.h", "attn_params.h", "philox.h", "attn_fwd_cpu.h", "attn_bwd_cpu.h"});
 }
 
 }  // namespace jitattn

@@ -12,7 +12,7 @@
 namespace jitattn {
 
 /// Bumped whenever emitted code changes meaning; part of every cache key.
-inline constexpr int kGeneratorVersion = 2;  // 2: dropout params, backward kernels
+inline constexpr int kGeneratorVersion = 3;  // 2: dropout params, backward kernels; 3: CPU backward and dropout
 
 struct KernelSource {
   /// extern "C" kernel symbol, spells out the specialisation. Backward: the dK/dV kernel; the
@@ -35,7 +35,9 @@ std::string backward_kernel_name(const std::string& name, BackwardKernel which);
 /// Generates the kernel. Throws InvalidArgument if why_illegal(spec, cfg, limits) says so.
 /// CPU kernels follow the ABI of runtime/device/cpu_jit.h:
 ///   extern "C" void NAME(const jitattn_kernel::AttnFwdParams* p, long long begin, long long end)
-/// over work items (b * heads_q + h) * ceil(seqlen_q / block_m) + m_block.
+/// over work items (b * heads_q + h) * ceil(seqlen_q / block_m) + m_block. A CPU backward spec
+/// gives three entries taking an AttnBwdParams*: NAME (dK/dV), NAME_pre and NAME_dq
+/// (backward_kernel_name), run as passes pre, NAME, dq.
 KernelSource generate(const KernelSpec& spec, const TileConfig& cfg, const DeviceLimits& limits);
 
 /// Hash of the embedded GPU template text (FNV-1a), part of GPU cache keys.

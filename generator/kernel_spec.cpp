@@ -92,6 +92,14 @@ std::string TileConfig::canonical() const {
 
 int cpu_scratch_bytes(const KernelSpec& spec, const TileConfig& cfg) {
   const long long d = spec.head_dim, dv = spec.head_dim_v, m = cfg.block_m, n = cfg.block_n;
+  if (spec.pass == Pass::backward) {
+    // templates/attn_bwd_cpu.h. dK/dV item: K, V and their gradients, Q and dO both row-major and
+    // transposed, S^T and dP^T, LSE and delta. dQ item: Q^T, dO^T and one row-major staging
+    // block, K, V, S^T, dP^T, the dQ accumulator, LSE and delta.
+    const long long dkdv = 2 * n * (d + dv) + 2 * m * (d + dv) + 2 * n * m + 2 * m;
+    const long long dq = m * (d + dv) + m * std::max(d, dv) + n * (d + dv) + 2 * n * m + m * d + 2 * m;
+    return static_cast<int>(std::min<long long>(4 * std::max(dkdv, dq), 1ll << 30));
+  }
   // Q^T, K block, V block, S^T, O accumulator, then row max / sum / correction (templates/
   // attn_fwd_cpu.h, attn_fwd_item).
   const long long floats = d * m + n * d + n * dv + n * m + m * dv + 3 * m;
@@ -174,11 +182,27 @@ bool is_in(int v, std::initializer_list<int> menu) {
 // is a power of 2 (a whole number of vectors, or one narrower vector below the host's width);
 // block_n is a power of 2 of at least 16, a multiple of every micro-kernel's key step.
 std::optional<std::string> why_illegal_cpu(const KernelSpec& spec, const TileConfig& cfg) {
-  if (spec.pass != Pass::forward) return std::string("the CPU backend has forward kernels only");
-  if (spec.dropout) return std::string("the CPU kernels have no dropout (it runs on CUDA GPUs)");
   if (cfg.warps != 0 || cfg.stages != 0 || cfg.q_in_regs || cfg.split != 1) {
     return fmt::format("{} is a GPU config: CPU configs have warps 0, stages 0 (cpu_bm<M>_bn<N>)",
                        cfg.canonical());
+  }
+  if (spec.pass == Pass::backward) {
+    // templates/attn_bwd_cpu.h: block_m query rows are the vector lanes of S^T and dP^T (at
+    // least 16, a whole AVX-512 vector), block_n keys per dK/dV item and per dQ step.
+    if (spec.bias_tiled) return std::string("bias_tiled is a GPU forward layout");
+    if (spec.lse) return std::string("lse is a forward flag; backward always reads the LSE");
+    if (spec.dbias && !spec.bias) return std::string("dbias needs a bias tensor");
+    if (spec.deterministic) {
+      return std::string("deterministic is a GPU backward flag: the CPU backward is always deterministic");
+    }
+    if (!is_in(cfg.block_m, {16, 32, 64})) {
+      return fmt::format("block_m {} unsupported by the CPU backward: 16, 32 or 64", cfg.block_m);
+    }
+    if (!is_in(cfg.block_n, {16, 32, 64, 128})) {
+      return fmt::format("block_n {} unsupported by the CPU backward: 16, 32, 64 or 128", cfg.block_n);
+    }
+  } else if (spec.deterministic || spec.dbias) {
+    return std::string("deterministic and dbias are backward flags");
   }
   if (!is_in(cfg.block_m, {4, 8, 16, 32, 64})) {
     return fmt::format("block_m {} unsupported on the CPU: 4, 8, 16, 32 or 64", cfg.block_m);
@@ -342,13 +366,14 @@ TileConfig default_config_cpu(const KernelSpec& spec) {
   // above, 16/32/64 are within noise of each other (d256 at seqlen 1024: 174 / 172 / 174) and 32
   // halves the K/V blocks' scratch.
   const int d = std::max(spec.head_dim, spec.head_dim_v);
-  TileConfig c = cpu_config(64, d <= 128 ? 64 : 32);
+  // Backward: 64 x 64 up to head dim 128; above, the scratch shrinks it (block_n first).
+  TileConfig c = cpu_config(64, d <= 128 || spec.pass == Pass::backward ? 64 : 32);
   // Shrink until the scratch fits (it always does at these sizes; kept for other budgets):
   // block_n first (it only sets how many keys share one softmax step), then block_m.
   while (why_illegal_cpu(spec, c)) {
     if (c.block_n > 16) {
       c.block_n /= 2;
-    } else if (c.block_m > 4) {
+    } else if (c.block_m > (spec.pass == Pass::backward ? 16 : 4)) {
       c.block_m /= 2;
     } else {
       break;

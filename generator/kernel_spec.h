@@ -107,6 +107,8 @@ struct TileConfig {
 // Backward configs read the fields as: block_m = query rows per step of the dK/dV kernel (and
 // keys per step of the deterministic dQ kernel), block_n = keys per CTA = 16 per warp (and
 // query rows per CTA of the dQ kernel), stages = 1 or 2 buffers of the streamed tiles.
+// CPU backward configs (cpu_bm<M>_bn<N>): block_m = query rows per step of a dK/dV item and rows
+// per dQ item, block_n = keys per dK/dV item and keys per step of a dQ item.
 
 /// A Hopper-family config with `consumers` consumer warpgroups (block_m = 64 * consumers).
 inline TileConfig sm90_config(int block_n, int consumers, int stages, bool overlap = false,
@@ -140,7 +142,7 @@ inline constexpr int kMaxHeadDim = 256;
 int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg);
 
 /// Scratch (stack) bytes one CPU work item uses: Q^T, K and V blocks, S^T and the O accumulator
-/// in fp32, plus per-row state.
+/// in fp32, plus per-row state; for a backward spec the larger of its dK/dV and dQ items.
 int cpu_scratch_bytes(const KernelSpec& spec, const TileConfig& cfg);
 
 /// Stack budget of one CPU work item. The kernel keeps its blocks on the calling thread's stack

@@ -40,7 +40,8 @@ struct LoadedKernel {
   CUfunction function = nullptr;  // forward kernel, or the backward's dK/dV kernel
   // The other kernels of a backward module (null when the spec does not use them).
   CUfunction preprocess = nullptr, dq = nullptr, convert = nullptr, dbias = nullptr;
-  device::CpuModule cpu_module;
+  device::CpuModule cpu_module;  // CPU: kernel() is the forward, or the backward's dK/dV pass
+  device::CpuModule::Kernel cpu_preprocess = nullptr, cpu_dq = nullptr;  // the backward's other passes
   KernelSource source;
   std::shared_ptr<const device::CompileResult> compiled;
 };
@@ -160,6 +161,11 @@ struct Engine::Impl {
   // config to run and why; on any failure the default, with the reason.
   ConfigChoice tune_now(DeviceState& dev, const KernelSpec& spec, const Problem& problem,
                         const AttentionArgs& args, CUstream stream, const ConfigChoice& fallback);
+
+  // Engine::backward on the CPU backend: host memory, three passes over the work items of
+  // runtime/device/cpu_jit.h, one after another.
+  KernelReport backward_cpu(const AttentionArgs& args, const BackwardArgs& grads, const BackwardOptions& opts,
+                            const Problem& problem, const std::optional<TileConfig>& forced, size_t workspace_bytes);
 
   std::mutex tune_mu;  // one tuning at a time per engine
   std::mutex mu;
@@ -341,7 +347,10 @@ struct Engine::Impl {
         JITATTN_CU_CHECK(device::driver().cuFuncSetAttribute(
             k->function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, src.shared_bytes));
       }
-      if (spec.pass == Pass::backward) {
+      if (spec.pass == Pass::backward && dev.backend.cpu()) {
+        k->cpu_preprocess = k->cpu_module.symbol(backward_kernel_name(src.name, BackwardKernel::preprocess));
+        k->cpu_dq = k->cpu_module.symbol(backward_kernel_name(src.name, BackwardKernel::dq));
+      } else if (spec.pass == Pass::backward) {
         k->preprocess = k->module.function(backward_kernel_name(src.name, BackwardKernel::preprocess));
         if (spec.deterministic) {
           k->dq = k->module.function(backward_kernel_name(src.name, BackwardKernel::dq));
@@ -664,7 +673,7 @@ KernelReport Engine::backward(const AttentionArgs& args, const BackwardArgs& gra
     return {};
   }
   if (runs_on_cpu(args, problem)) {
-    throw Unsupported("the backward pass runs on CUDA GPUs only (the CPU backend has forward kernels only)");
+    return impl_->backward_cpu(args, grads, options, problem, forced, workspace_bytes);
   }
   const int dev = check_devices(args, problem);
   require_on_device(grads.d_o.data, dev, "d_o.data");
@@ -722,6 +731,50 @@ KernelReport Engine::backward(const AttentionArgs& args, const BackwardArgs& gra
   return report(k, spec, cfg, state.backend, choice, compiled_now, from_cache);
 }
 
+KernelReport Engine::Impl::backward_cpu(const AttentionArgs& args, const BackwardArgs& grads,
+                                        const BackwardOptions& opts, const Problem& problem,
+                                        const std::optional<TileConfig>& forced, size_t workspace_bytes) {
+  if (device::driver_available()) {
+    const std::pair<const void*, const char*> pointers[] = {
+        {grads.d_o.data, "d_o.data"}, {grads.dq.data, "dq.data"}, {grads.dk.data, "dk.data"},
+        {grads.dv.data, "dv.data"},   {problem.dbias ? grads.dbias.data : nullptr, "dbias.data"},
+        {opts.workspace, "opts.workspace"}};
+    for (const auto& [p, name] : pointers) {
+      if (p != nullptr && device::device_of_pointer(p) >= 0) {
+        throw InvalidArgument(name, "is CUDA device memory; the call runs on the CPU and needs host memory");
+      }
+    }
+  }
+  DeviceState& state = cpu_state();
+  // opts.deterministic is moot here: the CPU backward has no atomics (always reproducible).
+  const KernelSpec spec = make_backward_spec(problem, state.backend.target, false);
+  ConfigChoice choice = forced ? ConfigChoice{*forced, "forced", "BackwardOptions::config"}
+                               : choose_config(state, spec, problem);
+  if (auto why = why_illegal(spec, choice.config, state.backend.limits)) {
+    throw InvalidArgument("config", fmt::format("{}: {}", choice.config.canonical(), *why));
+  }
+  bool compiled_now = false;
+  bool from_cache = false;
+  LoadedKernel& k = kernel(state, spec, choice.config, &compiled_now, &from_cache);
+  std::vector<float> own;
+  void* workspace = opts.workspace;
+  if (workspace == nullptr) {
+    own.resize((workspace_bytes + sizeof(float) - 1) / sizeof(float));
+    workspace = own.data();
+  }
+  // Nothing to zero: delta is written for every row that is read, and each dQ item zeroes its
+  // slice of the dBias accumulator before summing into it.
+  const jitattn_kernel::AttnBwdParams params = make_backward_params(args, grads, problem, workspace, true);
+  const CpuBackwardItems items = cpu_backward_items(problem, choice.config, params);
+  const device::CpuModule::Kernel passes[] = {k.cpu_preprocess, k.cpu_module.kernel(), k.cpu_dq};
+  const long long counts[] = {items.preprocess, items.dkdv, items.dq};
+  for (int i = 0; i < 3; ++i) {
+    const device::CpuModule::Kernel fn = passes[i];
+    device::parallel_for(counts[i], 1, [&](long long begin, long long end) { fn(&params, begin, end); });
+  }
+  return report(k, spec, choice.config, state.backend, choice, compiled_now, from_cache);
+}
+
 KernelReport Engine::forward(const AttentionArgs& args, const ForwardOptions& options) {
   const Problem problem = validate(args);
   std::optional<TileConfig> forced;
@@ -729,9 +782,6 @@ KernelReport Engine::forward(const AttentionArgs& args, const ForwardOptions& op
   if (!problem.has_output_rows()) return {};
 
   if (runs_on_cpu(args, problem)) {
-    if (problem.dropout()) {
-      throw Unsupported("dropout runs on CUDA GPUs only: the CPU backend's kernels have no dropout");
-    }
     DeviceState& state = impl_->cpu_state();
     const KernelSpec spec = make_spec(problem, state.backend.target);
     ConfigChoice choice =

@@ -1,6 +1,6 @@
-// Builds a random attention problem on a device, runs it, and judges it against the float64
-// reference. Shared by `jitattn check`, `jitattn bench` and the GPU tests, so all three exercise
-// exactly the same setup. Needs a GPU (throws NoDevice otherwise).
+// Builds a random attention problem on a device (a CUDA GPU, or host memory for the CPU backend),
+// runs it, and judges it against the float64 reference. Shared by `jitattn check`, `jitattn
+// bench`, the tuner and the tests, so all of them exercise exactly the same setup.
 #pragma once
 
 #include <array>
@@ -86,7 +86,8 @@ BenchResult bench(Engine& engine, const ProblemDesc& desc, const ForwardOptions&
 
 struct BackwardCheckResult {
   double dq_err = 0, dk_err = 0, dv_err = 0, dbias_err = 0;  ///< relative norms vs float64
-  double tolerance = 0;  ///< fp16 5e-3, bf16 2e-2 relative norm (dS and P are 16-bit in MMAs)
+  /// fp16 5e-3, bf16 2e-2 relative norm (dS and P are 16-bit in the GPU's MMAs), f32 (CPU) 1e-5
+  double tolerance = 0;
   bool pass = false;     ///< every gradient and the forward within tolerance
   uint64_t seed = 0;
   CheckResult forward;   ///< the forward (with LSE) whose outputs backward read

@@ -28,12 +28,12 @@ KernelSpec make_spec(const Problem& problem, Target target) {
   return s;
 }
 
-KernelSpec make_backward_spec(const Problem& problem, int sm, bool deterministic) {
-  KernelSpec s = make_spec(problem, sm);
+KernelSpec make_backward_spec(const Problem& problem, Target target, bool deterministic) {
+  KernelSpec s = make_spec(problem, target);
   s.pass = Pass::backward;
   s.bias_tiled = false;  // backward reads the bias per element
   s.lse = false;         // always read
-  s.deterministic = deterministic;
+  s.deterministic = deterministic && !target.cpu;
   s.dbias = problem.dbias;
   return s;
 }
@@ -151,6 +151,7 @@ jitattn_kernel::AttnBwdParams make_backward_params(const AttentionArgs& a, const
     }
   }
   p.rows_q = pr.varlen == VarlenKind::packed ? pr.total_q : pr.batch * pr.seqlen_q;
+  p.batch = pr.batch;
   return p;
 }
 
@@ -171,6 +172,19 @@ BackwardGrids make_backward_grids(const Problem& pr, const TileConfig& c, bool d
   }
   if (pr.dbias) g.dbias = {static_cast<unsigned>((pr.dbias_elements + 255) / 256), 1, 1};
   return g;
+}
+
+CpuBackwardItems cpu_backward_items(const Problem& pr, const TileConfig& c,
+                                    const jitattn_kernel::AttnBwdParams& p) {
+  CpuBackwardItems n;
+  const long long m_blocks = (pr.seqlen_q + c.block_m - 1) / c.block_m;
+  const long long n_blocks = (pr.seqlen_k + c.block_n - 1) / c.block_n;
+  n.preprocess = static_cast<long long>(pr.batch) * pr.heads_q * m_blocks;
+  n.dkdv = static_cast<long long>(pr.batch) * pr.heads_kv * n_blocks;
+  const bool db = pr.dbias;
+  n.dq = (db && p.dba_batch_stride == 0 ? 1 : pr.batch) * (db && p.dba_head_stride == 0 ? 1 : pr.heads_q) *
+         (db && p.dba_row_stride == 0 ? 1 : m_blocks);
+  return n;
 }
 
 std::array<unsigned, 3> make_grid(const Problem& pr, const TileConfig& c) {

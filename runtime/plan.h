@@ -18,8 +18,20 @@ inline KernelSpec make_spec(const Problem& problem, int sm) { return make_spec(p
 /// Runtime params of the forward kernel (pointers, strides, lengths, window).
 jitattn_kernel::AttnFwdParams make_params(const AttentionArgs& args, const Problem& problem);
 
-/// The backward spec of `problem` (its dbias flag included).
-KernelSpec make_backward_spec(const Problem& problem, int sm, bool deterministic);
+/// The backward spec of `problem` (its dbias flag included). The CPU's backward is deterministic
+/// by construction: its spec never sets the flag.
+KernelSpec make_backward_spec(const Problem& problem, Target target, bool deterministic);
+inline KernelSpec make_backward_spec(const Problem& problem, int sm, bool deterministic) {
+  return make_backward_spec(problem, Target{sm, false}, deterministic);
+}
+
+/// Work items of the CPU backward's three passes (runtime/device/cpu_jit.h; the dQ pass's
+/// collapsing of the dims dbias is broadcast over mirrors templates/attn_bwd_cpu.h, dq_items).
+struct CpuBackwardItems {
+  long long preprocess = 0, dkdv = 0, dq = 0;
+};
+CpuBackwardItems cpu_backward_items(const Problem& problem, const TileConfig& config,
+                                    const jitattn_kernel::AttnBwdParams& params);
 
 /// Device workspace of a backward call, in this order: delta (fp32 per query row and head), the
 /// fp32 dQ accumulator (fast mode only), the fp32 dBias accumulator (dbias only). O(batch *

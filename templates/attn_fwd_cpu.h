@@ -12,7 +12,8 @@
 // vertical (element-wise across rows), not horizontal.
 //
 // Expects, from the generator: JITATTN_KERNEL_NAME, AttnFwdParams, namespace cfg with the
-// compile-time constants, elem_t with elem_to_float/float_to_elem, and struct ScoreMod.
+// compile-time constants, elem_t with elem_to_float/float_to_elem, struct ScoreMod, and
+// templates/philox.h (kDropout).
 
 namespace jitattn_kernel {
 
@@ -165,6 +166,23 @@ inline void softmax_block(float* __restrict s_t, int rows, float* __restrict row
   }
 }
 
+// Dropout on P^T rows [0, keys) of the real query rows [0, rows), after the row sums have taken
+// the probabilities (the LSE is that of P before dropout, as on the GPU and in the reference).
+// Keys come in aligned groups of 4 (n0 is a multiple of 16): one Philox draw per group and row.
+inline void dropout_block(const AttnFwdParams& p, float* __restrict s_t, unsigned bh, int m0, int n0,
+                          int rows, int keys) {
+  for (int j0 = 0; j0 < keys; j0 += 4) {
+    for (int i = 0; i < rows; ++i) {
+      const Philox4 r = dropout_bits4(p.dropout_seed, p.dropout_offset, bh, static_cast<unsigned>(m0 + i),
+                                      static_cast<unsigned>(n0 + j0));
+      for (int u = 0; u < 4 && j0 + u < keys; ++u) {
+        float& e = s_t[(j0 + u) * kBlockM + i];
+        e = r.x[u] >= p.dropout_threshold ? e * p.dropout_scale : 0.0f;
+      }
+    }
+  }
+}
+
 // Fully masked rows and padded rows past the batch's length: O = 0, LSE = -inf.
 inline void write_empty_rows(elem_t* o, long long o_row_stride, float* lse, int r0, int r1) {
   for (int r = r0; r < r1; ++r) {
@@ -301,6 +319,7 @@ inline void attn_fwd_item(const AttnFwdParams& p, int b, int h, int m_block) {
     }
 
     softmax_block(s_t, s_rows, row_max, row_sum, corr);
+    if constexpr (kDropout) dropout_block(p, s_t, static_cast<unsigned>(b * p.heads_q + h), m0, n0, rows, keys);
     pv_product(o_acc, s_t, v_buf, kHeadDimV, corr, keys);
   }
 

@@ -65,6 +65,7 @@ struct AttnBwdParams {
   long long dbias_shape[4];
   long long dbias_stride[4];
   int rows_q;  // rows of q along its seq dim times batch (packed: total_q)
+  int batch;   // sequences (the CPU dQ pass loops over a batch the bias gradient is broadcast over)
 };
 
 }  // namespace jitattn_kernel

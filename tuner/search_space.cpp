@@ -68,10 +68,11 @@ std::vector<Candidate> backward_search_space(const KernelSpec& spec, const Devic
 }  // namespace
 
 std::vector<Candidate> search_space(const KernelSpec& spec, const DeviceLimits& limits) {
-  if (spec.pass == Pass::backward) return backward_search_space(spec, limits);
+  if (spec.pass == Pass::backward && !spec.target.cpu) return backward_search_space(spec, limits);
   if (spec.target.cpu) {
-    // CPU kernels: rows per work item x keys per step; the generator's menu and stack budget
-    // (why_illegal) decide what is legal.
+    // CPU kernels, forward and backward: rows per work item (backward: per step) x keys per step
+    // (backward: per dK/dV item); the generator's menu and stack budget (why_illegal) decide
+    // what is legal.
     static constexpr int kCpuBlockM[] = {4, 8, 16, 32, 64, 128};
     static constexpr int kCpuBlockN[] = {16, 32, 64, 128, 256, 512};
     std::vector<Candidate> out;

@@ -23,10 +23,12 @@ struct BackwardOptions {
   /// false: dQ is summed with fp32 atomics (fastest; the summation order, hence the last bits,
   /// may differ between runs). true: dQ is summed in registers by its own kernel, so dq, dk and
   /// dv are bitwise reproducible. (dk/dv are reproducible in both modes; a dbias summed over
-  /// broadcast dimensions uses atomics in both.)
+  /// broadcast dimensions uses atomics in both.) The CPU backend has no atomics: its gradients,
+  /// dbias included, are bitwise reproducible whatever this says.
   bool deterministic = false;
-  /// Device memory of at least backward_workspace_bytes() for the fp32 accumulators. Null: the
-  /// engine allocates it and synchronises the stream before returning.
+  /// Device memory (host memory on the CPU backend) of at least backward_workspace_bytes() for
+  /// the fp32 accumulators. Null: the engine allocates it and synchronises the stream before
+  /// returning.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
 };
@@ -94,8 +96,9 @@ class Engine {
   /// (required: the forward's log-sum-exp) and grads.d_o; writes grads.dq, dk, dv and, when
   /// given, dbias. Same problem arguments as forward() (masks, window, varlen, GQA, bias, ALiBi,
   /// softcap, scale, dropout with the forward's seed and offset). Extra device memory is
-  /// O(batch * heads * seqlen) (plus an fp32 copy of dbias when asked for). Throws
-  /// InvalidArgument for bad input (nothing launched).
+  /// O(batch * heads * seqlen) (plus an fp32 copy of dbias when asked for). Runs where forward()
+  /// would (the CPU backend for host memory, synchronously). Throws InvalidArgument for bad input
+  /// (nothing launched).
   KernelReport backward(const AttentionArgs& args, const BackwardArgs& grads,
                         const BackwardOptions& options = {});
 

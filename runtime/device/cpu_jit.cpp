@@ -242,6 +242,13 @@ CpuModule CpuModule::load(const std::vector<char>& object, const std::string& ke
   return m;
 }
 
+CpuModule::Kernel CpuModule::symbol(const std::string& name) const {
+  if (!impl_ || !impl_->jit) throw CompileError(fmt::format("no object loaded to look up {} in", name), "", "");
+  auto addr = impl_->jit->lookup(name);
+  if (!addr) throw CompileError(fmt::format("the object does not define {}", name), error_text(addr.takeError()), "");
+  return addr->toPtr<Kernel>();
+}
+
 #else  // no LLVM in this build
 
 namespace {
@@ -268,6 +275,7 @@ CpuCompileResult compile_cpu(const std::string&, const std::string&) { no_llvm()
 
 struct CpuModule::Impl {};
 CpuModule CpuModule::load(const std::vector<char>&, const std::string&) { no_llvm(); }
+CpuModule::Kernel CpuModule::symbol(const std::string&) const { no_llvm(); }
 
 #endif
 

@@ -8,6 +8,14 @@
 //   extern "C" void NAME(const jitattn_kernel::AttnFwdParams* p, long long begin, long long end);
 // processes work items [begin, end); item = (b * heads_q + h) * m_blocks + m_block with
 // m_blocks = ceil(seqlen_q / block_m) (seqlen_q is the maximum when packed). Items are independent.
+// A backward spec's object has three entries of the same signature taking an AttnBwdParams*, run
+// one pass after another (items within a pass are independent; templates/attn_bwd_cpu.h):
+//   NAME_pre  delta = rowsum(dO * O), items as the forward's;
+//   NAME      dK, dV: item = (b * heads_kv + kv_head) * n_blocks + n_block, n_blocks =
+//             ceil(seqlen_k / block_n);
+//   NAME_dq   dQ (and dBias): items as the forward's, except that dims the bias gradient is
+//             broadcast over (batch, head, rows) collapse to 1 and one item loops over them, so
+//             each item owns its slice of dbias and sums into it in a fixed order (no atomics).
 #pragma once
 
 #include <cstdint>
@@ -67,6 +75,8 @@ class CpuModule {
   CpuModule& operator=(CpuModule&&) noexcept;
 
   Kernel kernel() const { return kernel_; }
+  /// Another extern "C" entry of the same object (the backward's passes). Throws CompileError.
+  Kernel symbol(const std::string& name) const;
 
  private:
   struct Impl;
