@@ -427,13 +427,13 @@ ConfigChoice Engine::Impl::tune_now(DeviceState& dev, const KernelSpec& spec, co
       }
     }
     jitattn_kernel::AttnFwdParams params = make_params(args, problem);
-    const bool cpu = dev.backend.cpu();
+    const bool on_cpu = dev.backend.cpu();
     // GPU: launched on the caller's stream; CPU: runs to completion on the pool.
     auto launch_config = [&](const TileConfig& cfg) {
       bool cn = false, fc = false;
       LoadedKernel& k = kernel(dev, spec, cfg, &cn, &fc);
       const auto grid = make_grid(problem, cfg);
-      if (cpu) {
+      if (on_cpu) {
         const device::CpuModule::Kernel fn = k.cpu_module.kernel();
         device::parallel_for(static_cast<long long>(grid[0]) * grid[1] * grid[2], 1,
                              [&](long long begin, long long end) { fn(&params, begin, end); });
@@ -444,7 +444,7 @@ ConfigChoice Engine::Impl::tune_now(DeviceState& dev, const KernelSpec& spec, co
     const size_t o_bytes = span_bytes(args.o);
     auto download_o = [&] {
       std::vector<std::byte> host(o_bytes);
-      if (cpu) {
+      if (on_cpu) {
         std::memcpy(host.data(), args.o.data, o_bytes);
       } else {
         const device::Driver& d = device::driver();
@@ -455,9 +455,9 @@ ConfigChoice Engine::Impl::tune_now(DeviceState& dev, const KernelSpec& spec, co
     };
     // One timed run in ms: CUDA events on the stream, or a steady clock around the CPU call.
     std::optional<device::EventTimer> timer;
-    if (!cpu) timer.emplace();
+    if (!on_cpu) timer.emplace();
     auto time_once = [&](const TileConfig& cfg) {
-      if (cpu) {
+      if (on_cpu) {
         const auto t0 = std::chrono::steady_clock::now();
         launch_config(cfg);
         return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();

@@ -14,6 +14,7 @@
 #include "jitattn/jitattn.h"
 #include "runtime/device/driver.h"
 #include "runtime/harness.h"
+#include "tests/gpu_test_util.h"
 #include "runtime/numeric.h"
 #include "runtime/problem.h"
 #include "templates/philox.h"
@@ -23,18 +24,7 @@ namespace {
 
 using harness::ProblemDesc;
 
-#define JITATTN_REQUIRE_GPU()                                                         \
-  do {                                                                                \
-    std::string why_;                                                                 \
-    if (!device::driver_available(&why_) || device::device_count() == 0) {            \
-      GTEST_SKIP() << "no CUDA device: " << (why_.empty() ? "no GPU found" : why_);   \
-    }                                                                                 \
-  } while (0)
-
-Engine& engine() {
-  static Engine e(EngineOptions{"off", false});
-  return e;
-}
+Engine& engine() { return test::gpu_engine(); }
 
 void expect_pass(const ProblemDesc& d, const BackwardOptions& opt = {}) {
   harness::Runner runner(d);
@@ -47,18 +37,7 @@ void expect_pass(const ProblemDesc& d, const BackwardOptions& opt = {}) {
   if (opt.config.empty()) EXPECT_EQ(r.kernel.spill_bytes, 0) << r.kernel.name;
 }
 
-ProblemDesc base(int d, DType dt = DType::bf16) {
-  ProblemDesc p;
-  p.dtype = dt;
-  p.batch = 2;
-  p.heads_q = 3;
-  p.heads_kv = 3;
-  p.seqlen_q = 190;
-  p.seqlen_k = 211;
-  p.head_dim = d;
-  p.lse = true;
-  return p;
-}
+ProblemDesc base(int d, DType dt = DType::bf16) { return test::gpu_base(d, dt); }
 
 struct Case {
   std::string name;

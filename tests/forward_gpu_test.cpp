@@ -15,32 +15,19 @@
 #include "jitattn/jitattn.h"
 #include "runtime/device/driver.h"
 #include "runtime/harness.h"
+#include "tests/gpu_test_util.h"
 
 namespace jitattn {
 namespace {
 
 using harness::ProblemDesc;
 
-#define JITATTN_REQUIRE_GPU()                                                         \
-  do {                                                                                \
-    std::string why_;                                                                 \
-    if (!device::driver_available(&why_) || device::device_count() == 0) {            \
-      GTEST_SKIP() << "no CUDA device: " << (why_.empty() ? "no GPU found" : why_);   \
-    }                                                                                 \
-  } while (0)
-
 // Tests run without the user's cache so results never depend on what earlier runs stored.
-Engine& engine() {
-  static Engine e(EngineOptions{"off", false});
-  return e;
-}
+Engine& engine() { return test::gpu_engine(); }
 
 void expect_pass(const ProblemDesc& d, const ForwardOptions& opt = {}) {
   const harness::CheckResult r = harness::check(engine(), d, opt);
-  EXPECT_TRUE(r.pass) << harness::describe(d) << " config " << r.kernel.config << " seed " << r.seed
-                      << ": rel_err " << r.rel_err << " (tol " << r.tolerance << "), max_abs "
-                      << r.max_abs_err << ", lse_rel " << r.lse_rel_err << ", lse -inf match "
-                      << r.lse_inf_match;
+  EXPECT_TRUE(r.pass) << test::check_failure(d, r);
   // A bias with 16-byte aligned rows must take the shared-memory (tiled) path.
   if (d.bias != "none" && d.bias[3] == 'k' && d.seqlen_k % 8 == 0) {
     EXPECT_NE(r.kernel.name.find("biastile"), std::string::npos) << r.kernel.name;
@@ -49,18 +36,7 @@ void expect_pass(const ProblemDesc& d, const ForwardOptions& opt = {}) {
   if (opt.config.empty()) EXPECT_EQ(r.kernel.spill_bytes, 0) << r.kernel.name;
 }
 
-ProblemDesc base(int d, DType dt = DType::bf16) {
-  ProblemDesc p;
-  p.dtype = dt;
-  p.batch = 2;
-  p.heads_q = 3;
-  p.heads_kv = 3;
-  p.seqlen_q = 190;
-  p.seqlen_k = 211;
-  p.head_dim = d;
-  p.lse = true;
-  return p;
-}
+ProblemDesc base(int d, DType dt = DType::bf16) { return test::gpu_base(d, dt); }
 
 // ---- every head dim, both dtypes -----------------------------------------------------------
 class HeadDims : public ::testing::TestWithParam<std::tuple<int, DType>> {};

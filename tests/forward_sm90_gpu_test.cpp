@@ -13,6 +13,7 @@
 #include "runtime/device/driver.h"
 #include "generator/kernel_spec.h"
 #include "runtime/harness.h"
+#include "tests/gpu_test_util.h"
 
 namespace jitattn {
 namespace {
@@ -28,10 +29,7 @@ using harness::ProblemDesc;
     if (device::device_info(0).sm() != 90) GTEST_SKIP() << "the sm90 family needs an sm_90 GPU"; \
   } while (0)
 
-Engine& engine() {
-  static Engine e(EngineOptions{"off", false});
-  return e;
-}
+Engine& engine() { return test::gpu_engine(); }
 
 // The family's default config for the problem's spec on device 0.
 std::string sm90_default(const ProblemDesc& d) {
@@ -54,26 +52,12 @@ void expect_pass(const ProblemDesc& d, std::string config = "") {
   ForwardOptions opt;
   opt.config = config;
   const harness::CheckResult r = harness::check(engine(), d, opt);
-  EXPECT_TRUE(r.pass) << harness::describe(d) << " config " << r.kernel.config << " seed " << r.seed
-                      << ": rel_err " << r.rel_err << " (tol " << r.tolerance << "), max_abs "
-                      << r.max_abs_err << ", lse_rel " << r.lse_rel_err << ", lse -inf match "
-                      << r.lse_inf_match;
+  EXPECT_TRUE(r.pass) << test::check_failure(d, r);
   EXPECT_EQ(r.kernel.target, "sm_90a") << r.kernel.name;
   EXPECT_EQ(r.kernel.spill_bytes, 0) << r.kernel.name;
 }
 
-ProblemDesc base(int d, DType dt = DType::bf16) {
-  ProblemDesc p;
-  p.dtype = dt;
-  p.batch = 2;
-  p.heads_q = 3;
-  p.heads_kv = 3;
-  p.seqlen_q = 190;
-  p.seqlen_k = 211;
-  p.head_dim = d;
-  p.lse = true;
-  return p;
-}
+ProblemDesc base(int d, DType dt = DType::bf16) { return test::gpu_base(d, dt); }
 
 // ---- every head dim (multiples of 8 up to 256), both dtypes, plain and causal ---------------
 class Sm90HeadDims : public ::testing::TestWithParam<std::tuple<int, DType>> {};
