@@ -54,7 +54,10 @@ std::string compiled_text(const KernelReport& k) {
 
 // Which config ran and why: "exact (tuned, ...)" / "nearest (...)" / "default (...)" / "forced".
 std::string config_text(const KernelReport& k) {
-  return fmt::format("{} [{}: {}]", k.config, k.config_source, k.config_reason);
+  // The cache's reasons start with the lookup's own word ("exact: ..."): say it once.
+  std::string_view reason = k.config_reason;
+  if (reason.starts_with(k.config_source + ": ")) reason.remove_prefix(k.config_source.size() + 2);
+  return fmt::format("{} [{}: {}]", k.config, k.config_source, reason);
 }
 
 // ---- From a problem description to a kernel, with no device. ----
