@@ -568,20 +568,30 @@ Engine& Engine::global() {
 
 namespace {
 
-// Whether a call runs on the CPU backend (see Device). Pointer checks need the driver only when
-// one is present: without it every pointer is host memory.
-bool runs_on_cpu(const AttentionArgs& args, const Problem& problem) {
+// Where a call runs (see Device): on the CPU backend, or on the CUDA device that owns q. q's
+// device is queried once per call and handed to check_devices (-1 when there is no driver or q is
+// not device memory). Pointer checks need the driver only when one is present: without it every
+// pointer is host memory.
+struct Placement {
+  bool cpu = false;
+  int q_device = -1;
+};
+
+Placement place(const AttentionArgs& args, const Problem& problem) {
   const bool have_driver = device::driver_available();
-  auto on_gpu = [&](const void* p) { return have_driver && p != nullptr && device::device_of_pointer(p) >= 0; };
+  auto device_of = [&](const void* p) { return have_driver && p != nullptr ? device::device_of_pointer(p) : -1; };
+  Placement where;
+  where.q_device = device_of(args.q.data);
   switch (args.device.kind) {
     case Device::Kind::cuda:
-      return false;
+      return where;
     case Device::Kind::automatic:
-      if (on_gpu(args.q.data)) return false;
+      if (where.q_device >= 0) return where;
       break;
     case Device::Kind::cpu:
       break;
   }
+  where.cpu = true;
   const std::pair<const void*, const char*> pointers[] = {
       {args.q.data, "q.data"},         {args.k.data, "k.data"},
       {args.v.data, "v.data"},         {args.o.data, "o.data"},
@@ -590,18 +600,18 @@ bool runs_on_cpu(const AttentionArgs& args, const Problem& problem) {
       {args.cu_seqlens_q, "cu_seqlens_q"}, {args.cu_seqlens_k, "cu_seqlens_k"},
       {args.seqused_q, "seqused_q"},   {args.seqused_k, "seqused_k"}};
   for (const auto& [p, name] : pointers) {
-    if (on_gpu(p)) {
+    if ((p == args.q.data ? where.q_device : device_of(p)) >= 0) {
       throw InvalidArgument(name, fmt::format("is CUDA device memory; device {} runs on the CPU and needs host memory",
                                               args.device.str()));
     }
   }
-  return true;
+  return where;
 }
 
 // Device checks of a call (they need the driver); all run before anything is launched.
-int check_devices(const AttentionArgs& args, const Problem& problem) {
+int check_devices(const AttentionArgs& args, const Problem& problem, const Placement& where) {
   device::driver();
-  const int dev = device::device_of_pointer(args.q.data);
+  const int dev = where.q_device;
   if (dev < 0) throw InvalidArgument("q.data", "is not device memory known to CUDA");
   if (args.device.kind == Device::Kind::cuda && dev != args.device.ordinal) {
     throw InvalidArgument("q.data", fmt::format("is on device {}, the call asks for {}", dev, args.device.str()));
@@ -672,10 +682,11 @@ KernelReport Engine::backward(const AttentionArgs& args, const BackwardArgs& gra
   if (problem.batch == 0 || problem.heads_q == 0 || (problem.total_q == 0 && problem.total_k == 0)) {
     return {};
   }
-  if (runs_on_cpu(args, problem)) {
+  const Placement where = place(args, problem);
+  if (where.cpu) {
     return impl_->backward_cpu(args, grads, options, problem, forced, workspace_bytes);
   }
-  const int dev = check_devices(args, problem);
+  const int dev = check_devices(args, problem, where);
   require_on_device(grads.d_o.data, dev, "d_o.data");
   require_on_device(grads.dq.data, dev, "dq.data");
   require_on_device(grads.dk.data, dev, "dk.data");
@@ -781,7 +792,8 @@ KernelReport Engine::forward(const AttentionArgs& args, const ForwardOptions& op
   if (!options.config.empty()) forced = parse_config(options.config);
   if (!problem.has_output_rows()) return {};
 
-  if (runs_on_cpu(args, problem)) {
+  const Placement where = place(args, problem);
+  if (where.cpu) {
     DeviceState& state = impl_->cpu_state();
     const KernelSpec spec = make_spec(problem, state.backend.target);
     ConfigChoice choice =
@@ -806,7 +818,7 @@ KernelReport Engine::forward(const AttentionArgs& args, const ForwardOptions& op
   if (problem.dtype == DType::f32) {
     throw InvalidArgument("q.dtype", "f32 runs on the CPU backend only (device cpu); CUDA kernels take f16 or bf16");
   }
-  const int dev = check_devices(args, problem);
+  const int dev = check_devices(args, problem, where);
   auto stream = static_cast<CUstream>(args.stream);
 
   DeviceState& state = impl_->device_state(dev);
