@@ -3,6 +3,8 @@
 # Usage (on the GPU machine, from the repo root, binaries in .devcarry/):
 #   bench/run_gpu.sh tests       GPU test binaries, then compute-sanitizer memcheck over them
 #   bench/run_gpu.sh bench       jitattn bench grid and ../shared/bench/peers.py on the same grid
+#   bench/run_gpu.sh bias        sm90 tests, memcheck over the bias cases, bias/ALiBi rows beside
+#                                cudnn, efficient and FlexAttention
 #   bench/run_gpu.sh all         every GPU test binary (forward, backward, sm90 family, SASS), memcheck
 #                                over all of them (sharded, time-limited), then bench beside peers
 #                                (forward grid; forward+backward at d128) -- one device call
@@ -60,6 +62,28 @@ for l in open('$OUT/ours.jsonl'):
     PYTHONUNBUFFERED=1 timeout 60 python3 "$B/peers.py" --hdims 128 --seqlens 4096 --masks none --modes fwd_bwd --backends flash,cudnn \
       --out "$OUT/peers_fb.jsonl" > "$OUT/peers_fb.log" 2>&1
     grep -A20 "^dtype" "$OUT/peers_fb.log" | head -12
+    ;;
+  bias)
+    # Bias-tensor and ALiBi rows: the sm90 family's tests, memcheck over its bias cases, our bench
+    # beside cudnn / efficient (bias tensor) and FlexAttention (ALiBi as a score_mod).
+    export PATH=/usr/local/cuda/bin:$PATH
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+    tshards 14 ${TEST_SECS:-120} "$OUT/forward_sm90_gpu_test.log" "$B/forward_sm90_gpu_test"
+    tshards 14 ${TEST_SECS:-120} "$OUT/forward_gpu_test_bias.log" "$B/forward_gpu_test" --gtest_filter='*ias*'
+    tshards 16 ${MEMCHECK_SECS:-100} "$OUT/memcheck_bias.log" compute-sanitizer --tool memcheck --report-api-errors no \
+      --error-exitcode 99 "$B/forward_sm90_gpu_test" --gtest_filter='*ias*'
+    grep -h "ERROR SUMMARY" "$OUT/memcheck_bias.log" | sort | uniq -c
+    GRID="--hdims ${HDIMS:-64,80,96,128,256} --seqlens ${SEQLENS:-4096}"
+    timeout 150 "$B/jitattn" bench --grid $GRID --masks ${MASKS:-bias,alibi} --budget-ms 150 --json > "$OUT/ours.jsonl" 2> "$OUT/ours.err"
+    python3 -c "
+import json
+for l in open('$OUT/ours.jsonl'):
+    if l.startswith('{'):
+        j=json.loads(l); print('ours', j.get('head_dim', j.get('d')), j.get('grid_mask', j.get('mask')), j.get('config'), round(j.get('tflops', 0), 1), j.get('error', ''))
+"
+    PYTHONUNBUFFERED=1 timeout 300 python3 "$B/peers.py" $GRID --masks bias --modes fwd --backends ${PEER_BACKENDS:-cudnn,efficient,flex} \
+      --out "$OUT/peers.jsonl" > "$OUT/peers.log" 2>&1
+    grep -A40 "^dtype" "$OUT/peers.log" | head -30
     ;;
   tests)
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader

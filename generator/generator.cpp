@@ -121,6 +121,7 @@ std::string gpu_score_mod_struct(const GpuScoreModCode& mod, bool with_grad) {
   s += "  }\n";
   // d(score after modifiers)/d(raw Q.K score), for the backward pass.
   if (with_grad) s += "  JITATTN_DEVICE float grad_scale(float acc) const {\n" + mod.grad_scale + "  }\n";
+  s += mod.methods;
   s += "};\n";
   return s;
 }

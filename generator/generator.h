@@ -12,7 +12,8 @@
 namespace jitattn {
 
 /// Bumped whenever emitted code changes meaning; part of every cache key.
-inline constexpr int kGeneratorVersion = 3;  // 2: dropout params, backward kernels; 3: CPU backward and dropout
+inline constexpr int kGeneratorVersion = 4;  // 2: dropout params, backward kernels; 3: CPU backward and dropout;
+                                             // 4: sm90 bias tiles by TMA (AttnFwdTmaParams::tma_bias)
 
 struct KernelSource {
   /// extern "C" kernel symbol, spells out the specialisation. Backward: the dK/dV kernel; the
@@ -67,6 +68,7 @@ struct GpuScoreModCode {
   std::string begin_tile;  // per key tile: where this tile's staged inputs are
   std::string apply;
   std::string grad_scale;  // backward: d(modified score) / d(raw score)
+  std::string methods;     // further member functions, appended as written
 };
 GpuScoreModCode gpu_score_mod_code(const KernelSpec& spec);
 /// The emitted `struct ScoreMod { ... };` for these modifiers (with grad_scale() for backward).

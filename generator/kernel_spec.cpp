@@ -139,9 +139,11 @@ int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
     const int q = (l.head_dim_pad / l.panel_cols_qk()) * sm90_panel_bytes(cfg.block_m, l.swizzle_qk);
     const int k = (l.head_dim_pad / l.panel_cols_qk()) * sm90_panel_bytes(cfg.block_n, l.swizzle_qk);
     const int v = (l.head_dim_v_pad / l.panel_cols_v()) * sm90_panel_bytes(cfg.block_n, l.swizzle_v);
+    const int sw = sm90_bias_swizzle(cfg.block_n);
+    const int bias = sm90_bias_tma(spec) ? (cfg.block_n / (sw / 2)) * sm90_panel_bytes(cfg.block_m, sw) : 0;
     // + 1 KiB to align the dynamic shared-memory base, + the mbarriers (Q, then full K, full V
     // and empty per stage), 8 bytes each.
-    return q + cfg.stages * (k + v) + 1024 + 8 * (1 + 3 * cfg.stages);
+    return q + cfg.stages * (k + v + bias) + 1024 + 8 * (1 + 3 * cfg.stages);
   }
   const int q = cfg.block_m * padded_stride(spec.head_dim);
   int per_stage = cfg.block_n * (padded_stride(spec.head_dim) + padded_stride(spec.head_dim_v));
@@ -424,7 +426,16 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
   // bytes at d104-128): serial schedule there.
   const int modifiers = int(spec.bias) + int(spec.alibi) + int(spec.softcap > 0.0f) + int(spec.window) +
                         int(spec.lse);
-  const bool overlap = dv <= 96 || (dv <= 128 && !spec.bias && modifiers < 3);
+  bool overlap = dv <= 96 || (dv <= 128 && !spec.bias && modifiers < 3);
+  if (sm90_bias_tma(spec)) {
+    // A bias tile by TMA costs registers only for its reads, but masks and varlen add to the
+    // pressure; measured with NVRTC 13.0 under overlap + ping-pong at block_n 128 (d8-64 never
+    // spilled), spills start at 4 such features for d72-96 (bias, causal, varlen, LSE) or at a
+    // window with LSE, and at 3, or a window, for d112-128.
+    const int pressure = modifiers + int(spec.mask != MaskKind::none) + int(spec.varlen != VarlenKind::none);
+    overlap = dv <= 64 || (dv <= 96 && pressure <= 3 && !(spec.window && spec.lse)) ||
+              (dv <= 128 && pressure <= 2 && !spec.window);
+  }
   TileConfig c = overlap ? sm90_config(128, 2, 3, /*overlap=*/true, /*pingpong=*/true)
                          : sm90_config(dv <= 128 ? 128 : 80, 2, dv <= 128 ? 3 : 2);
   // Shrink until it fits: stages, then block_n.
@@ -444,10 +455,11 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
 
 bool sm90_family_default(const KernelSpec& spec, const DeviceLimits& limits) {
   if (spec.target.cpu || spec.target.sm != 90 || limits.sm != 90) return false;
-  // Bias tensors: the sm90 kernel reads each bias element from global memory inside the softmax
-  // (no staged bias tiles yet) and measured 99-140 TFLOP/s on the H200 at d64-96 (bench/NOTES.md),
-  // under the mma.sync family's shared-memory bias tiles (168-217); they stay there for now.
-  if (spec.bias) return false;
+  // Bias tensors that cannot be tiled (key or query broadcast, unaligned rows) are read per
+  // element from global memory inside the softmax: 99-140 TFLOP/s on the H200 at d64-96
+  // (bench/NOTES.md), under the mma.sync family's (168-217), so they stay there. Tileable ones
+  // arrive by TMA with K (sm90_bias_tma).
+  if (spec.bias && !spec.bias_tiled) return false;
   return !why_illegal(spec, default_config_sm90(spec, limits), limits).has_value();
 }
 

@@ -130,6 +130,11 @@ struct Sm90Layout {
   int panel_cols_v() const { return swizzle_v / 2; }
 };
 Sm90Layout sm90_layout(const KernelSpec& spec);
+/// Hopper family with a tileable bias (spec.bias_tiled): the (block_m, block_n) bias tile of each
+/// stage arrives by TMA with K, as panels of sm90_bias_swizzle(block_n) / 2 columns (the widest
+/// swizzle whose panel divides block_n, so consumer reads of column pairs are conflict-free).
+inline bool sm90_bias_tma(const KernelSpec& spec) { return spec.bias && spec.bias_tiled; }
+inline int sm90_bias_swizzle(int block_n) { return block_n % 64 == 0 ? 128 : block_n % 32 == 0 ? 64 : 32; }
 
 /// A CPU config (warps and stages 0).
 inline TileConfig cpu_config(int block_m, int block_n) { return {block_m, block_n, 0, 0, false}; }

@@ -115,6 +115,22 @@ jitattn_kernel::AttnFwdTmaParams make_tma_params(const AttentionArgs& args, cons
     tp.tma_v = encode(args.v, problem.head_dim_v, static_cast<unsigned>(l.panel_cols_v()),
                       static_cast<unsigned>(cfg.block_n), l.swizzle_v);
   }
+  if (sm90_bias_tma(spec)) {
+    // Dims (seqlen_k, seqlen_q, heads, batch) of the bias itself; broadcast dims have size 1
+    // (the kernel's coordinate there is 0). Tileable (Problem::bias_tileable): rows 16-byte
+    // aligned, key dim contiguous, query dim not broadcast.
+    const TensorRef& t = args.bias;
+    const uint64_t es = 2;
+    const int swizzle = sm90_bias_swizzle(cfg.block_n);
+    const CUtensorMap map = device::encode_tensor_map_16bit(
+        t.data,
+        {static_cast<uint64_t>(t.shape[3]), static_cast<uint64_t>(t.shape[2]), static_cast<uint64_t>(t.shape[1]),
+         static_cast<uint64_t>(t.shape[0])},
+        {static_cast<uint64_t>(t.stride[2]) * es, static_cast<uint64_t>(t.stride[1]) * es,
+         static_cast<uint64_t>(t.stride[0]) * es},
+        static_cast<unsigned>(swizzle / 2), static_cast<unsigned>(cfg.block_m), swizzle);
+    std::memcpy(&tp.tma_bias, &map, sizeof(tp.tma_bias));
+  }
   return tp;
 }
 

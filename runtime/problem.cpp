@@ -315,14 +315,18 @@ Problem validate(const AttentionArgs& args) {
   if (!args.bias.empty()) {
     check_bias(args, p);
     p.bias = true;
-    // The kernel streams bias tiles in 16-byte chunks when every row starts 16-byte aligned and
-    // holds whole chunks (so no chunk reads past a row's end, which memcheck flags even when the
-    // copy size is clamped); other layouts (seqlen_k 211, key broadcast) read per element.
+    // The kernels stream bias tiles into shared memory (16-byte cp.async chunks on the mma.sync
+    // family, TMA boxes on the Hopper family) when every row starts 16-byte aligned and holds whole
+    // chunks (so no chunk reads past a row's end, which memcheck flags even when the copy size is
+    // clamped), and the query dim holds distinct rows (a TMA box cannot repeat one row). Other
+    // layouts (seqlen_k 211, key or query broadcast, expanded stride-0 dims) read per element.
     const TensorRef& t = args.bias;
-    auto aligned_stride = [&](size_t d) { return t.shape[d] == 1 || t.stride[d] % 8 == 0; };
-    p.bias_tileable = t.shape[3] > 1 && t.shape[3] % 8 == 0 && t.stride[3] == 1 && aligned_stride(0) &&
-                      aligned_stride(1) && aligned_stride(2) &&
-                      reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
+    auto aligned_stride = [&](size_t d) {
+      return t.shape[d] == 1 || (t.stride[d] % 8 == 0 && t.stride[d] != 0);
+    };
+    p.bias_tileable = t.shape[3] > 1 && t.shape[3] % 8 == 0 && t.stride[3] == 1 &&
+                      (t.shape[2] > 1 || p.seqlen_q <= 1) && aligned_stride(0) && aligned_stride(1) &&
+                      aligned_stride(2) && reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
   }
   if (args.alibi_slopes != nullptr) {
     if (reinterpret_cast<uintptr_t>(args.alibi_slopes) % alignof(float) != 0) {

@@ -12,6 +12,10 @@
 // kOverlap each consumer also overlaps its own softmax of tile j with its P V of tile j-1, and with
 // kPingPong the two consumers take turns issuing wgmma (named barriers).
 //
+// A tileable bias (kBiasTma) travels like K: the producer loads each stage's (BLOCK_M, BLOCK_N)
+// bias tile by TMA on K's barrier, and the ScoreMod's staged hook reads column pairs of it from
+// the swizzled panels (conflict-free); other biases are read per element from global memory.
+//
 // Shared-memory tiles are panels of kSwizzle-byte rows (kSwizzle / 2 columns per panel, one TMA
 // box each), swizzled by the TMA unit exactly as wgmma's descriptors expect; head dims are padded
 // to 16 in shared memory only (TMA zero-fills the columns past the real head dim).
@@ -41,10 +45,13 @@ constexpr int kVPanelBytes = panel_bytes(kBlockN, kSwizzleV);   // (BLOCK_N, PAN
 constexpr int kQBytes = kPanelsQK * kQPanelBytes;
 constexpr int kKStageBytes = kPanelsQK * kKPanelBytes;
 constexpr int kVStageBytes = kPanelsV * kVPanelBytes;
+constexpr int kBiasPanels = kBiasTma ? kBlockN / kBiasPanelCols : 0;
+constexpr int kBiasStageBytes = kBiasPanels * kBiasPanelBytes;  // (BLOCK_M, BLOCK_N) bias tile
 // Bytes each TMA transaction delivers (full boxes, zero-filled parts included).
 constexpr u32 kQTxBytes = kPanelsQK * kBlockM * kSwizzleQK;
 constexpr u32 kKTxBytes = kPanelsQK * kBlockN * kSwizzleQK;
 constexpr u32 kVTxBytes = kPanelsV * kBlockN * kSwizzleV;
+constexpr u32 kBiasTxBytes = kBiasPanels * kBlockM * kSwizzleB;
 constexpr int kSNRegs = kBlockN / 2;      // S accumulator floats per thread (64 x BLOCK_N / 128)
 constexpr int kONRegs = kHeadDimVPad / 2;  // O accumulator floats per thread
 constexpr int kNT = kBlockN / 8;           // n8 column groups of S
@@ -58,7 +65,9 @@ static_assert(!kOverlap || kStages >= 2, "overlap needs 2+ stages");
 static_assert(kHeadDimPad % 16 == 0 && kHeadDimVPad % 16 == 0, "padded head dims: multiples of 16");
 static_assert(kHeadDimPad % kPanelColsQK == 0 && kHeadDimVPad % kPanelColsV == 0,
               "padded head dims must be whole panels");
-static_assert(kQBytes + kStages * (kKStageBytes + kVStageBytes) + 1024 + 8 * (1 + 3 * kStages) ==
+static_assert(!kBiasTma || kBlockN % kBiasPanelCols == 0, "bias panels must tile block_n");
+static_assert(kQBytes + kStages * (kKStageBytes + kVStageBytes + kBiasStageBytes) + 1024 +
+                      8 * (1 + 3 * kStages) ==
                   kSmemBytes,
               "shared-memory layout disagrees with the generator's shared_memory_bytes");
 
@@ -89,9 +98,19 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   const AttnFwdParams& p = params.p;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
-  const int m_block = kCausal ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
-  const int h = blockIdx.y;
-  const int b = blockIdx.z;
+  // Launch order: blockIdx.x (query block) fastest. With a bias tile by TMA, the batch index
+  // varies fastest instead, so the CTAs that share a batch-broadcast bias tile ([1, h, sq, sk], the
+  // common relative-position layout) run together and read it once from DRAM, then from L2.
+  unsigned m_idx = blockIdx.x, h_idx = blockIdx.y, b_idx = blockIdx.z;
+  if constexpr (kBiasTma) {
+    const unsigned linear = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    b_idx = linear % gridDim.z;
+    m_idx = (linear / gridDim.z) % gridDim.x;
+    h_idx = linear / (gridDim.z * gridDim.x);
+  }
+  const int m_block = kCausal ? static_cast<int>(gridDim.x - 1 - m_idx) : static_cast<int>(m_idx);
+  const int h = h_idx;
+  const int b = b_idx;
   const int tid = threadIdx.x;
 
   // ---- sequence extents of this batch -------------------------------------------------------
@@ -152,7 +171,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   const u32 sQ = base;
   const u32 sK = sQ + kQBytes;                       // kStages x (BLOCK_N, HEAD_DIM_PAD) panels
   const u32 sV = sK + kStages * kKStageBytes;        // kStages x (BLOCK_N, HEAD_DIM_V_PAD) panels
-  const u32 bar_q = sV + kStages * kVStageBytes;
+  const u32 sB = sV + kStages * kVStageBytes;        // kStages x (BLOCK_M, BLOCK_N) bias panels
+  const u32 bar_q = sB + kStages * kBiasStageBytes;
   const u32 bar_full_k = bar_q + 8;                  // kStages each
   const u32 bar_full_v = bar_full_k + 8 * kStages;
   const u32 bar_empty = bar_full_v + 8 * kStages;
@@ -177,6 +197,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     if (tid == 0) {
       tma_prefetch_descriptor(&params.tma_k);
       tma_prefetch_descriptor(&params.tma_v);
+      if constexpr (kBiasTma) tma_prefetch_descriptor(&params.tma_bias);
       mbar_arrive_expect_tx(bar_q, kQTxBytes);
 #pragma unroll
       for (int pnl = 0; pnl < kPanelsQK; ++pnl) {
@@ -187,11 +208,23 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         const u32 phase = static_cast<u32>(it / kStages) & 1u;
         if (it >= kStages) mbar_wait(bar_empty + 8 * s, phase ^ 1u);  // consumers are done with it
         const int n0 = (nb_begin + it) * kBlockN;
-        mbar_arrive_expect_tx(bar_full_k + 8 * s, kKTxBytes);
+        // The bias tile completes on K's barrier: the softmax that reads it follows S = Q K^T.
+        mbar_arrive_expect_tx(bar_full_k + 8 * s, kKTxBytes + kBiasTxBytes);
 #pragma unroll
         for (int pnl = 0; pnl < kPanelsQK; ++pnl) {
           tma_load_4d(sK + s * kKStageBytes + pnl * kKPanelBytes, &params.tma_k, bar_full_k + 8 * s,
                       pnl * kPanelColsQK, row_k0 + n0, kvh, tma_b);
+        }
+        if constexpr (kBiasTma) {
+          // Bias rows and columns are positions within the sequence (packed varlen too); broadcast
+          // dims have size 1 in the map, coordinate 0.
+          const int bias_h = p.bias_head_stride != 0 ? h : 0;
+          const int bias_b = p.bias_batch_stride != 0 ? b : 0;
+#pragma unroll
+          for (int pnl = 0; pnl < kBiasPanels; ++pnl) {
+            tma_load_4d(sB + s * kBiasStageBytes + pnl * kBiasPanelBytes, &params.tma_bias,
+                        bar_full_k + 8 * s, n0 + pnl * kBiasPanelCols, m0, bias_h, bias_b);
+          }
         }
         mbar_arrive_expect_tx(bar_full_v + 8 * s, kVTxBytes);
 #pragma unroll
@@ -225,10 +258,10 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     row_sum[0] = row_sum[1] = 0.0f;
 
     // Scores of one tile in acc_s -> probabilities in place; correction of the running max.
-    auto softmax_tile = [&](float (&acc_s)[kSNRegs], int n0, float (&correction)[2]) {
+    auto softmax_tile = [&](float (&acc_s)[kSNRegs], int n0, int stage, float (&correction)[2]) {
       // ---- score modifiers and masks ---------------------------------------------------------
       if constexpr (!kRawScores) {
-        mod.begin_tile(nullptr, n0);
+        mod.begin_tile_smem(sB + stage * kBiasStageBytes, n0);
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
@@ -236,6 +269,17 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
             const int qi = wm0 + warp * 16 + g + (e / 2) * 8;
             const int kj = n0 + nt * 8 + 2 * t + (e % 2);
             acc_s[4 * nt + e] = mod.apply(acc_s[4 * nt + e], qi, kj);
+          }
+        }
+        // Modifiers with a staged shared-memory tile (a bias by TMA): one read per column pair.
+        if constexpr (ScoreMod::kStaged) {
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {  // columns 2t, 2t+1 of rows g and g+8
+              const int qi = wm0 + warp * 16 + g + hf * 8;
+              mod.apply_staged(acc_s[4 * nt + 2 * hf], acc_s[4 * nt + 2 * hf + 1], qi, n0 + nt * 8 + 2 * t);
+            }
           }
         }
       }
@@ -361,7 +405,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         wgmma_wait<0>();
         fence_regs(acc_s);
         float correction[2];
-        softmax_tile(acc_s, (nb_begin + it) * kBlockN, correction);
+        softmax_tile(acc_s, (nb_begin + it) * kBlockN, s, correction);
         rescale_o(correction);
         u32 pa[kBlockN / 16][4];  // (64, 16) A fragments of P per k16 step
         pack_p(acc_s, pa);
@@ -388,7 +432,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       pass_turn();
       wgmma_wait<0>();
       fence_regs(acc_s);
-      softmax_tile(acc_s, nb_begin * kBlockN, correction);  // O is 0: no rescale
+      softmax_tile(acc_s, nb_begin * kBlockN, 0, correction);  // O is 0: no rescale
       pack_p(acc_s, pa);
       for (int it = 1; it < n_tiles; ++it) {
         const int s = it % kStages;
@@ -407,7 +451,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         pass_turn();
         wgmma_wait<1>();  // S of tile it is done; P V of tile it-1 may still run
         fence_regs(acc_s);
-        softmax_tile(acc_s, (nb_begin + it) * kBlockN, correction);
+        softmax_tile(acc_s, (nb_begin + it) * kBlockN, s, correction);
         wgmma_wait<0>();
         fence_regs(acc_o);
         fence_p(pa);

@@ -1,6 +1,7 @@
 // Runtime parameters of a Hopper-family forward kernel (attn_fwd_sm90.cuh): the TMA tensor maps
-// of Q, K and V ahead of the ordinary AttnFwdParams, all in one __grid_constant__ kernel parameter
-// so the maps stay in parameter space, where the TMA unit reads them. Included by the host
+// of Q, K, V (and a tileable bias) ahead of the ordinary AttnFwdParams, all in one
+// __grid_constant__ kernel parameter so the maps stay in parameter space, where the TMA unit
+// reads them. Included by the host
 // (runtime/plan.cpp) and embedded after attn_params.h in every sm90 kernel. Plain C types only.
 //
 // What must change with this struct: the engine's make_tma_params(), and kGeneratorVersion.
@@ -17,6 +18,9 @@ struct AttnFwdTmaParams {
   TensorMapBytes tma_q;  // dims (head_dim, seqlen_q, heads_q, batch), box (panel cols, block_m)
   TensorMapBytes tma_k;  // dims (head_dim, seqlen_k, heads_kv, batch), box (panel cols, block_n)
   TensorMapBytes tma_v;  // dims (head_dim_v, seqlen_k, heads_kv, batch), box (panel cols, block_n)
+  // Tileable bias only (else unset): dims (bias seqlen_k, seqlen_q, heads, batch), broadcast dims
+  // of size 1 (coordinate 0), box (bias panel cols, block_m).
+  TensorMapBytes tma_bias;
   AttnFwdParams p;
 };
 

@@ -52,6 +52,21 @@ JITATTN_DEVICE void tma_prefetch_descriptor(const void* tensor_map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<u64>(tensor_map)) : "memory");
 }
 
+// ---- reading TMA-swizzled tiles with ordinary loads ----------------------------------------------
+// Byte offset within a panel of `kSwizzle`-byte rows (1 KiB aligned) -> where the TMA unit put it:
+// the 16-byte chunk index (bits 4..) is XORed with the row bits above the 128-byte line
+// (Swizzle<1|2|3, 4, 3> for 32, 64 and 128-byte rows), the same pattern wgmma's descriptors read.
+template <int kSwizzle>
+JITATTN_DEVICE u32 swizzled(u32 offset) {
+  constexpr u32 mask = kSwizzle == 128 ? 7u : kSwizzle == 64 ? 3u : 1u;
+  return offset ^ (((offset >> 7) & mask) << 4);
+}
+JITATTN_DEVICE u32 ld_shared_u32(u32 addr) {
+  u32 v;
+  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+  return v;
+}
+
 // ---- register reallocation between warpgroup roles (needs __launch_bounds__(threads, 1)) --------
 template <int N>
 JITATTN_DEVICE void setmaxnreg_inc() {

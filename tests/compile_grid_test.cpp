@@ -43,6 +43,8 @@ std::vector<Variant> variants() {
       {"everything", MaskKind::causal, true, true, true, true, true, VarlenKind::packed},
       {"bias_tiled_lse", MaskKind::none, false, true, false, false, true, VarlenKind::none, true},
       {"everything_tiled", MaskKind::causal, true, true, true, true, true, VarlenKind::packed, true},
+      {"bias_tiled_causal_packed_lse", MaskKind::causal, false, true, false, false, true, VarlenKind::packed, true},
+      {"bias_tiled_window_lse", MaskKind::none, true, true, false, false, true, VarlenKind::none, true},
       {"causal_lse_dropout", MaskKind::causal, false, false, false, false, true, VarlenKind::none, false, true},
       {"everything_tiled_dropout", MaskKind::causal, true, true, true, true, true, VarlenKind::packed, true, true},
   };

@@ -28,8 +28,13 @@ Engine& engine() { return test::gpu_engine(); }
 void expect_pass(const ProblemDesc& d, const ForwardOptions& opt = {}) {
   const harness::CheckResult r = harness::check(engine(), d, opt);
   EXPECT_TRUE(r.pass) << test::check_failure(d, r);
-  // A bias with 16-byte aligned rows must take the shared-memory (tiled) path.
-  if (d.bias != "none" && d.bias[3] == 'k' && d.seqlen_k % 8 == 0) {
+  // A bias with 16-byte aligned rows and distinct query rows must take the shared-memory (tiled)
+  // path; a query-broadcast one ([b, 1, 1, sk]) is read per element.
+  const bool tileable = d.bias != "none" && d.bias[2] == 'q' && d.bias[3] == 'k' && d.seqlen_k % 8 == 0;
+  if (d.bias != "none" && !tileable) {
+    EXPECT_EQ(r.kernel.name.find("biastile"), std::string::npos) << r.kernel.name;
+  }
+  if (tileable) {
     EXPECT_NE(r.kernel.name.find("biastile"), std::string::npos) << r.kernel.name;
   }
   // Defaults must not spill; explicitly requested configs may (they are tuning candidates).

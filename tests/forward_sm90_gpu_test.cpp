@@ -41,9 +41,13 @@ std::string sm90_default(const ProblemDesc& d) {
   s.mask = d.mask;
   s.window = d.window.has_value();
   s.bias = d.bias != "none";
+  // Tileable as Problem::bias_tileable decides for the harness's contiguous bias: distinct query
+  // rows, a contiguous key dim of whole 16-byte chunks.
+  s.bias_tiled = s.bias && d.bias[2] == 'q' && d.bias[3] == 'k' && d.seqlen_k % 8 == 0;
   s.alibi = d.alibi;
   s.softcap = d.softcap;
   s.lse = d.lse;
+  s.varlen = d.varlen;
   return family_default_config(s, limits_for_arch(90), Family::sm90).canonical();
 }
 
@@ -125,6 +129,38 @@ std::vector<Case> feature_cases() {
     p.seqlen_k = 256;
     p.bias = "1hqk";
     add(fmt::format("bias_aligned_rows_d{}", d), p);
+    // Bias tiles by TMA (seqlen_k a multiple of 8): every broadcast of batch and heads, with masks,
+    // packed and padded varlen, softcap and ALiBi beside it.
+    for (const char* b : {"bhqk", "b1qk", "11qk"}) {
+      p = base(d);
+      p.seqlen_k = 264;
+      p.bias = b;
+      p.mask = MaskKind::causal_bottom_right;
+      add(fmt::format("bias_tma_{}_causal_br_d{}", b, d), p);
+    }
+    p = base(d);
+    p.seqlen_q = 1000;
+    p.seqlen_k = 1000;
+    p.bias = "1hqk";
+    p.window = Window{100, 30};
+    add(fmt::format("bias_tma_window_d{}", d), p);
+    p = base(d);
+    p.batch = 3;
+    p.seqlen_k = 512;
+    p.bias = "bhqk";
+    p.varlen = VarlenKind::packed;
+    p.mask = MaskKind::causal;
+    add(fmt::format("bias_tma_varlen_packed_d{}", d), p);
+    p.varlen = VarlenKind::padded;
+    add(fmt::format("bias_tma_varlen_padded_d{}", d), p);
+    p = base(d);
+    p.seqlen_k = 248;
+    p.bias = "1hqk";
+    p.alibi = true;
+    p.softcap = 30.0f;
+    p.heads_q = 6;
+    p.heads_kv = 3;
+    add(fmt::format("bias_tma_alibi_softcap_gqa_d{}", d), p);
     p = base(d);
     p.heads_q = 8;
     p.heads_kv = 2;
@@ -200,6 +236,14 @@ std::vector<Case> feature_cases() {
       p.seqlen_q = 1000;
       p.seqlen_k = 777;
       add(fmt::format("config_{}_plain_d{}", cfg, d), p, cfg);
+    }
+    // Bias tiles by TMA in every config's layout (panels of 16, 32 or 64 columns).
+    for (int d : {40, 64}) {
+      ProblemDesc p = base(d);
+      p.seqlen_k = 264;
+      p.bias = "b1qk";
+      p.mask = MaskKind::causal;
+      add(fmt::format("config_{}_bias_tma_d{}", cfg, d), p, cfg);
     }
   }
   return cs;

@@ -301,6 +301,26 @@ TEST(Problem, AcceptsBiasBroadcasts) {
   expect_invalid(a, "bias.shape[3]");
 }
 
+// Bias tiles (shared memory by cp.async or TMA) need 16-byte aligned rows of whole chunks, a
+// contiguous key dim and distinct query rows; everything else is read per element.
+TEST(Problem, BiasTileableOnlyForAlignedDistinctRows) {
+  AttentionArgs a = make_args({.sq = 40, .sk = 64});
+  auto tileable = [&](std::array<int64_t, 4> shape) {
+    a.bias = tensor(30, DType::bf16, shape);
+    return validate(a).bias_tileable;
+  };
+  EXPECT_TRUE(tileable({2, 8, 40, 64}));
+  EXPECT_TRUE(tileable({1, 8, 40, 64}));
+  EXPECT_TRUE(tileable({1, 1, 40, 64}));
+  EXPECT_FALSE(tileable({2, 8, 1, 64}));  // query broadcast: a TMA box cannot repeat a row
+  EXPECT_FALSE(tileable({2, 8, 40, 1}));  // key broadcast
+  a.bias = tensor(30, DType::bf16, {2, 8, 40, 64});
+  a.bias.stride[1] = 0;                   // expanded head dim (stride 0, size 8)
+  EXPECT_FALSE(validate(a).bias_tileable);
+  a = make_args({.sq = 40, .sk = 60});     // rows of 120 bytes: not whole 16-byte chunks
+  EXPECT_FALSE(tileable({2, 8, 40, 60}));
+}
+
 TEST(Problem, RejectsBadWindow) {
   AttentionArgs a = make_args();
   a.window = Window{-2, 0};
