@@ -1,5 +1,5 @@
-// Forward attention, Hopper family (sm_90a), V head dims above 256: the column-split kernel (TileConfig
-// split 2), beside attn_fwd_sm90.cuh (same producer and TMA ring).
+// Forward attention, Hopper family (sm_90a), V head dims above 256: the column-split kernel
+// (TileConfig split 2), beside attn_fwd_sm90.cuh (same producer and TMA ring).
 //
 // O of 64 query rows x dv 512 is 256 fp32 registers per thread in one warpgroup: too many. Here
 // the two consumer warpgroups share one 64-row query block and split both products:
@@ -12,11 +12,12 @@
 //               shared (64, BLOCK_N) tile, fenced for the async proxy (named barrier 2);
 //   O += P V    warpgroup w accumulates O[:, w * DV_PAD / 2 ...] over the whole key tile, P and
 //               its half of V from shared memory: 128 O registers per thread at dv 512.
-// The producer's K and V slots are released apart (K after S, V after P V), so even a single
-// stage (head dim 512: Q 64 KiB + K and V of 64 keys 64 KiB each) streams the next K during the
-// softmax and P V. No product is computed twice. Barrier 1 of tile j+1 also guarantees that both warpgroups have
-// finished reading P of tile j (they wait on their P V before the next S), and barrier 2 of tile j
+// No product is computed twice. Barrier 1 of tile j+1 also guarantees that both warpgroups have
+// finished reading P of tile j (each waits on its P V before the next S), and barrier 2 of tile j
 // that both have read the maxima of tile j before either writes those of tile j+1.
+// The producer's K and V slots are released apart (K after both S halves, V after both P V), so
+// even a single stage (head dim 512: Q 64 KiB + K and V of 64 keys, 64 KiB each) streams the next
+// K during the softmax and P V, and the next V during S.
 //
 // V's padded head dim kHeadDimVPad is a multiple of 32 and each half (kHalfV columns) is whole
 // swizzled panels; panels past the real head dim are zero-filled by the TMA unit and never stored.
