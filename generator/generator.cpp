@@ -156,7 +156,7 @@ KernelSource generate(const KernelSpec& spec, const TileConfig& cfg, const Devic
     throw InvalidArgument("config", fmt::format("{} for {}: {}", cfg.canonical(), spec.canonical(), *why));
   }
   if (spec.target.cpu) return detail::generate_cpu(spec, cfg);
-  if (cfg.hopper()) return detail::generate_sm90(spec, cfg);
+  if (cfg.hopper()) return cfg.split > 1 ? detail::generate_sm90_wide(spec, cfg) : detail::generate_sm90(spec, cfg);
   KernelSource out;
   out.name = gpu_kernel_name(spec, cfg);
   out.threads = cfg.warps * 32;
@@ -234,7 +234,8 @@ uint64_t hash_templates(std::initializer_list<std::string_view> names) {
 
 uint64_t template_hash() {
   return hash_templates({"common.cuh", "attn_params.h", "philox.h", "attn_fwd_sm80.cuh", "attn_bwd_sm80.cuh",
-                         "common_sm90.cuh", "attn_params_sm90.h", "attn_fwd_sm90.cuh"});
+                         "common_sm90.cuh", "attn_params_sm90.h", "attn_fwd_sm90.cuh",
+                         "attn_fwd_sm90_wide.cuh"});
 }
 
 uint64_t cpu_template_hash() {

@@ -60,6 +60,15 @@ std::string params_header();
 KernelSource generate_cpu(const KernelSpec& spec, const TileConfig& cfg);
 /// generate() for a Hopper-family config, after why_illegal (generator_sm90.cpp).
 KernelSource generate_sm90(const KernelSpec& spec, const TileConfig& cfg);
+/// generate() for a Hopper-family config with split 2 (consumers own halves of O's columns;
+/// generator_sm90_wide.cpp, templates/attn_fwd_sm90_wide.cuh).
+KernelSource generate_sm90_wide(const KernelSpec& spec, const TileConfig& cfg);
+/// The Hopper kernels' wgmma wrappers, written out for their exact N (generator_sm90.cpp):
+/// wgmma_s (S = Q K^T, both operands from shared memory) and wgmma_o (O += P V, P from registers).
+std::string wgmma_ss(int n);
+std::string wgmma_rs(int n);
+/// attn_params_sm90.h's text without its include guard.
+std::string params_sm90_header();
 
 /// Score modifiers of a GPU spec, as the lines of struct ScoreMod's members.
 struct GpuScoreModCode {

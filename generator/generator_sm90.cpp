@@ -25,6 +25,8 @@ std::string accumulator_operands(int n) {
   return s;
 }
 
+}  // namespace
+
 // S = Q K^T step: wgmma m64nNk16, A and B from shared-memory descriptors, both K-major.
 // scale_d = 0 overwrites the accumulators (first k16 step), 1 accumulates.
 std::string wgmma_ss(int n) {
@@ -82,8 +84,6 @@ std::string params_sm90_header() {
   if (auto at = params.find("#pragma once"); at != std::string::npos) params.erase(at, 12);
   return params;
 }
-
-}  // namespace
 
 KernelSource generate_sm90(const KernelSpec& spec, const TileConfig& cfg) {
   KernelSource out;

@@ -81,9 +81,9 @@ std::string KernelSpec::tag() const {
 
 std::string TileConfig::canonical() const {
   if (hopper()) {
-    return fmt::format("h_bm{}_bn{}_wg{}_s{}{}{}{}{}", block_m, block_n, consumer_warpgroups(), stages,
+    return fmt::format("h_bm{}_bn{}_wg{}_s{}{}{}{}{}{}", block_m, block_n, consumer_warpgroups(), stages,
                        q_in_regs ? "_qr" : "", overlap ? "_ov" : "", pingpong ? "_pp" : "",
-                       poly_exp ? "_pe" : "");
+                       poly_exp ? "_pe" : "", split > 1 ? fmt::format("_x{}", split) : "");
   }
   if (cpu() && !q_in_regs) return fmt::format("cpu_bm{}_bn{}", block_m, block_n);
   return fmt::format("bm{}_bn{}_w{}_s{}{}{}", block_m, block_n, warps, stages,
@@ -119,6 +119,17 @@ Sm90Layout sm90_layout(const KernelSpec& spec) {
   return l;
 }
 
+Sm90Layout sm90_layout(const KernelSpec& spec, const TileConfig& cfg) {
+  Sm90Layout l = sm90_layout(spec);
+  if (cfg.hopper() && cfg.split > 1) {
+    // Each consumer owns half of O's columns: halves of whole k16-wide panels.
+    const int half = (spec.head_dim_v + 31) / 32 * 16;
+    l.head_dim_v_pad = 2 * half;
+    l.swizzle_v = half % 64 == 0 ? 128 : half % 32 == 0 ? 64 : 32;
+  }
+  return l;
+}
+
 namespace {
 // Same rule as templates/attn_fwd_sm90.cuh: each panel of `rows` rows of `swizzle` bytes starts on
 // a 1 KiB boundary (the period of the widest swizzle pattern).
@@ -135,18 +146,31 @@ int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
     return 2 * elems + 8 * cfg.stages * cfg.block_m;
   }
   if (cfg.hopper()) {
-    const Sm90Layout l = sm90_layout(spec);
+    const Sm90Layout l = sm90_layout(spec, cfg);
     const int q = (l.head_dim_pad / l.panel_cols_qk()) * sm90_panel_bytes(cfg.block_m, l.swizzle_qk);
     const int k = (l.head_dim_pad / l.panel_cols_qk()) * sm90_panel_bytes(cfg.block_n, l.swizzle_qk);
     const int v = (l.head_dim_v_pad / l.panel_cols_v()) * sm90_panel_bytes(cfg.block_n, l.swizzle_v);
+    // A bias by TMA (the column-split kernel has none): a (block_m, block_n) tile per stage.
     const int sw = sm90_bias_swizzle(cfg.block_n);
-    const int bias = sm90_bias_tma(spec) ? (cfg.block_n / (sw / 2)) * sm90_panel_bytes(cfg.block_m, sw) : 0;
+    const int bias = sm90_bias_tma(spec) && cfg.split == 1
+                         ? (cfg.block_n / (sw / 2)) * sm90_panel_bytes(cfg.block_m, sw)
+                         : 0;
+    // Column split (templates/attn_fwd_sm90_wide.cuh): + the (block_m, block_n) 16-bit P tile in
+    // panels of the widest swizzle its rows allow, + 512 bytes of row maxima / sums exchanged,
+    // + a second empty mbarrier per stage (K and V released apart).
+    int exchange = 0;
+    if (cfg.split > 1) {
+      const int swizzle_p = (cfg.block_n * 2) % 128 == 0 ? 128 : (cfg.block_n * 2) % 64 == 0 ? 64 : 32;
+      exchange = (cfg.block_n * 2 / swizzle_p) * sm90_panel_bytes(cfg.block_m, swizzle_p) + 512 + 8 * cfg.stages;
+    }
     // + 1 KiB to align the dynamic shared-memory base, + the mbarriers (Q, then full K, full V
     // and empty per stage), 8 bytes each.
-    return q + cfg.stages * (k + v + bias) + 1024 + 8 * (1 + 3 * cfg.stages);
+    return q + cfg.stages * (k + v + bias) + exchange + 1024 + 8 * (1 + 3 * cfg.stages);
   }
   const int q = cfg.block_m * padded_stride(spec.head_dim);
-  int per_stage = cfg.block_n * (padded_stride(spec.head_dim) + padded_stride(spec.head_dim_v));
+  // Column slices (split) hold V tiles of their slice's columns only.
+  const int v_cols = (spec.head_dim_v / 8 + cfg.split - 1) / cfg.split * 8;
+  int per_stage = cfg.block_n * (padded_stride(spec.head_dim) + padded_stride(v_cols));
   if (spec.bias && spec.bias_tiled) per_stage += cfg.block_m * padded_stride(cfg.block_n);
   return 2 * (q + cfg.stages * per_stage);
 }
@@ -231,14 +255,29 @@ std::optional<std::string> why_illegal_sm90(const KernelSpec& spec, const TileCo
   if (spec.dtype == DType::f32) return std::string("dtype f32 unsupported on the GPU: f16 or bf16");
   if (spec.pass != Pass::forward) return std::string("the sm90 family has forward kernels only (backward: mma.sync)");
   if (spec.dropout) return std::string("the sm90 family has no dropout yet (the mma.sync family does)");
-  if (cfg.split != 1) return std::string("column slices (_x) are a backward option");
   const int consumers = cfg.consumer_warpgroups();
   if (cfg.warps % 4 != 0 || consumers < 1 || consumers > 3) {
     return fmt::format("warps {} unsupported: 4 * (1 producer + 1..3 consumer warpgroups)", cfg.warps);
   }
-  if (cfg.block_m != 64 * consumers) {
-    return fmt::format("block_m {} must be 64 per consumer warpgroup ({} warpgroups)", cfg.block_m,
-                       consumers);
+  if (cfg.split != 1) {
+    // templates/attn_fwd_sm90_wide.cuh: the two consumers share one query block.
+    if (cfg.split != 2 || consumers != 2) {
+      return fmt::format("split {} with {} consumer warpgroups unsupported: _x2 needs 2 consumers "
+                         "(each owns half of O's columns)", cfg.split, consumers);
+    }
+    if (cfg.overlap || cfg.pingpong || cfg.poly_exp) {
+      return std::string("the column-split kernel (_x2) runs the serial schedule: no _ov, _pp or _pe");
+    }
+    if (spec.head_dim_v <= 128) {
+      return fmt::format("head_dim_v {} fits one warpgroup's O accumulator: split (_x2) is for "
+                         "head_dim_v above 128", spec.head_dim_v);
+    }
+  }
+  if (cfg.block_m != 64 * consumers / cfg.split) {
+    return cfg.split > 1 ? fmt::format("block_m {} must be 64: both consumers of _x2 share 64 query rows",
+                                       cfg.block_m)
+                         : fmt::format("block_m {} must be 64 per consumer warpgroup ({} warpgroups)",
+                                       cfg.block_m, consumers);
   }
   if (cfg.block_n < 16 || cfg.block_n > 256 || cfg.block_n % 16 != 0) {
     return fmt::format("block_n {} unsupported: a multiple of 16 up to 256 (wgmma N and k16 steps of P V)",
@@ -259,14 +298,18 @@ std::optional<std::string> why_illegal_sm90(const KernelSpec& spec, const TileCo
   // Consumer registers (setmaxnreg 240 with 1-2 consumer warpgroups, 160 with 3): O accumulator
   // dv/2, S block_n/2 and P block_n/4 per thread, plus ~40 for addresses, softmax state and the
   // score modifiers.
-  const Sm90Layout l = sm90_layout(spec);
-  const int regs = l.head_dim_v_pad / 2 + cfg.block_n / 2 + cfg.block_n / 4;
+  // With split 2 each consumer holds half of O's columns and of S's, and P goes through shared
+  // memory.
+  const Sm90Layout l = sm90_layout(spec, cfg);
+  const int o_regs = l.head_dim_v_pad / cfg.split / 2;
+  const int regs = o_regs + (cfg.split > 1 ? cfg.block_n / 4 : cfg.block_n / 2 + cfg.block_n / 4);
   const int budget = consumers == 3 ? 120 : 200;
   if (regs > budget) {
     return fmt::format("~{} accumulator registers per consumer thread (O {} + S {} + P {}) exceed "
-                       "the {} that fit under setmaxnreg {} without spills",
-                       regs, l.head_dim_v_pad / 2, cfg.block_n / 2, cfg.block_n / 4, budget,
-                       consumers == 3 ? 160 : 240);
+                       "the {} that fit under setmaxnreg {} without spills{}",
+                       regs, o_regs, cfg.block_n / 2 / cfg.split, cfg.split > 1 ? 0 : cfg.block_n / 4, budget,
+                       consumers == 3 ? 160 : 240,
+                       cfg.split == 1 && l.head_dim_v_pad > 256 ? " (split O's columns: _x2)" : "");
   }
   if (cfg.warps * 32 > limits.max_threads_per_block) {
     return fmt::format("{} threads exceed the device's {}", cfg.warps * 32, limits.max_threads_per_block);
@@ -321,12 +364,20 @@ std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig&
       return fmt::format("stages {} unsupported: 1 or 2 for backward", cfg.stages);
     }
     if (cfg.q_in_regs) return std::string("q_in_regs is a forward option");
-    if (cfg.split != 1 && cfg.split != 2 && cfg.split != 4) {
-      return fmt::format("split {} unsupported: 1, 2 or 4 column slices", cfg.split);
+    if (cfg.split != 1 && cfg.split != 2 && cfg.split != 4 && cfg.split != 8) {
+      return fmt::format("split {} unsupported: 1, 2, 4 or 8 column slices", cfg.split);
     }
     if (spec.dbias && !spec.bias) return std::string("dbias needs a bias tensor");
   } else {
-    if (cfg.split != 1) return fmt::format("split {} is a backward option", cfg.split);
+    if (cfg.split != 1 && cfg.split != 2 && cfg.split != 4) {
+      return fmt::format("split {} unsupported: 1, 2 or 4 column slices of O", cfg.split);
+    }
+    // Slices take ceil(tiles / split) n8 tiles of O each; the last must not be empty.
+    const int tiles = spec.head_dim_v / 8, per_slice = (tiles + cfg.split - 1) / cfg.split;
+    if ((cfg.split - 1) * per_slice >= tiles) {
+      return fmt::format("split {} leaves a slice of head_dim_v {} without columns", cfg.split,
+                         spec.head_dim_v);
+    }
     if (spec.deterministic || spec.dbias) return std::string("deterministic and dbias are backward flags");
   }
   if (spec.pass == Pass::forward && (cfg.block_m % cfg.warps != 0 ||
@@ -402,11 +453,18 @@ TileConfig default_backward_config(const KernelSpec& spec, const DeviceLimits& l
   if (d <= 64 && light) c.block_m = 64;
   if (d > 64) c.split = 2;
   if (d > 128) c = {light ? 32 : 16, 64, 4, 2, false, 4};
+  // Above 256, 8 slices keep each warp's dK + dV slices at the 64 floats of d256's 4.
+  if (d > 256) c.split = 8;
+  // Shrink until K and V of the CTA's keys and the query tiles fit: stages, query rows, then keys
+  // (head dim 512 on sm_80: 2 warps).
   while (why_illegal(spec, c, limits)) {
     if (c.stages > 1) {
       --c.stages;
     } else if (c.block_m > 16) {
       c.block_m /= 2;
+    } else if (c.warps > 2) {
+      c.warps /= 2;
+      c.block_n = 16 * c.warps;
     } else {
       break;
     }
@@ -415,6 +473,19 @@ TileConfig default_backward_config(const KernelSpec& spec, const DeviceLimits& l
 }
 
 TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limits) {
+  if (spec.head_dim_v > 256) {
+    // O of 64 rows x dv > 256 does not fit one warpgroup's registers: the two consumers share
+    // the query block and own half of S's and of O's columns each (attn_fwd_sm90_wide.cuh).
+    // One stage with the largest block_n (<= 128) that fits: K and V are released apart, so the
+    // next K loads during the softmax and P V anyway, and wider tiles feed wgmma better. H200
+    // (bench/NOTES.md, "Head dims above 256"): d512 bn64 s1 452 TFLOP/s vs bn32 s2 341; d384
+    // bn96 s1 482 vs bn48 s2 390; d320 bn128 s1 492 vs bn64 s2 415.
+    for (int bn = 128; bn >= 16; bn -= 16) {
+      const TileConfig c = sm90_wide_config(bn, 1);
+      if (!why_illegal(spec, c, limits)) return c;
+    }
+    return sm90_wide_config(16, 1);
+  }
   const int dv = sm90_layout(spec).head_dim_v_pad;
   // Two consumer warpgroups (128 query rows). Measured on the H200 (bench/NOTES.md, "Hopper
   // family"), bf16 seqlen 4096: up to head dim 128, overlap + ping-pong with 3 stages wins (d128
@@ -509,9 +580,19 @@ TileConfig family_default_config(const KernelSpec& spec, const DeviceLimits& lim
     // d256: 270 TFLOP/s; block_n 32 keeps masks and modifiers unspilled (d248 causal spills at 64)
     c = {128, light && spec.mask == MaskKind::none ? 64 : 32, 8, 2, false};
   }
-  // Shrink until it fits the device: stages first, then block_n, then block_m.
+  if (d > 256) {
+    // Above 256: 64 query rows (a Q tile of head dim 512 is 65 KB at 64 rows), 16 per warp, and
+    // O's columns in slices on 2 or 4 CTAs per query block: up to 192 columns each (NVRTC 13.0:
+    // d512 in 2 slices of 256 spills 44 B with every modifier; d384 in 2 of 192 does not).
+    c.block_m = 64;
+    c.warps = 4;
+    c.block_n = std::min(c.block_n, 32);  // 64 spills beside the long S = Q K^T loop
+    c.split = spec.head_dim_v > 384 ? 4 : spec.head_dim_v > 256 ? 2 : 1;
+  }
+  // Shrink until it fits the device: stages first, then block_n, then block_m (above head dim
+  // 256 a single buffer before fewer keys).
   while (why_illegal(spec, c, limits)) {
-    if (c.stages > 2) {
+    if (c.stages > 2 || (d > 256 && c.stages > 1)) {
       --c.stages;
     } else if (c.block_n > 16) {
       c.block_n /= 2;

@@ -72,15 +72,21 @@ enum class Family { sm80, sm90 };
 /// How a spec is computed. GPU (mma.sync, sm_80+): all fields. CPU: block_m query rows per work
 /// item and block_n keys per step, with warps = 0, stages = 0 and q_in_regs = false.
 /// Hopper family (family sm90): warps = 4 * (consumer warpgroups + 1), the first warpgroup being
-/// the TMA producer; each consumer warpgroup owns 64 query rows, so block_m = 64 * consumers.
+/// the TMA producer; each consumer warpgroup owns 64 query rows, so block_m = 64 * consumers, or
+/// with split 2 both consumers own the same 64 rows (block_m 64) and half of O's columns each.
 struct TileConfig {
   int block_m = 128;   ///< query rows per CTA (CPU: per work item)
   int block_n = 64;    ///< keys per main-loop step
   int warps = 4;       ///< warps per CTA; each owns block_m / warps query rows (16 or 32); CPU: 0
   int stages = 2;      ///< K/V shared-memory pipeline depth (cp.async); CPU: 0
   bool q_in_regs = false;  ///< keep Q fragments in registers instead of re-reading shared memory
-  /// Backward only: column slices. Each CTA accumulates 1/split of the dK, dV (and dQ) columns
-  /// and recomputes S and dP in full, so large head dims fit in registers.
+  /// Column slices, so large head dims fit in registers. Backward: each CTA accumulates 1/split
+  /// of the dK, dV (and dQ) columns and recomputes S and dP in full. mma.sync forward: split CTAs
+  /// per query block, each computing S in full and 1/split of O's columns (ceil(dv / 8 / split)
+  /// n8 tiles; the last slice may be shorter). Hopper forward (split 2 = consumer warpgroups):
+  /// the two consumers share one 64-row query block, each computing half of S's columns and
+  /// owning half of O's, P exchanged through shared memory (templates/attn_fwd_sm90_wide.cuh),
+  /// for V head dims whose O accumulator does not fit one warpgroup's registers (above 128).
   int split = 1;
   Family family = Family::sm80;
   /// Hopper family only: intra-warpgroup overlap, i.e. each consumer issues S = Q K^T of the next
@@ -99,9 +105,10 @@ struct TileConfig {
   bool hopper() const { return family == Family::sm90; }
   /// Consumer warpgroups of a Hopper config (warps / 4 - 1).
   int consumer_warpgroups() const { return warps / 4 - 1; }
-  /// "bm128_bn64_w8_s2", suffix "_qr" = Q in registers, "_x2" = 2 column slices (backward);
+  /// "bm128_bn64_w8_s2", suffix "_qr" = Q in registers, "_x2" = 2 column slices;
   /// CPU configs "cpu_bm32_bn128"; Hopper configs "h_bm128_bn128_wg2_s2" (wg = consumer
-  /// warpgroups), suffix "_ov" = overlap, "_pp" = ping-pong, "_pe" = polynomial exp2.
+  /// warpgroups), suffix "_ov" = overlap, "_pp" = ping-pong, "_pe" = polynomial exp2, "_x2" =
+  /// the consumers split O's columns ("h_bm64_bn32_wg2_s2_x2").
   std::string canonical() const;
 };
 // Backward configs read the fields as: block_m = query rows per step of the dK/dV kernel (and
@@ -115,6 +122,15 @@ inline TileConfig sm90_config(int block_n, int consumers, int stages, bool overl
                               bool pingpong = false, bool poly_exp = false) {
   return {64 * consumers, block_n, 4 * (consumers + 1), stages, false, 1, Family::sm90, overlap, pingpong,
           poly_exp};
+}
+/// A Hopper-family config whose two consumer warpgroups share 64 query rows and split S's and
+/// O's columns (split 2, block_m 64; templates/attn_fwd_sm90_wide.cuh). `overlap` only to build
+/// configs that why_illegal refuses.
+inline TileConfig sm90_wide_config(int block_n, int stages, bool overlap = false) {
+  TileConfig c = sm90_config(block_n, 2, stages, overlap);
+  c.block_m = 64;
+  c.split = 2;
+  return c;
 }
 
 /// Shared-memory layout facts of the Hopper family that the host needs to build TMA tensor maps:
@@ -135,12 +151,17 @@ Sm90Layout sm90_layout(const KernelSpec& spec);
 /// swizzle whose panel divides block_n, so consumer reads of column pairs are conflict-free).
 inline bool sm90_bias_tma(const KernelSpec& spec) { return spec.bias && spec.bias_tiled; }
 inline int sm90_bias_swizzle(int block_n) { return block_n % 64 == 0 ? 128 : block_n % 32 == 0 ? 64 : 32; }
+/// The layout a Hopper config uses: sm90_layout(spec), except that a split config (the consumers
+/// own halves of O's columns) pads the V head dim to a multiple of 32 and picks the V swizzle so
+/// that each half is whole panels (half = head_dim_v_pad / 2 columns).
+Sm90Layout sm90_layout(const KernelSpec& spec, const TileConfig& cfg);
 
 /// A CPU config (warps and stages 0).
 inline TileConfig cpu_config(int block_m, int block_n) { return {block_m, block_n, 0, 0, false}; }
 
-/// Largest head dim (QK or V) the mma.sync family specialises; multiples of 8 from 8 up to it.
-inline constexpr int kMaxHeadDim = 256;
+/// Largest head dim (QK or V) a spec may have; multiples of 8 from 8 up to it. Above 256 the
+/// GPU kernels slice O's columns (TileConfig::split); FlashAttention and cuDNN stop at 256.
+inline constexpr int kMaxHeadDim = 512;
 
 /// Shared memory in bytes the tile config needs for the spec (dynamic shared memory; Hopper
 /// configs include 1 KiB of alignment slack and the mbarriers).

@@ -88,7 +88,7 @@ jitattn_kernel::AttnFwdTmaParams make_tma_params(const AttentionArgs& args, cons
   static_assert(sizeof(CUtensorMap) == sizeof(jitattn_kernel::TensorMapBytes));
   jitattn_kernel::AttnFwdTmaParams tp{};
   tp.p = make_params(args, problem);
-  const Sm90Layout l = sm90_layout(spec);
+  const Sm90Layout l = sm90_layout(spec, cfg);
   // Dims are the tensors' own (seq = total rows and batch 1 for packed varlen, whose sequences the
   // kernel addresses by row offset).
   auto encode = [](const TensorRef& t, int cols, unsigned box_cols, unsigned box_rows, int swizzle) {
@@ -291,6 +291,12 @@ struct Engine::Impl {
       if (auto it = dev.choices.find(key); it != dev.choices.end()) return it->second;
     }
     ConfigChoice c{default_config(spec, dev.backend.limits), "default", "no cache"};
+    // A spec whose default does not fit (the fast-mode backward at d = dv = 512 on sm_86/89) has
+    // no config on this device: refused before anything is looked up, compiled or launched.
+    if (auto why = why_illegal(spec, c.config, dev.backend.limits)) {
+      throw Unsupported(fmt::format("{} has no config that fits this device (smallest: {}: {})",
+                                    spec.canonical(), c.config.canonical(), *why));
+    }
     {
       std::lock_guard lock(store_mu);
       if (cache::Store* st = cache_store()) {

@@ -188,7 +188,10 @@ CpuBackwardItems cpu_backward_items(const Problem& pr, const TileConfig& c,
 }
 
 std::array<unsigned, 3> make_grid(const Problem& pr, const TileConfig& c) {
-  const int blocks = (pr.seqlen_q + c.block_m - 1) / c.block_m;
+  // mma.sync column slices: split CTAs per query block (the Hopper family's split is inside one
+  // CTA, between its consumer warpgroups).
+  const int slices = c.hopper() ? 1 : c.split;
+  const int blocks = (pr.seqlen_q + c.block_m - 1) / c.block_m * slices;
   return {static_cast<unsigned>(blocks), static_cast<unsigned>(pr.heads_q),
           static_cast<unsigned>(pr.batch)};
 }
@@ -197,18 +200,19 @@ TileConfig parse_config(const std::string& text) {
   // At most 4 digits each: every legal value fits, and std::stoi can never overflow.
   static const std::regex re(R"(bm(\d{1,4})_bn(\d{1,4})_w(\d{1,4})_s(\d{1,4})(_qr)?(_x(\d{1,2}))?)");
   static const std::regex cpu_re(R"(cpu_bm(\d{1,4})_bn(\d{1,4}))");
-  static const std::regex sm90_re(R"(h_bm(\d{1,4})_bn(\d{1,4})_wg(\d{1,2})_s(\d{1,4})(_ov)?(_pp)?(_pe)?)");
+  static const std::regex sm90_re(R"(h_bm(\d{1,4})_bn(\d{1,4})_wg(\d{1,2})_s(\d{1,4})(_ov)?(_pp)?(_pe)?(_x(\d{1,2}))?)");
   std::smatch m;
   if (std::regex_match(text, m, cpu_re)) return cpu_config(std::stoi(m[1]), std::stoi(m[2]));
   if (std::regex_match(text, m, sm90_re)) {
     TileConfig c = sm90_config(std::stoi(m[2]), std::stoi(m[3]), std::stoi(m[4]), m[5].matched, m[6].matched,
                                m[7].matched);
     c.block_m = std::stoi(m[1]);  // why_illegal checks it against the warpgroups
+    if (m[8].matched) c.split = std::stoi(m[9]);
     return c;
   }
   if (!std::regex_match(text, m, re)) {
     throw InvalidArgument("config", fmt::format("expected bm<M>_bn<N>_w<warps>_s<stages>[_qr][_x<split>] "
-                                                "(GPU), h_bm<M>_bn<N>_wg<consumers>_s<stages>[_ov][_pp][_pe] "
+                                                "(GPU), h_bm<M>_bn<N>_wg<consumers>_s<stages>[_ov][_pp][_pe][_x2] "
                                                 "(Hopper) or cpu_bm<M>_bn<N> (CPU), got '{}'",
                                                 text));
   }

@@ -57,7 +57,7 @@ struct BackwardGrids {
 };
 BackwardGrids make_backward_grids(const Problem& problem, const TileConfig& config, bool deterministic);
 
-/// Grid: (query blocks, heads_q, batch). On the CPU the work items are the same blocks, numbered
+/// Grid: (query blocks x mma.sync column slices, heads_q, batch). On the CPU the work items are the same blocks, numbered
 /// (b * heads_q + h) * query_blocks + m_block.
 std::array<unsigned, 3> make_grid(const Problem& problem, const TileConfig& config);
 

@@ -51,7 +51,8 @@ JITATTN_DEVICE void load_tile(elem_t* smem, const elem_t* gmem, long long row_st
                               int valid_rows, int tid) {
   constexpr int kChunksPerRow = kCols / 8;
   constexpr int kChunks = kRows * kChunksPerRow;
-#pragma unroll
+  // Rows above 256 columns: a loop (a full unroll keeps every chunk's global offset live).
+#pragma unroll(kCols > 256 ? 1 : (kChunks + kThreads - 1) / kThreads)
   for (int c0 = 0; c0 < kChunks; c0 += kThreads) {
     const int c = c0 + tid;
     if (kChunks % kThreads == 0 || c < kChunks) {
@@ -71,7 +72,8 @@ JITATTN_DEVICE void gemm_nt(float (&acc)[kN / 8][4], const elem_t* sA, const ele
   constexpr int kNT = kN / 8;
   constexpr int kK16 = kDim / 16;
   static_assert(kNT % 2 == 0, "n must be a multiple of 16");
-#pragma unroll
+  // Above head dim 256, 8 steps at a time (a full unroll hoists every step's A fragment).
+#pragma unroll(kDim > 256 ? 8 : kK16)
   for (int ks = 0; ks < kK16; ++ks) {
     u32 a[4];
     ldmatrix_x4(a, sA + (lane % 16) * kAStride + ks * 16 + (lane / 16) * 8);

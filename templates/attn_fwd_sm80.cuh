@@ -6,6 +6,10 @@
 // with P reused from the S accumulators as the A operand (no trip through shared memory).
 // K/V tiles stream through a kStages-deep cp.async ring.
 //
+// Column slices (kSplit > 1, head dims above 256): kSplit CTAs share a query block, each
+// computing S and the softmax in full and O for its slice of kDT n8 tiles of the V/O columns
+// (the last slice may be shorter), so O's accumulator fits in registers.
+//
 // Expects, from the generator: JITATTN_BF16, JITATTN_KERNEL_NAME, namespace cfg with the
 // compile-time constants, and struct ScoreMod (the composed score modifiers).
 
@@ -17,7 +21,9 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kRowsPerWarp = kBlockM / kWarps;
 constexpr int kMT = kRowsPerWarp / 16;  // m16 tiles per warp
 constexpr int kNT = kBlockN / 8;        // n8 tiles of S per warp
-constexpr int kDT = kHeadDimV / 8;      // n8 tiles of O per warp
+constexpr int kDTAll = kHeadDimV / 8;                  // n8 tiles of O, all slices
+constexpr int kDT = (kDTAll + kSplit - 1) / kSplit;    // n8 tiles of O per warp (this slice)
+constexpr int kVCols = kDT * 8;                        // V/O columns of a slice
 constexpr int kK16 = kHeadDim / 16;     // k16 steps of S = Q K^T
 constexpr bool kKTail = (kHeadDim % 16) != 0;  // one extra k8 step
 constexpr int kQSteps = kK16 + (kKTail ? 1 : 0);
@@ -28,16 +34,18 @@ constexpr int kQSteps = kK16 + (kKTail ? 1 : 0);
 __host__ __device__ constexpr int padded_stride(int dim) { return ((dim / 8) % 2 == 0) ? dim + 8 : dim; }
 constexpr int kQStride = padded_stride(kHeadDim);
 constexpr int kKStride = padded_stride(kHeadDim);
-constexpr int kVStride = padded_stride(kHeadDimV);
+constexpr int kVStride = padded_stride(kVCols);
 constexpr int kQElems = kBlockM * kQStride;                 // (BLOCK_M, HEAD_DIM) + pad
 constexpr int kKElems = kBlockN * kKStride;                 // (BLOCK_N, HEAD_DIM) + pad
-constexpr int kVElems = kBlockN * kVStride;                 // (BLOCK_N, HEAD_DIM_V) + pad
+constexpr int kVElems = kBlockN * kVStride;                 // (BLOCK_N, V_COLS) + pad
 constexpr int kBElems = kBiasTiled ? kBlockM * kBiasStride : 0;  // (BLOCK_M, BLOCK_N) + pad
 
 static_assert(kHeadDim % 8 == 0 && kHeadDimV % 8 == 0, "head dims must be multiples of 8");
 static_assert(kRowsPerWarp == 16 || kRowsPerWarp == 32, "block_m / warps must be 16 or 32");
 static_assert(kBlockN % 16 == 0, "block_n must be a multiple of 16 (k16 steps of P V)");
 static_assert(kStages >= 1, "stages must be >= 1");
+static_assert(!kQInRegs || kHeadDim <= 256, "Q in registers indexes its fragments by a fully unrolled step");
+static_assert(kSplit >= 1 && (kSplit - 1) * kDT < kDTAll, "split: every column slice needs a column");
 
 // Copies `rows` x kCols elements (rows past `valid_rows` zero-filled) into shared memory.
 // Copies a (BLOCK_M, BLOCK_N) bias tile: rows past `valid_rows` and columns past `valid_cols`
@@ -59,18 +67,21 @@ JITATTN_DEVICE void load_bias_tile(elem_t* smem, const elem_t* gmem, long long r
   }
 }
 
+// Columns past `valid_cols` (the end of the head dim in the last column slice) are zero-filled.
 template <int kRows, int kCols, int kStride>
 JITATTN_DEVICE void load_tile(elem_t* smem, const elem_t* gmem, long long row_stride,
-                              int valid_rows, int tid) {
+                              int valid_rows, int tid, int valid_cols = kCols) {
   constexpr int kChunksPerRow = kCols / 8;
   constexpr int kChunks = kRows * kChunksPerRow;
-#pragma unroll
+  // Rows above 256 columns (head dims above 256, 4 warps): a loop, since a full unroll keeps
+  // every chunk's 64-bit global offset live across the main loop and spills.
+#pragma unroll(kCols > 256 ? 1 : (kChunks + kThreads - 1) / kThreads)
   for (int c0 = 0; c0 < kChunks; c0 += kThreads) {
     const int c = c0 + tid;
     if (kChunks % kThreads == 0 || c < kChunks) {
       const int r = c / kChunksPerRow;
       const int cc = c % kChunksPerRow;
-      const bool valid = r < valid_rows;
+      const bool valid = r < valid_rows && cc * 8 < valid_cols;
       const elem_t* src = valid ? gmem + r * row_stride + cc * 8 : gmem;
       cp_async_16(smem + r * kStride + cc * 8, src, valid ? 16 : 0);
     }
@@ -91,7 +102,11 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
 
   // Causal work grows with the query block, so the heaviest blocks go first: the last wave then
   // holds the shortest blocks and the tail is shorter.
-  const int m_block = kCausal ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
+  const int bx = kCausal ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
+  const int m_block = bx / kSplit;
+  const int slice = bx % kSplit;  // column slice of V and O
+  // Columns of this slice inside the head dim (the last slice may be shorter).
+  const int v_cols = kSplit == 1 ? kVCols : min(kVCols, kHeadDimV - slice * kVCols);
   const int h = blockIdx.y;
   const int b = blockIdx.z;
   const int tid = threadIdx.x;
@@ -127,7 +142,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   const elem_t* gK = static_cast<const elem_t*>(p.k) + qb * p.k_batch_stride +
                      row_k0 * p.k_row_stride + kvh * p.k_head_stride;
   const elem_t* gV = static_cast<const elem_t*>(p.v) + qb * p.v_batch_stride +
-                     row_k0 * p.v_row_stride + kvh * p.v_head_stride;
+                     row_k0 * p.v_row_stride + kvh * p.v_head_stride + slice * kVCols;
   elem_t* gO = static_cast<elem_t*>(p.o) + qb * p.o_batch_stride + (row_q0 + m0) * p.o_row_stride +
                h * p.o_head_stride;
   float* gLse = kLse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + row_q0 + m0
@@ -145,7 +160,9 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   const int nb_end = (max(n_end, 0) + kBlockN - 1) / kBlockN;
 
   if (m0 >= len_q || nb_end <= nb_begin) {
-    // Every row fully masked (or past the batch's length): output 0, LSE -inf.
+    // Every row fully masked (or past the batch's length): output 0, LSE -inf (slice 0 writes
+    // every column).
+    if (slice != 0) return;
     for (int i = tid; i < rows_out * (kHeadDimV / 2); i += kThreads) {
       const int r = i / (kHeadDimV / 2);
       const int c = i % (kHeadDimV / 2);
@@ -186,8 +203,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       const int n0 = nb * kBlockN;
       load_tile<kBlockN, kHeadDim, kKStride>(sK + s * kKElems, gK + n0 * p.k_row_stride,
                                              p.k_row_stride, len_k - n0, tid);
-      load_tile<kBlockN, kHeadDimV, kVStride>(sV + s * kVElems, gV + n0 * p.v_row_stride,
-                                              p.v_row_stride, len_k - n0, tid);
+      load_tile<kBlockN, kVCols, kVStride>(sV + s * kVElems, gV + n0 * p.v_row_stride,
+                                           p.v_row_stride, len_k - n0, tid, v_cols);
       if constexpr (kBiasTiled) {
         load_bias_tile(sB + s * kBElems, gB + n0, p.bias_row_stride, len_q - m0, len_k - n0, tid);
       }
@@ -218,8 +235,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       cp_async_wait<0>();
       __syncthreads();  // K(it) landed; every warp finished P V(it-1), so sV is free
       const int n0 = nb * kBlockN;
-      load_tile<kBlockN, kHeadDimV, kVStride>(sV, gV + n0 * p.v_row_stride, p.v_row_stride,
-                                              len_k - n0, tid);
+      load_tile<kBlockN, kVCols, kVStride>(sV, gV + n0 * p.v_row_stride, p.v_row_stride,
+                                           len_k - n0, tid, v_cols);
       cp_async_commit();
     } else {
     cp_async_wait<kStages - 2>();
@@ -231,8 +248,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         const int n0 = nf * kBlockN;
         load_tile<kBlockN, kHeadDim, kKStride>(sK + slot * kKElems, gK + n0 * p.k_row_stride,
                                                p.k_row_stride, len_k - n0, tid);
-        load_tile<kBlockN, kHeadDimV, kVStride>(sV + slot * kVElems, gV + n0 * p.v_row_stride,
-                                                p.v_row_stride, len_k - n0, tid);
+        load_tile<kBlockN, kVCols, kVStride>(sV + slot * kVElems, gV + n0 * p.v_row_stride,
+                                             p.v_row_stride, len_k - n0, tid, v_cols);
         if constexpr (kBiasTiled) {
           load_bias_tile(sB + slot * kBElems, gB + n0, p.bias_row_stride, len_q - m0, len_k - n0,
                          tid);
@@ -271,7 +288,9 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         for (int e = 0; e < 4; ++e) acc_s[mt][nt][e] = 0.0f;
       }
     }
-#pragma unroll
+    // Above head dim 256, 8 steps at a time: fully unrolled, ptxas hoists the Q fragments of all
+    // 32 steps and spills with a per-element bias (NVRTC 13.0, tests/compile_grid_test.cpp).
+#pragma unroll(kHeadDim > 256 ? 8 : kK16)
     for (int ks = 0; ks < kK16; ++ks) {
       u32 qa[kMT][4];
 #pragma unroll
@@ -499,13 +518,15 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       float inv = (sum > 0.0f && real) ? 1.0f / sum : 0.0f;
       if constexpr (kDropout) inv *= p.dropout_scale;  // kept probabilities scale by 1 / (1 - p)
       if (r < rows_out) {
-        elem_t* o_row = gO + r * p.o_row_stride;
+        elem_t* o_row = gO + r * p.o_row_stride + slice * kVCols;
 #pragma unroll
         for (int d = 0; d < kDT; ++d) {
-          *reinterpret_cast<u32*>(o_row + d * 8 + 2 * t) =
-              pack2(acc_o[mt][d][2 * hf] * inv, acc_o[mt][d][2 * hf + 1] * inv);
+          if (kSplit * kDT == kDTAll || d * 8 < v_cols) {
+            *reinterpret_cast<u32*>(o_row + d * 8 + 2 * t) =
+                pack2(acc_o[mt][d][2 * hf] * inv, acc_o[mt][d][2 * hf + 1] * inv);
+          }
         }
-        if (kLse && t == 0) {
+        if (kLse && t == 0 && slice == 0) {
           gLse[r] = (sum > 0.0f && real)
                         ? (row_max[mt][hf] * kExpScale + __log2f(sum)) * kLn2
                         : neg_inf();

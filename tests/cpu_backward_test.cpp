@@ -178,6 +178,27 @@ std::vector<Case> cases() {
     p.mask = MaskKind::causal;
     add(fmt::format("seqlens_{}_{}_causal", sq, sk), p);
   }
+  // Head dims above 256: the default shrinks its blocks to the stack budget (d = dv = 512:
+  // cpu_bm32_bn16).
+  for (auto [d, dv] : {std::pair{384, 384}, {512, 512}, {512, 64}, {72, 512}}) {
+    ProblemDesc p = base(d);
+    p.head_dim_v = dv;
+    p.seqlen_q = 45;
+    p.seqlen_k = 70;
+    p.mask = MaskKind::causal;
+    p.heads_q = 4;
+    p.heads_kv = 2;
+    add(fmt::format("causal_gqa_f32_d{}_dv{}", d, dv), p);
+  }
+  {
+    ProblemDesc p = base(512, DType::bf16);
+    p.seqlen_q = 40;
+    p.seqlen_k = 33;
+    p.alibi = true;
+    p.softcap = 20.0f;
+    p.varlen = VarlenKind::packed;
+    add("bf16_alibi_softcap_packed_d512", p);
+  }
   for (const char* cfg : {"cpu_bm16_bn16", "cpu_bm32_bn128", "cpu_bm64_bn32"}) {
     ProblemDesc p = base(64);
     p.mask = MaskKind::causal_bottom_right;

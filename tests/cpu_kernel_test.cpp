@@ -300,6 +300,38 @@ TEST(CpuKernel, EveryHeadDimF32) {
   check_cases(cs);
 }
 
+// Head dims above 256 (up to 512), unequal QK/V dims on both sides of 256, both dtype kinds.
+TEST(CpuKernel, HeadDimsAbove256) {
+  std::vector<Case> cs;
+  for (auto [d, dv] : {std::pair{264, 264}, {384, 384}, {512, 512}, {512, 40}, {56, 512}, {448, 320}}) {
+    cs.push_back(with(Case{}, [&](Case& c) {
+      c.d = d;
+      c.dv = dv;
+      c.mask = d == 384 ? MaskKind::none : MaskKind::causal;
+      c.heads_q = 4;
+      c.heads_kv = 2;
+    }));
+  }
+  for (DType t : {DType::bf16, DType::f16}) {
+    cs.push_back(with(Case{}, [&](Case& c) {
+      c.dtype = t;
+      c.d = 512;
+      c.alibi = true;
+      c.softcap = 20.0f;
+      c.window = Window{30, 3};
+      c.varlen = VarlenKind::padded;
+    }));
+  }
+  // The largest blocks the stack budget allows at d = dv = 512.
+  cs.push_back(with(Case{}, [&](Case& c) {
+    c.config = cpu_config(64, 32);
+    c.d = 512;
+    c.seqlen_q = 70;
+    c.seqlen_k = 130;
+  }));
+  check_cases(cs);
+}
+
 TEST(CpuKernel, HeadDimsHalfDtypes) {
   std::vector<Case> cs;
   for (DType t : {DType::bf16, DType::f16}) {

@@ -17,6 +17,7 @@
 
 #include <gtest/gtest.h>
 
+#include "generator/generator.h"
 #include "jitattn/error.h"
 #include "runtime/plan.h"
 
@@ -212,7 +213,7 @@ TEST(KernelSpec, BackwardConfigsAreCheckedWithReasons) {
   refused(s, {64, 64, 4, 3, false, 1}, "stages 3");
   refused(s, {64, 64, 4, 2, true, 1}, "q_in_regs");
   refused(s, {64, 64, 4, 2, false, 3}, "split 3");
-  refused(base_spec(), {128, 64, 4, 2, false, 2}, "backward option");
+  refused(base_spec(), {128, 64, 4, 2, false, 3}, "split 3");
   KernelSpec tiled = s;
   tiled.bias = tiled.bias_tiled = true;
   refused(tiled, {64, 64, 4, 2, false, 1}, "bias_tiled");
@@ -228,6 +229,9 @@ TEST(KernelSpec, BackwardDefaultIsLegalForEveryHeadDim) {
   for (int sm : {80, 86, 90}) {
     for (int d = 8; d <= kMaxHeadDim; d += 8) {
       for (bool heavy : {false, true}) {
+        // sm_86/89 (99 KB per block): d = dv = 512 has no fast-mode config (see
+        // WideHeadDims.BackwardUsesEightSlicesAndFitsEveryArch).
+        if (sm == 86 && d == 512) continue;
         KernelSpec s = backward_spec();
         s.target.sm = sm;
         s.head_dim = s.head_dim_v = d;
@@ -245,7 +249,7 @@ TEST(TileConfig, RejectsUnsupportedHeadDims) {
   // A space after the name: "head_dim_v 12" must not count as naming head_dim.
   EXPECT_TRUE(illegal_because(with_dims(0, 128), cfg, {"head_dim 0"}));
   EXPECT_TRUE(illegal_because(with_dims(12, 128), cfg, {"head_dim 12"}));
-  EXPECT_TRUE(illegal_because(with_dims(264, 128), cfg, {"head_dim 264"}));
+  EXPECT_TRUE(illegal_because(with_dims(520, 128), cfg, {"head_dim 520", "8 to 512"}));
   EXPECT_TRUE(illegal_because(with_dims(128, 300), cfg, {"head_dim_v 300"}));
   EXPECT_TRUE(illegal_because(with_dims(128, 4), cfg, {"head_dim_v 4"}));
 }
@@ -342,7 +346,7 @@ TEST(TileConfig, DefaultConfigIsLegalEverywhere) {
       }
     }
   }
-  EXPECT_EQ(checked, 3 * 32 * 4);
+  EXPECT_EQ(checked, 3 * (kMaxHeadDim / 8) * 4);
 }
 
 TEST(TileConfig, SharedMemoryBytesFollowsThePaddingRule) {
@@ -540,7 +544,9 @@ TEST(Plan, MakeGridCoversEveryQueryRow) {
 TEST(Plan, ParseConfigRoundTripsCanonical) {
   for (const TileConfig& c : {TileConfig{128, 64, 8, 2, false}, TileConfig{64, 16, 2, 4, true},
                               TileConfig{128, 128, 4, 3, true}, TileConfig{256, 32, 8, 2, false},
-                              TileConfig{32, 64, 4, 2, false, 4}, TileConfig{64, 128, 8, 1, false, 2}}) {
+                              TileConfig{32, 64, 4, 2, false, 4}, TileConfig{64, 128, 8, 1, false, 2},
+                              TileConfig{64, 32, 2, 1, false, 8}, sm90_wide_config(32, 2),
+                              sm90_wide_config(64, 1, true)}) {
     const TileConfig parsed = parse_config(c.canonical());
     EXPECT_TRUE(parsed == c) << c.canonical() << " parsed as " << parsed.canonical();
   }
@@ -778,6 +784,114 @@ TEST(Sm90Config, DefaultPicksTheFamilyOnSm90Only) {
     s = sm90_spec(d, d);
     s.target.sm = 80;
     EXPECT_FALSE(default_config(s, limits_for_arch(80)).hopper()) << d;
+  }
+}
+
+// ---- head dims above 256 -----------------------------------------------------------------------
+
+TEST(WideHeadDims, MmaSyncForwardSlicesOColumnsAcrossCtas) {
+  const DeviceLimits limits = limits_for_arch(80);
+  const KernelSpec s = with_dims(512, 512);
+  // Without slices no config fits O (16 rows x 512 columns = 256 floats per thread); the default
+  // splits it in four 128-column slices, 64 query rows.
+  const TileConfig def = default_config(s, limits);
+  EXPECT_EQ(def.split, 4) << def.canonical();
+  EXPECT_EQ(def.block_m, 64) << def.canonical();
+  EXPECT_EQ(why_illegal(s, def, limits), std::nullopt) << def.canonical();
+  // Q 64 x 520 + 2 stages x (K 32 x 520 + V slice 32 x 264), 2 bytes each.
+  EXPECT_EQ(shared_memory_bytes(s, {64, 32, 4, 2, false, 2}), 2 * (64 * 520 + 2 * (32 * 520 + 32 * 264)));
+  // Uneven slices: dv 264 = 33 n8 tiles -> 17 + 16; dv 40 = 5 tiles in 4 slices of 2 leaves one empty.
+  EXPECT_EQ(why_illegal(with_dims(264, 264), {64, 32, 4, 2, false, 2}, limits), std::nullopt);
+  EXPECT_TRUE(illegal_because(with_dims(64, 40), {64, 32, 4, 2, false, 4}, {"split 4", "without columns"}));
+  EXPECT_TRUE(illegal_because(s, {64, 32, 4, 2, false, 8}, {"split 8"}));
+  // The grid holds split CTAs per query block.
+  Problem pr;
+  pr.batch = 3;
+  pr.heads_q = 4;
+  pr.seqlen_q = 100;
+  using Grid = std::array<unsigned, 3>;
+  EXPECT_EQ(make_grid(pr, {64, 32, 4, 2, false, 2}), (Grid{4, 4, 3}));
+  EXPECT_EQ(make_grid(pr, sm90_wide_config(32, 2)), (Grid{2, 4, 3}));  // split inside the CTA
+}
+
+TEST(WideHeadDims, BackwardUsesEightSlicesAndFitsEveryArch) {
+  for (int sm : {80, 86, 90}) {
+    for (bool det : {false, true}) {
+      KernelSpec s = backward_spec();
+      s.target.sm = sm;
+      s.head_dim = s.head_dim_v = 512;
+      s.deterministic = det;
+      const TileConfig c = default_config(s, limits_for_arch(sm));
+      EXPECT_EQ(c.split, 8) << c.canonical();
+      if (sm == 86 && !det) {
+        // The smallest dK/dV CTA (32 keys, 16 query rows, one buffer) needs K and V rows of
+        // 2 x 520 elements, a query tile and the fast mode's dS^T: 128 bytes over sm_86's
+        // 101376. Refused with the reason; the deterministic mode (no dS^T) fits.
+        EXPECT_TRUE(illegal_because(s, c, {"101504 bytes", "101376"})) << c.canonical();
+        EXPECT_THROW(generate(s, c, limits_for_arch(sm)), InvalidArgument);
+        continue;
+      }
+      EXPECT_EQ(why_illegal(s, c, limits_for_arch(sm)), std::nullopt) << sm << " " << c.canonical();
+    }
+  }
+}
+
+TEST(WideHeadDims, HopperSplitConfigSharesRowsAndHalvesV) {
+  const DeviceLimits limits = limits_for_arch(90);
+  const TileConfig c = sm90_wide_config(32, 2);
+  EXPECT_EQ(c.canonical(), "h_bm64_bn32_wg2_s2_x2");
+  EXPECT_TRUE(parse_config("h_bm64_bn32_wg2_s2_x2") == c);
+  EXPECT_TRUE(parse_config("h_bm64_bn48_wg2_s1_ov_x2") == sm90_wide_config(48, 1, true));
+  // The plain kernel cannot hold O of dv 512 (256 registers) and says what to use instead.
+  EXPECT_TRUE(illegal_because(sm90_spec(512, 512), sm90_config(32, 2, 2), {"O 256", "_x2"}));
+  EXPECT_EQ(why_illegal(sm90_spec(512, 512), c, limits), std::nullopt);
+  // Halves of whole panels: dv 264 pads to 288 (halves of 144 = nine 16-column panels), 320 to
+  // 320 (halves of 160: 32-column panels), 512 (halves of 256: 64-column panels).
+  auto layout = [&](int dv) { return sm90_layout(sm90_spec(512, dv), c); };
+  EXPECT_EQ(layout(264).head_dim_v_pad, 288);
+  EXPECT_EQ(layout(264).swizzle_v, 32);
+  EXPECT_EQ(layout(320).head_dim_v_pad, 320);
+  EXPECT_EQ(layout(320).swizzle_v, 64);
+  EXPECT_EQ(layout(512).head_dim_v_pad, 512);
+  EXPECT_EQ(layout(512).swizzle_v, 128);
+  EXPECT_EQ(sm90_layout(sm90_spec(512, 264)).head_dim_v_pad, 272);  // unsplit layout unchanged
+  // Q 64 x 1 KiB, 2 stages of K 32 x 1 KiB and V 32 x 1 KiB, the P tile (64 rows of 64 bytes),
+  // 512 bytes of row maxima / sums, alignment slack,
+  // 9 mbarriers (K and V released apart).
+  EXPECT_EQ(shared_memory_bytes(sm90_spec(512, 512), c), 65536 + 2 * (32768 + 32768) + 4096 + 512 + 1024 + 72);
+  // P of block_n 48: three 32-byte panels of 64 rows (2 KiB each).
+  EXPECT_EQ(shared_memory_bytes(sm90_spec(512, 512), sm90_wide_config(48, 1)),
+            65536 + 49152 + 49152 + 3 * 2048 + 512 + 1024 + 40);
+  // What the split kernel refuses.
+  EXPECT_TRUE(illegal_because(sm90_spec(512, 512), sm90_wide_config(64, 2), {"shared memory"}));
+  EXPECT_TRUE(illegal_because(sm90_spec(128, 128), c, {"head_dim_v 128"}));
+  TileConfig three = sm90_config(32, 3, 2);
+  three.split = 2;
+  EXPECT_TRUE(illegal_because(sm90_spec(512, 512), three, {"split 2", "3 consumer"}));
+  TileConfig rows = c;
+  rows.block_m = 128;
+  EXPECT_TRUE(illegal_because(sm90_spec(512, 512), rows, {"block_m 128", "share 64"}));
+  TileConfig pp = sm90_wide_config(32, 2, true);
+  EXPECT_TRUE(illegal_because(sm90_spec(512, 512), pp, {"serial schedule", "_ov"}));
+  pp.pingpong = true;
+  EXPECT_TRUE(illegal_because(sm90_spec(512, 512), pp, {"_pp"}));
+  // Registers: O 128 + half of S (block_n / 4) per thread; block_n 256 would be 192 of 200.
+  EXPECT_FALSE(illegal_because(sm90_spec(512, 512), sm90_wide_config(256, 1), {"registers"}));
+}
+
+TEST(WideHeadDims, DefaultsAreLegalAndPickTheSplitKernels) {
+  for (int d = 264; d <= kMaxHeadDim; d += 8) {
+    for (int dv : {d, 64, 512}) {
+      const KernelSpec s = sm90_spec(d, dv);
+      const TileConfig h = default_config(s, limits_for_arch(90));
+      EXPECT_TRUE(h.hopper()) << d << " " << dv << " " << h.canonical();
+      EXPECT_EQ(h.split, dv > 256 ? 2 : 1) << h.canonical();
+      EXPECT_EQ(why_illegal(s, h, limits_for_arch(90)), std::nullopt) << h.canonical();
+      const KernelSpec s80 = with_dims(d, dv);
+      const TileConfig m = default_config(s80, limits_for_arch(80));
+      EXPECT_EQ(m.split, dv > 384 ? 4 : dv > 256 ? 2 : 1) << m.canonical();
+      EXPECT_EQ(why_illegal(s80, m, limits_for_arch(80)), std::nullopt) << m.canonical();
+    }
   }
 }
 

@@ -243,11 +243,31 @@ TEST(Problem, RejectsHeadsNotDivisible) {
 }
 
 TEST(Problem, RejectsUnsupportedHeadDims) {
-  for (int64_t d : {0, 4, 12, 100, 264}) {
+  for (int64_t d : {0, 4, 12, 100, 520, 1024}) {
     expect_invalid(make_args({.d = d, .dv = 64}), "head_dim");
   }
-  expect_invalid(make_args({.d = 64, .dv = 512}), "head_dim_v");
+  expect_invalid(make_args({.d = 64, .dv = 520}), "head_dim_v");
   expect_invalid(make_args({.d = 64, .dv = 20}), "head_dim_v");
+  expect_invalid(make_args({.d = 64, .dv = 260}), "head_dim_v");
+  // The message names the range, so a caller knows the limit.
+  try {
+    validate(make_args({.d = 520, .dv = 64}));
+    ADD_FAILURE() << "head_dim 520 accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("from 8 to 512"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Problem, AcceptsHeadDimsUpTo512) {
+  for (int64_t d : {264, 320, 384, 448, 512}) {
+    const Problem p = validate(make_args({.d = d, .dv = d}));
+    EXPECT_EQ(p.head_dim, d);
+    EXPECT_EQ(p.head_dim_v, d);
+  }
+  const Problem p = validate(make_args({.d = 512, .dv = 64}));
+  EXPECT_EQ(p.head_dim, 512);
+  EXPECT_EQ(p.head_dim_v, 64);
+  EXPECT_EQ(validate(make_args({.d = 40, .dv = 512})).head_dim_v, 512);
 }
 
 TEST(Problem, RejectsNonContiguousLastDim) {

@@ -91,7 +91,8 @@ TEST_P(Sm90Sass, HasHgmmaAndTmaAndNoLocalMemory) {
 
 INSTANTIATE_TEST_SUITE_P(Sm90, Sm90Sass,
                          ::testing::Values(std::pair{64, MaskKind::none}, std::pair{128, MaskKind::causal},
-                                           std::pair{256, MaskKind::none}),
+                                           std::pair{256, MaskKind::none},
+                                           std::pair{512, MaskKind::causal}),  // the _x2 kernel
                          [](const auto& info) {
                            return fmt::format("d{}_{}", info.param.first,
                                               info.param.second == MaskKind::none ? "none" : "causal");

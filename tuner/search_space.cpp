@@ -3,6 +3,7 @@
 // is spent only on candidates that have a chance of compiling without spills.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <bit>
 #include <cstdint>
 
@@ -24,8 +25,9 @@ constexpr int kAccumulatorRegisterCeiling = 200;
 int accumulator_registers(const KernelSpec& spec, const TileConfig& cfg) {
   const int rows_per_warp = cfg.block_m / cfg.warps;
   // An m16n8 MMA spreads a 16x8 float tile over 32 lanes: rows*cols/32 floats per thread for the
-  // O accumulator (rows x head_dim_v) and the S tile (rows x block_n).
-  int regs = rows_per_warp * (spec.head_dim_v + cfg.block_n) / 32;
+  // O accumulator (rows x head_dim_v, or the column slice's share) and the S tile (rows x block_n).
+  const int v_cols = (spec.head_dim_v / 8 + cfg.split - 1) / cfg.split * 8;
+  int regs = rows_per_warp * (v_cols + cfg.block_n) / 32;
   // Q fragments in registers: rows x head_dim 16-bit values, two per register, over 32 lanes.
   if (cfg.q_in_regs) regs += rows_per_warp * spec.head_dim / 64;
   return regs;
@@ -50,6 +52,25 @@ std::vector<Candidate> backward_search_space(const KernelSpec& spec, const Devic
         for (int x : kSplit) {
           Candidate c;
           c.config = TileConfig{bm, 16 * w, w, s, false, x};
+          if (auto why = why_illegal(spec, c.config, limits)) {
+            c.pruned = std::move(*why);
+          } else if (const int regs = backward_accumulator_registers(spec, c.config);
+                     regs > kAccumulatorRegisterCeiling) {
+            c.pruned = fmt::format("static model: ~{} accumulator registers of {} (would spill)",
+                                   regs, kMaxRegisters);
+          }
+          out.push_back(std::move(c));
+        }
+      }
+    }
+  }
+  // 8 slices for head dims above 256, appended (the order above is what resumed tunings see).
+  if (std::max(spec.head_dim, spec.head_dim_v) > 256) {
+    for (int bm : kBlockM) {
+      for (int w : kWarps) {
+        for (int s : kStages) {
+          Candidate c;
+          c.config = TileConfig{bm, 16 * w, w, s, false, 8};
           if (auto why = why_illegal(spec, c.config, limits)) {
             c.pruned = std::move(*why);
           } else if (const int regs = backward_accumulator_registers(spec, c.config);
@@ -116,6 +137,28 @@ std::vector<Candidate> search_space(const KernelSpec& spec, const DeviceLimits& 
       }
     }
   }
+  // Column slices of O (split CTAs per query block) for V head dims above 256, where no config
+  // above fits O in registers; appended so that the order above is unchanged.
+  if (spec.head_dim_v > 256) {
+    for (int x : {2, 4}) {
+      for (int bm : {64, 128}) {
+        for (int bn : {16, 32, 64}) {
+          for (int s : {1, 2}) {
+            Candidate c;
+            c.config = TileConfig{bm, bn, bm / 16, s, false, x};
+            if (auto why = why_illegal(spec, c.config, limits)) {
+              c.pruned = std::move(*why);
+            } else if (const int regs = accumulator_registers(spec, c.config);
+                       regs > kAccumulatorRegisterCeiling) {
+              c.pruned = fmt::format("static model: ~{} accumulator registers of {} (would spill)",
+                                     regs, kMaxRegisters);
+            }
+            out.push_back(std::move(c));
+          }
+        }
+      }
+    }
+  }
   // The Hopper family on sm_90, after the mma.sync family (appended, so the order of the
   // candidates above, which resumed tunings rely on, is unchanged). why_illegal applies its own
   // register and shared-memory limits.
@@ -132,6 +175,18 @@ std::vector<Candidate> search_space(const KernelSpec& spec, const DeviceLimits& 
             if (auto why = why_illegal(spec, c.config, limits)) c.pruned = std::move(*why);
             out.push_back(std::move(c));
           }
+        }
+      }
+    }
+    // V head dims above 256: the two consumers split S's and O's columns (_x2); every block_n
+    // the default may pick (multiples of 16 up to 128).
+    if (spec.head_dim_v > 256) {
+      for (int bn = 16; bn <= 128; bn += 16) {
+        for (int s : {1, 2, 3}) {
+          Candidate c;
+          c.config = sm90_wide_config(bn, s);
+          if (auto why = why_illegal(spec, c.config, limits)) c.pruned = std::move(*why);
+          out.push_back(std::move(c));
         }
       }
     }
