@@ -3,6 +3,9 @@
 # Usage (on the GPU machine, from the repo root, binaries in .devcarry/):
 #   bench/run_gpu.sh tests       GPU test binaries, then compute-sanitizer memcheck over them
 #   bench/run_gpu.sh bench       jitattn bench grid and ../shared/bench/peers.py on the same grid
+#   bench/run_gpu.sh final-tests every GPU test binary, memcheck over all, racecheck/synccheck samples
+#   bench/run_gpu.sh final-bench forward grid (3 seqlens) beside flash/cudnn, flex on the ALiBi row,
+#                                fwd+bwd at d64/96/128, head dims above 256
 #   bench/run_gpu.sh bias        sm90 tests, memcheck over the bias cases, bias/ALiBi rows beside
 #                                cudnn, efficient and FlexAttention
 #   bench/run_gpu.sh all         every GPU test binary (forward, backward, sm90 family, SASS), memcheck
@@ -62,6 +65,66 @@ for l in open('$OUT/ours.jsonl'):
     PYTHONUNBUFFERED=1 timeout 60 python3 "$B/peers.py" --hdims 128 --seqlens 4096 --masks none --modes fwd_bwd --backends flash,cudnn \
       --out "$OUT/peers_fb.jsonl" > "$OUT/peers_fb.log" 2>&1
     grep -A20 "^dtype" "$OUT/peers_fb.log" | head -12
+    ;;
+  final-tests)
+    # Every GPU test binary (sharded, time-limited), the small ones, memcheck over all of them,
+    # racecheck and synccheck on samples of the Hopper kernels (forward, column split, backward).
+    export PATH=/usr/local/cuda/bin:$PATH
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+    BINS="forward_gpu_test backward_gpu_test forward_sm90_gpu_test forward_wide_gpu_test"
+    for t in $BINS; do
+      [ -x "$B/$t" ] && tshards 16 ${TEST_SECS:-100} "$OUT/$t.log" "$B/$t"
+    done
+    for t in sm90_sass_test readme_example_test nvrtc_test driver_test; do
+      [ -x "$B/$t" ] && { timeout 60 "$B/$t" > "$OUT/$t.log" 2>&1; echo "$t: $(tail -n 1 "$OUT/$t.log")"; }
+    done
+    for t in $BINS; do
+      [ -x "$B/$t" ] || continue
+      tshards 16 ${MEMCHECK_SECS:-80} "$OUT/memcheck_$t.log" compute-sanitizer --tool memcheck --report-api-errors no \
+        --error-exitcode 99 "$B/$t"
+      grep -h "ERROR SUMMARY" "$OUT/memcheck_$t.log" | sort | uniq -c
+    done
+    for tool in racecheck synccheck; do
+      timeout 120 compute-sanitizer --tool $tool --report-api-errors no "$B/forward_sm90_gpu_test" \
+        --gtest_filter='*bias_tma_b1qk_causal_br_d128*:*everything_packed_d64*:*config_h_bm128_bn128_wg2_s2_ov_pp_bias_tma_d64*' > "$OUT/${tool}_sm90.log" 2>&1
+      echo "$tool sm90 fwd: $(grep -h -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/${tool}_sm90.log" | tr '\n' ' ') $(grep -c '^\[       OK \]' "$OUT/${tool}_sm90.log") ok"
+      timeout 120 compute-sanitizer --tool $tool --report-api-errors no "$B/backward_gpu_test" \
+        --gtest_filter="${BWD_SAMPLE:-*Sm90*causal*d64*}" > "$OUT/${tool}_bwd.log" 2>&1
+      echo "$tool bwd: $(grep -h -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/${tool}_bwd.log" | tr '\n' ' ') $(grep -c '^\[       OK \]' "$OUT/${tool}_bwd.log") ok"
+    done
+    ;;
+  final-bench)
+    # Forward grid (seqlens 1024/4096/16384, masks none/causal/alibi/bias) beside flash and cudnn,
+    # FlexAttention on the ALiBi row at 4096, forward+backward at d64/96/128 beside flash and cudnn,
+    # and the head dims above 256 (no peer runs them).
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+    GRID="--hdims ${HDIMS:-64,80,96,128,256} --seqlens ${SEQLENS:-1024,4096,16384}"
+    timeout 200 "$B/jitattn" bench --grid $GRID --masks none,causal,alibi,bias --budget-ms 120 --json > "$OUT/ours.jsonl" 2> "$OUT/ours.err"
+    python3 -c "
+import json
+for l in open('$OUT/ours.jsonl'):
+    if l.startswith('{'):
+        j=json.loads(l); print('ours', j.get('d'), j.get('s'), j.get('grid_mask', j.get('mask')), j.get('config'), round(j.get('tflops', 0), 1), j.get('error', ''))
+"
+    for d in 320 384 512; do
+      for m in none causal; do
+        echo "ours d$d $m $("$B/jitattn" bench --tokens 16384 --width 2048 --seqlen-q 4096 --head-dim $d --mask $m --budget-ms 150 --json | python3 -c "import json,sys; j=json.load(sys.stdin); print(j['config'], round(j['tflops'],1))")"
+      done
+    done
+    for d in 64 96 128; do
+      for m in none causal; do
+        echo "ours fwd_bwd d$d $m $("$B/jitattn" bench --fwd-bwd --tokens 16384 --width 2048 --seqlen-q 4096 --head-dim $d --mask $m --budget-ms 200 --json | python3 -c "import json,sys; j=json.load(sys.stdin); print(j['config'], round(j['tflops'],1))")"
+      done
+    done
+    PYTHONUNBUFFERED=1 timeout 240 python3 "$B/peers.py" $GRID --masks none,causal,bias --modes fwd --backends flash,cudnn \
+      --out "$OUT/peers.jsonl" > "$OUT/peers.log" 2>&1
+    grep -A100 "^dtype" "$OUT/peers.log"
+    PYTHONUNBUFFERED=1 timeout 120 python3 "$B/peers.py" --hdims 64,96,128 --seqlens 4096 --masks none,causal --modes fwd_bwd \
+      --backends flash,cudnn --out "$OUT/peers_fb.jsonl" > "$OUT/peers_fb.log" 2>&1
+    grep -A20 "^dtype" "$OUT/peers_fb.log"
+    PYTHONUNBUFFERED=1 timeout 150 python3 "$B/peers.py" --hdims 64,80,96,128,256 --seqlens 4096 --masks bias --modes fwd \
+      --backends flex --out "$OUT/peers_flex.jsonl" > "$OUT/peers_flex.log" 2>&1
+    grep -A20 "^dtype" "$OUT/peers_flex.log"
     ;;
   bias)
     # Bias-tensor and ALiBi rows: the sm90 family's tests, memcheck over its bias cases, our bench
