@@ -126,6 +126,7 @@ KernelSource generate_sm90_backward(const KernelSpec& spec, const TileConfig& cf
   s += fmt::format("constexpr bool kPacked = {};\n", spec.varlen == VarlenKind::packed);
   s += fmt::format("constexpr bool kPadded = {};\n", spec.varlen == VarlenKind::padded);
   s += fmt::format("constexpr bool kRawScores = {};\n", raw);
+  s += fmt::format("constexpr bool kSoftcap = {};  // d(score)/d(Q.K) varies per score\n", spec.softcap > 0.0f);
   s += "// exp2 argument scale: softmax scale * log2(e) on raw scores, 1 after modifiers\n";
   s += fmt::format("constexpr float kExpScale = {};\n",
                    raw ? float_literal(spec.scale * kLog2e) : std::string("1.0f"));

@@ -246,7 +246,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       const u32 tS = sdS + (it & 1) * kDSBytes;
       mbar_wait(bar_full + 8 * s, static_cast<u32>(it / kStages) & 1u);
 
-      // ---- S^T = K Q^T, dP^T = V dO^T ---------------------------------------------------------
+      // ---- S^T = K Q^T, dP^T = V dO^T (two commit groups: P^T is computed while dP^T runs) -----
       float acc_s[kSRegs];   // (64 keys, BLOCK_M queries)
       float acc_dp[kSRegs];  // (64 keys, BLOCK_M queries)
       fence_regs(acc_s);
@@ -257,40 +257,65 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         wgmma_s(acc_s, desc_kmajor<kSwizzleQK>(sK, kKPanelBytes, wg * 64, ks),
                 desc_kmajor<kSwizzleQK>(tQ, kQPanelBytes, 0, ks), ks > 0 ? 1 : 0);
       }
+      wgmma_commit();
 #pragma unroll
       for (int ks = 0; ks < kHeadDimVPad / 16; ++ks) {
         wgmma_s(acc_dp, desc_kmajor<kSwizzleV>(sV, kVPanelBytes, wg * 64, ks),
                 desc_kmajor<kSwizzleV>(tO, kOPanelBytes, 0, ks), ks > 0 ? 1 : 0);
       }
       wgmma_commit();
-      wgmma_wait<0>();
+      // Softcap's d(score)/d(Q.K) needs the raw score beside dP^T: wait for both first.
+      if constexpr (kSoftcap) {
+        wgmma_wait<0>();
+        fence_regs(acc_dp);
+      } else {
+        wgmma_wait<1>();  // S^T is done; dP^T may still run
+      }
       fence_regs(acc_s);
-      fence_regs(acc_dp);
 
-      // ---- P^T and dS^T in place (masks, score modifiers) ---------------------------------------
+      // Per-element indices derive from values the compiler cannot know before the wait, so it
+      // does not hoist (and keep live) a tile's worth of them across the wgmma.
+      int m0f = m0, keyf = key_g;
+      asm volatile("" : "+r"(m0f), "+r"(keyf));
       ScoreMod mod;
-      mod.init(p, b, h, len_q, len_k, offset, m0);
+      mod.init(p, b, h, len_q, len_k, offset, m0f);
       bool need_mask = kw0 + 64 > len_k;
-      if (kCausal) need_mask |= kw0 + 63 > m0 + offset;
-      if (kWindow && p.window_right >= 0) need_mask |= kw0 + 63 > m0 + offset + p.window_right;
-      if (kWindow && p.window_left >= 0) need_mask |= kw0 < m0 + kBlockM - 1 + offset - p.window_left;
+      if (kCausal) need_mask |= kw0 + 63 > m0f + offset;
+      if (kWindow && p.window_right >= 0) need_mask |= kw0 + 63 > m0f + offset + p.window_right;
+      if (kWindow && p.window_left >= 0) need_mask |= kw0 < m0f + kBlockM - 1 + offset - p.window_left;
       const float* lse_s = lse_smem + s * kBlockM;
       const float* delta_s = delta_smem + s * kBlockM;
+      // ---- P^T in place (masks, score modifiers); with softcap, dS^T too ------------------------
 #pragma unroll
       for (int nt = 0; nt < kMT; ++nt) {
         const int c = nt * 8 + 2 * t;  // query column within the block
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int kj = key_g + (e / 2) * 8;
-          const int qi = m0 + c + (e % 2);
-          const float lse = lse_s[c + (e % 2)];
-          const float delta = delta_s[c + (e % 2)];
+          const int kj = keyf + (e / 2) * 8;
+          const int qi = m0f + c + (e % 2);
           const float raw_s = acc_s[4 * nt + e];
+          const float lse = lse_s[c + (e % 2)];
           const float x = kRawScores ? fmaf(raw_s, kExpScale, -lse) : mod.apply(raw_s, qi, kj) - lse;
           float pr = fast_exp2(x);
           if (need_mask && is_masked(p, qi, kj, len_q, len_k, offset)) pr = 0.0f;
           acc_s[4 * nt + e] = pr;
-          acc_dp[4 * nt + e] = pr * (acc_dp[4 * nt + e] - delta) * mod.grad_scale(raw_s);
+          if constexpr (kSoftcap) {
+            acc_dp[4 * nt + e] = pr * (acc_dp[4 * nt + e] - delta_s[c + (e % 2)]) * mod.grad_scale(raw_s);
+          }
+        }
+      }
+      if constexpr (!kSoftcap) {
+        // ---- dS^T = P^T (dP^T - delta) * scale ---------------------------------------------------
+        wgmma_wait<0>();
+        fence_regs(acc_dp);
+#pragma unroll
+        for (int nt = 0; nt < kMT; ++nt) {
+          const int c = nt * 8 + 2 * t;
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            acc_dp[4 * nt + e] = acc_s[4 * nt + e] * (acc_dp[4 * nt + e] - delta_s[c + (e % 2)]) *
+                                 mod.grad_scale(0.0f);
+          }
         }
       }
       // P^T and dS^T as wgmma A fragments: the accumulator layout is the A-fragment layout.

@@ -169,6 +169,9 @@ std::vector<Variant> sm90_backward_variants() {
       {"causal_br_window_packed", MaskKind::causal_bottom_right, true, false, false, false, VarlenKind::packed},
       {"alibi_softcap_padded", MaskKind::causal, false, false, true, true, VarlenKind::padded},
       {"everything", MaskKind::causal, true, true, true, true, VarlenKind::packed},
+      {"alibi_causal", MaskKind::causal, false, false, true, false, VarlenKind::none},
+      {"softcap", MaskKind::none, false, false, false, true, VarlenKind::none},
+      {"bias_window", MaskKind::none, true, true, false, false, VarlenKind::none},
   };
   auto make = [](DType dt, int d, int dv, const Mods& m) {
     KernelSpec s;
