@@ -131,7 +131,9 @@ Sm90BwdDq sm90_bwd_dq(const KernelSpec& spec, const TileConfig& cfg) {
   Sm90BwdDq q;
   q.n = l.head_dim_pad;
   q.m_tiles = std::max(1, cfg.block_m / 64);
-  if (consumers == 2 && cfg.block_m == 128) {
+  if (cfg.pingpong) {
+    // _pp: the consumers never wait for each other; each adds its own keys' share.
+  } else if (consumers == 2 && cfg.block_m == 128) {
     q.all_keys = q.split_m = true;
     q.m_tiles = 1;
   } else if (consumers == 2 && (l.head_dim_pad / 2) % l.panel_cols_qk() == 0) {
@@ -258,10 +260,13 @@ std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, con
   }
   if (spec.dbias) return std::string("the sm90 backward writes no bias gradient (the mma.sync backward does)");
   if (cfg.split != 1) return std::string("column slices (_x) are an mma.sync backward option");
-  if (cfg.q_in_regs || cfg.overlap || cfg.pingpong || cfg.poly_exp) {
-    return std::string("_qr, _ov, _pp and _pe are not options of the sm90 backward");
+  if (cfg.q_in_regs || cfg.overlap || cfg.poly_exp) {
+    return std::string("_qr, _ov and _pe are not options of the sm90 backward");
   }
   const int consumers = cfg.consumer_warpgroups();
+  if (cfg.pingpong && consumers != 2) {
+    return std::string("_pp (independent consumer warpgroups) needs 2 consumer warpgroups");
+  }
   if (cfg.warps % 4 != 0 || consumers < 1 || consumers > 2) {
     return fmt::format("warps {} unsupported by the sm90 backward: 4 * (1 producer + 1 or 2 consumer warpgroups)",
                        cfg.warps);
@@ -282,6 +287,10 @@ std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, con
   // ALiBi, d88 with softcap and d64 at block_m 128 spilled). Head dims above 128 never fit beside
   // both accumulators: the mma.sync backward takes them.
   const Sm90Layout l = sm90_layout(spec);
+  if (l.head_dim_pad > 128 || l.head_dim_v_pad > 128) {
+    return fmt::format("head dims {}/{} above 128: dK and dV of 64 keys would not fit beside S^T and dP^T in "
+                       "registers (the mma.sync backward takes them)", spec.head_dim, spec.head_dim_v);
+  }
   const Sm90BwdDq dq = sm90_bwd_dq(spec, cfg);
   const int acc = l.head_dim_pad / 2 + l.head_dim_v_pad / 2;
   const int tiles = std::max(cfg.block_m + cfg.block_m / 4, dq.m_tiles * dq.n / 2);

@@ -60,6 +60,7 @@ static_assert(kConsumers == 1 || kConsumers == 2, "1 or 2 consumer warpgroups");
 static_assert(kBlockN == 64 * kConsumers, "block_n must be 64 keys per consumer warpgroup");
 static_assert(kBlockM == 64 || kBlockM == 128, "block_m: 64 or 128 query rows per step");
 static_assert(kStages >= 1 && kStages <= 4, "stages: 1 to 4");
+static_assert(!kTurns || (kConsumers == 2 && !kDqAllKeys), "turns (_pp): 2 independent consumers");
 static_assert(!kDqSplitM || (kDqAllKeys && kBlockM == 64 * kConsumers), "dQ row split: one 64-row tile each");
 static_assert(!kDqSplitN || (kDqAllKeys && kDqN * kConsumers == kHeadDimPad && kDqN % kPanelColsQK == 0),
               "dQ column split: whole head-dim panels each");
@@ -237,6 +238,21 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     for (int i = 0; i < kDVRegs; ++i) acc_dv[i] = 0.0f;
 
     if (iterations > 0) mbar_wait(bar_kv, 0);
+    // kTurns (_pp): the two consumers take turns issuing their wgmma batches (S^T and dP^T; then dV,
+    // dK and dQ), so one's exponentials and dS^T run under the other's tensor-core work: consumer
+    // w waits on barrier 3 + w before a batch and arrives on the other's after it. Consumer 1
+    // gives consumer 0 the first turn and skips its last hand-over, so the counts match.
+    auto my_turn = [&] {
+      if constexpr (kTurns) named_bar_sync(3 + wg, 256);
+    };
+    auto pass_turn = [&](bool last) {
+      if constexpr (kTurns) {
+        if (wg == 0 || !last) named_bar_arrive(4 - wg, 256);
+      }
+    };
+    if constexpr (kTurns) {
+      if (wg == 1 && iterations > 0) named_bar_arrive(3, 256);
+    }
     int h = hk * p.group, mb = mb_begin;  // query head and block of iteration it
     for (int it = 0; it < iterations; ++it, (++mb == mb_begin + mb_count) ? (mb = mb_begin, ++h) : 0) {
       const int s = it % kStages;
@@ -251,6 +267,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       float acc_dp[kSRegs];  // (64 keys, BLOCK_M queries)
       fence_regs(acc_s);
       fence_regs(acc_dp);
+      my_turn();
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < kHeadDimPad / 16; ++ks) {
@@ -264,6 +281,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
                 desc_kmajor<kSwizzleV>(tO, kOPanelBytes, 0, ks), ks > 0 ? 1 : 0);
       }
       wgmma_commit();
+      pass_turn(false);
       // Softcap's d(score)/d(Q.K) needs the raw score beside dP^T: wait for both first.
       if constexpr (kSoftcap) {
         wgmma_wait<0>();
@@ -352,6 +370,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         fence_regs(pa[kk]);
         fence_regs(da[kk]);
       }
+      my_turn();
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBlockM / 16; ++kk) {
@@ -393,6 +412,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         }
       }
       wgmma_commit();
+      pass_turn(it == iterations - 1);
       wgmma_wait<0>();
 #pragma unroll
       for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);

@@ -310,7 +310,7 @@ std::vector<Case> sm90_cases() {
   }
   // Other configs: one consumer (own keys), block_m 128 (row-split dQ), deeper and single rings.
   for (const char* cfg : {"h_bm64_bn64_wg1_s1", "h_bm128_bn128_wg2_s2", "h_bm64_bn128_wg2_s3",
-                          "h_bm128_bn64_wg1_s2"}) {
+                          "h_bm128_bn64_wg1_s2", "h_bm64_bn128_wg2_s2_pp", "h_bm128_bn128_wg2_s3_pp"}) {
     for (int d : {16, 32}) {
       ProblemDesc p = base(d);
       p.mask = MaskKind::causal_bottom_right;
@@ -325,6 +325,12 @@ std::vector<Case> sm90_cases() {
     ProblemDesc p = base(96);  // d96: each consumer adds its own keys' dQ share
     p.mask = MaskKind::causal;
     add("config_h_bm64_bn128_wg2_s2_d96", p, "h_bm64_bn128_wg2_s2");
+    p = base(128);
+    p.mask = MaskKind::causal;
+    p.heads_q = 4;
+    p.heads_kv = 2;
+    add("config_h_bm64_bn128_wg2_s2_pp_gqa_d128", p, "h_bm64_bn128_wg2_s2_pp");
+    add("config_h_bm64_bn128_wg2_s3_gqa_d128", p, "h_bm64_bn128_wg2_s3");
   }
   return cs;
 }
