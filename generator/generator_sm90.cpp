@@ -116,7 +116,6 @@ KernelSource generate_sm90_backward(const KernelSpec& spec, const TileConfig& cf
   s += fmt::format("constexpr int kSmemBytes = {};\n", out.shared_bytes);
   s += fmt::format("constexpr bool kDqAllKeys = {};\n", dq.all_keys);
   s += fmt::format("constexpr bool kTurns = {};\n", cfg.pingpong);
-  s += fmt::format("constexpr bool kOverlap = {};\n", cfg.overlap);
   s += fmt::format("constexpr bool kDqSplitM = {};\n", dq.split_m);
   s += fmt::format("constexpr bool kDqSplitN = {};\n", dq.split_n);
   s += fmt::format("constexpr int kDqN = {};\n", dq.n);

@@ -260,9 +260,8 @@ std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, con
   }
   if (spec.dbias) return std::string("the sm90 backward writes no bias gradient (the mma.sync backward does)");
   if (cfg.split != 1) return std::string("column slices (_x) are an mma.sync backward option");
-  if (cfg.q_in_regs || cfg.poly_exp) return std::string("_qr and _pe are not options of the sm90 backward");
-  if (cfg.overlap && cfg.pingpong) {
-    return std::string("_ov (next block's S^T/dP^T behind dQ) and _pp (turns) are exclusive in the sm90 backward");
+  if (cfg.q_in_regs || cfg.overlap || cfg.poly_exp) {
+    return std::string("_qr, _ov and _pe are not options of the sm90 backward");
   }
   const int consumers = cfg.consumer_warpgroups();
   if (cfg.pingpong && consumers != 2) {
@@ -294,9 +293,7 @@ std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, con
   }
   const Sm90BwdDq dq = sm90_bwd_dq(spec, cfg);
   const int acc = l.head_dim_pad / 2 + l.head_dim_v_pad / 2;
-  // _ov keeps the next block's S^T and dP^T in flight beside the dQ tiles (+8: d96 spilled 8 B).
-  const int dq_regs = dq.m_tiles * dq.n / 2 + (cfg.overlap ? cfg.block_m + 8 : 0);
-  const int tiles = std::max(cfg.block_m + cfg.block_m / 4, dq_regs);
+  const int tiles = std::max(cfg.block_m + cfg.block_m / 4, dq.m_tiles * dq.n / 2);
   const int mods = 56 * int(spec.softcap > 0.0f) + 24 * int(spec.alibi) + 8 * int(spec.bias) +
                    4 * int(spec.window) + 4 * int(spec.varlen != VarlenKind::none);
   const int regs = acc + tiles + mods;
@@ -304,9 +301,6 @@ std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, con
     return fmt::format("~{} registers per consumer thread (dK + dV {}, S^T + dP^T and their fragments or dQ {}, "
                        "modifiers {}) exceed the 208 of this model that compile without spills under setmaxnreg 240",
                        regs, acc, tiles, mods);
-  }
-  if (cfg.overlap && cfg.stages < 2) {
-    return std::string("_ov needs 2+ stages: the next block's Q and dO load while this block's are in use");
   }
   if (cfg.warps * 32 > limits.max_threads_per_block) {
     return fmt::format("{} threads exceed the device's {}", cfg.warps * 32, limits.max_threads_per_block);
@@ -547,8 +541,8 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
 // deterministic, dbias): check why_illegal.
 TileConfig default_backward_config_sm90(const KernelSpec& spec, const DeviceLimits& limits) {
   const Sm90Layout l = sm90_layout(spec);
-  TileConfig c = sm90_backward_config(64, 2, 2, false, /*overlap=*/true);
-  if (why_illegal(spec, c, limits)) c.overlap = false;
+  TileConfig c = sm90_backward_config(64, 2, 2);
+  if (why_illegal(spec, c, limits)) c.block_m = 64;
   return c;
 }
 

@@ -85,8 +85,6 @@ struct TileConfig {
   Family family = Family::sm80;
   /// Hopper family only: intra-warpgroup overlap, i.e. each consumer issues S = Q K^T of the next
   /// tile and O += P V of the current one back to back, and runs the softmax while P V computes.
-  /// Backward: each consumer issues the next query block's S^T and dP^T right behind this one's
-  /// dQ, so they run while it adds dQ into the workspace.
   bool overlap = false;
   /// Hopper family only, with overlap and 2 consumer warpgroups: the consumers take turns issuing
   /// their wgmma batches (named barriers), so one's softmax runs while the other's wgmma does.
@@ -111,10 +109,9 @@ struct TileConfig {
 // Backward configs read the fields as: block_m = query rows per step of the dK/dV kernel (and
 // keys per step of the deterministic dQ kernel), block_n = keys per CTA = 16 per warp (and
 // query rows per CTA of the dQ kernel), stages = 1 or 2 buffers of the streamed tiles.
-// Hopper-family backward configs (h_bm<M>_bn<N>_wg<C>_s<S>[_ov|_pp]): block_m = query rows per
-// step, block_n = keys per CTA = 64 per consumer warpgroup, stages = depth of the Q/dO TMA ring,
-// _ov = next block's S^T/dP^T behind dQ (see overlap), _pp = independent consumer warpgroups
-// taking turns (see pingpong).
+// Hopper-family backward configs (h_bm<M>_bn<N>_wg<C>_s<S>[_pp]): block_m = query rows per step,
+// block_n = keys per CTA = 64 per consumer warpgroup, stages = depth of the Q/dO TMA ring, _pp =
+// independent consumer warpgroups (see pingpong).
 // CPU backward configs (cpu_bm<M>_bn<N>): block_m = query rows per step of a dK/dV item and rows
 // per dQ item, block_n = keys per dK/dV item and keys per step of a dQ item.
 
@@ -154,9 +151,8 @@ struct Sm90BwdDq {
 Sm90BwdDq sm90_bwd_dq(const KernelSpec& spec, const TileConfig& cfg);
 
 /// A Hopper-family backward config: block_m query rows per step, 64 keys per consumer warpgroup.
-inline TileConfig sm90_backward_config(int block_m, int consumers, int stages, bool independent = false,
-                                       bool overlap = false) {
-  return {block_m, 64 * consumers, 4 * (consumers + 1), stages, false, 1, Family::sm90, overlap, independent};
+inline TileConfig sm90_backward_config(int block_m, int consumers, int stages, bool independent = false) {
+  return {block_m, 64 * consumers, 4 * (consumers + 1), stages, false, 1, Family::sm90, false, independent};
 }
 
 /// A CPU config (warps and stages 0).

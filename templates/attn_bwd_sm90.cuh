@@ -61,7 +61,6 @@ static_assert(kBlockN == 64 * kConsumers, "block_n must be 64 keys per consumer 
 static_assert(kBlockM == 64 || kBlockM == 128, "block_m: 64 or 128 query rows per step");
 static_assert(kStages >= 1 && kStages <= 4, "stages: 1 to 4");
 static_assert(!kTurns || (kConsumers == 2 && !kDqAllKeys), "turns (_pp): 2 independent consumers");
-static_assert(!(kTurns && kOverlap), "turns (_pp) and overlap (_ov) are exclusive");
 static_assert(!kDqSplitM || (kDqAllKeys && kBlockM == 64 * kConsumers), "dQ row split: one 64-row tile each");
 static_assert(!kDqSplitN || (kDqAllKeys && kDqN * kConsumers == kHeadDimPad && kDqN % kPanelColsQK == 0),
               "dQ column split: whole head-dim panels each");
@@ -254,15 +253,21 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     if constexpr (kTurns) {
       if (wg == 1 && iterations > 0) named_bar_arrive(3, 256);
     }
-    // S^T = K Q^T and dP^T = V dO^T of the query block in stage `st`: two commit groups, so the
-    // exponentials of P^T can run while dP^T computes.
-    float acc_s[kSRegs];   // (64 keys, BLOCK_M queries)
-    float acc_dp[kSRegs];  // (64 keys, BLOCK_M queries)
-    auto issue_s_dp = [&](int st) {
-      const u32 tQ = sQ + st * kQStageBytes;
-      const u32 tO = sdO + st * kOStageBytes;
+    int h = hk * p.group, mb = mb_begin;  // query head and block of iteration it
+    for (int it = 0; it < iterations; ++it, (++mb == mb_begin + mb_count) ? (mb = mb_begin, ++h) : 0) {
+      const int s = it % kStages;
+      const int m0 = mb * kBlockM;
+      const u32 tQ = sQ + s * kQStageBytes;
+      const u32 tO = sdO + s * kOStageBytes;
+      const u32 tS = sdS + (it & 1) * kDSBytes;
+      mbar_wait(bar_full + 8 * s, static_cast<u32>(it / kStages) & 1u);
+
+      // ---- S^T = K Q^T, dP^T = V dO^T (two commit groups: P^T is computed while dP^T runs) -----
+      float acc_s[kSRegs];   // (64 keys, BLOCK_M queries)
+      float acc_dp[kSRegs];  // (64 keys, BLOCK_M queries)
       fence_regs(acc_s);
       fence_regs(acc_dp);
+      my_turn();
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < kHeadDimPad / 16; ++ks) {
@@ -276,27 +281,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
                 desc_kmajor<kSwizzleV>(tO, kOPanelBytes, 0, ks), ks > 0 ? 1 : 0);
       }
       wgmma_commit();
-    };
-    // kOverlap (_ov): block it+1's S^T and dP^T are issued right behind block it's dQ, so the
-    // tensor cores have them queued while this warpgroup adds dQ into the workspace and starts
-    // block it+1's exponentials; S^T and dP^T stay in flight across the loop's back edge.
-    if (kOverlap && iterations > 0) {
-      mbar_wait(bar_full, 0);
-      issue_s_dp(0);
-    }
-    int h = hk * p.group, mb = mb_begin;  // query head and block of iteration it
-    for (int it = 0; it < iterations; ++it, (++mb == mb_begin + mb_count) ? (mb = mb_begin, ++h) : 0) {
-      const int s = it % kStages;
-      const int m0 = mb * kBlockM;
-      const u32 tQ = sQ + s * kQStageBytes;
-      const u32 tO = sdO + s * kOStageBytes;
-      const u32 tS = sdS + (it & 1) * kDSBytes;
-      if constexpr (!kOverlap) {
-        mbar_wait(bar_full + 8 * s, static_cast<u32>(it / kStages) & 1u);
-        my_turn();
-        issue_s_dp(s);
-        pass_turn(false);
-      }
+      pass_turn(false);
       // Softcap's d(score)/d(Q.K) needs the raw score beside dP^T: wait for both first.
       if constexpr (kSoftcap) {
         wgmma_wait<0>();
@@ -337,27 +322,29 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           }
         }
       }
-      // P^T and dS^T as wgmma A fragments (the accumulator layout is the A-fragment layout); without
-      // softcap dS^T = P^T (dP^T - delta) * scale is formed pair by pair as it is packed, so the
-      // fp32 tiles die as the fragments fill (registers at block_m 128).
       if constexpr (!kSoftcap) {
+        // ---- dS^T = P^T (dP^T - delta) * scale ---------------------------------------------------
         wgmma_wait<0>();
         fence_regs(acc_dp);
+#pragma unroll
+        for (int nt = 0; nt < kMT; ++nt) {
+          const int c = nt * 8 + 2 * t;
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            acc_dp[4 * nt + e] = acc_s[4 * nt + e] * (acc_dp[4 * nt + e] - delta_s[c + (e % 2)]) *
+                                 mod.grad_scale(0.0f);
+          }
+        }
       }
+      // P^T and dS^T as wgmma A fragments: the accumulator layout is the A-fragment layout.
       u32 pa[kBlockM / 16][4];
       u32 da[kBlockM / 16][4];
 #pragma unroll
       for (int kk = 0; kk < kBlockM / 16; ++kk) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const int e0 = 8 * kk + 2 * i;  // acc index: n8 group 2kk + i / 2, elements 2 (i % 2) + {0, 1}
-          if constexpr (!kSoftcap) {
-            const int c = (2 * kk + i / 2) * 8 + 2 * t;
-            acc_dp[e0] = acc_s[e0] * (acc_dp[e0] - delta_s[c]) * mod.grad_scale(0.0f);
-            acc_dp[e0 + 1] = acc_s[e0 + 1] * (acc_dp[e0 + 1] - delta_s[c + 1]) * mod.grad_scale(0.0f);
-          }
-          pa[kk][i] = pack2(acc_s[e0], acc_s[e0 + 1]);
-          da[kk][i] = pack2(acc_dp[e0], acc_dp[e0 + 1]);
+          pa[kk][i] = pack2(acc_s[8 * kk + 2 * i], acc_s[8 * kk + 2 * i + 1]);
+          da[kk][i] = pack2(acc_dp[8 * kk + 2 * i], acc_dp[8 * kk + 2 * i + 1]);
         }
       }
       // dS^T into shared memory, 128-byte swizzle (16-byte chunk index ^ row % 8): fragment i
@@ -426,14 +413,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       }
       wgmma_commit();
       pass_turn(it == iterations - 1);
-      if (kOverlap && it + 1 < iterations) {
-        const int sn = (it + 1) % kStages;
-        mbar_wait(bar_full + 8 * sn, static_cast<u32>((it + 1) / kStages) & 1u);
-        issue_s_dp(sn);
-        wgmma_wait<2>();  // dQ is done; the next block's S^T and dP^T run on
-      } else {
-        wgmma_wait<0>();
-      }
+      wgmma_wait<0>();
 #pragma unroll
       for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
 #pragma unroll

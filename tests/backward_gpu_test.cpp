@@ -310,8 +310,7 @@ std::vector<Case> sm90_cases() {
   }
   // Other configs: one consumer (own keys), block_m 128 (row-split dQ), deeper and single rings.
   for (const char* cfg : {"h_bm64_bn64_wg1_s1", "h_bm128_bn128_wg2_s2", "h_bm64_bn128_wg2_s3",
-                          "h_bm128_bn64_wg1_s2", "h_bm64_bn128_wg2_s2_pp", "h_bm128_bn128_wg2_s3_pp",
-                          "h_bm64_bn128_wg2_s3_ov", "h_bm64_bn64_wg1_s2_ov", "h_bm64_bn128_wg2_s2"}) {
+                          "h_bm128_bn64_wg1_s2", "h_bm64_bn128_wg2_s2_pp", "h_bm128_bn128_wg2_s3_pp"}) {
     for (int d : {16, 32}) {
       ProblemDesc p = base(d);
       p.mask = MaskKind::causal_bottom_right;
@@ -332,13 +331,6 @@ std::vector<Case> sm90_cases() {
     p.heads_kv = 2;
     add("config_h_bm64_bn128_wg2_s2_pp_gqa_d128", p, "h_bm64_bn128_wg2_s2_pp");
     add("config_h_bm64_bn128_wg2_s3_gqa_d128", p, "h_bm64_bn128_wg2_s3");
-    p = base(64);
-    p.heads_q = 6;
-    p.heads_kv = 2;
-    p.varlen = VarlenKind::packed;
-    p.mask = MaskKind::causal_bottom_right;
-    add("config_h_bm64_bn128_wg2_s2_ov_gqa_packed_d64", p, "h_bm64_bn128_wg2_s2_ov");
-    add("config_h_bm64_bn128_wg2_s2_gqa_packed_d64", p, "h_bm64_bn128_wg2_s2");
   }
   return cs;
 }

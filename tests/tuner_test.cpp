@@ -46,8 +46,8 @@ TEST(SearchSpace, BackwardSpaceHoldsItsDefaultUnpruned) {
         const TileConfig def = default_config(spec, limits);
         const std::vector<Candidate> cands = search_space(spec, limits);
         // mma.sync: block_m x warps x stages x split; sm_90 adds the Hopper family's block_m x
-        // (1 consumer plain or _ov; 2 plain, _ov or _pp) x stages.
-        EXPECT_EQ(cands.size(), 4u * 3u * 2u * 3u + (sm == 90 ? 2u * 5u * 3u : 0u));
+        // (1 consumer, 2 shared, 2 independent) x stages.
+        EXPECT_EQ(cands.size(), 4u * 3u * 2u * 3u + (sm == 90 ? 2u * 3u * 3u : 0u));
         bool found = false;
         for (const Candidate& c : cands) {
           if (c.config.hopper()) {
