@@ -1,6 +1,7 @@
-// Source generation for the Hopper family (templates/attn_fwd_sm90.cuh): the spec's constants,
-// the score modifiers, and the two wgmma instructions the kernel issues, written out for their
-// exact N (a wgmma's accumulator operand list is N / 2 registers long, so one per shape).
+// Source generation for the Hopper family (templates/attn_fwd_sm90.cuh, and the backward's
+// attn_bwd_sm90.cuh): the spec's constants, the score modifiers, and the wgmma instructions the
+// kernel issues (two forward, four backward), written out for their exact N (a wgmma's
+// accumulator operand list is N / 2 registers long, so one per shape).
 #include <fmt/format.h>
 
 #include <string>

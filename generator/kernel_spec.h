@@ -24,7 +24,8 @@ struct Target {
 };
 
 /// Which kernels a spec generates: the forward pass, or the backward pass's kernels
-/// (templates/attn_bwd_sm80.cuh: preprocess, dK/dV(/dQ) main kernel, dQ or its conversion, dBias).
+/// (templates/attn_bwd_sm80.cuh or, Hopper configs, attn_bwd_sm90.cuh, with attn_bwd_common.cuh:
+/// preprocess, dK/dV(/dQ) main kernel, dQ or its conversion, dBias).
 enum class Pass { forward, backward };
 
 struct KernelSpec {
