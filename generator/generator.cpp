@@ -213,6 +213,7 @@ KernelSource generate(const KernelSpec& spec, const TileConfig& cfg, const Devic
   s += "// Score modifiers composed for this spec (applied to raw Q.K scores, result in log2 units).\n";
   s += detail::gpu_score_mod_struct(mod, backward);
   s += "}  // namespace jitattn_kernel\n\n";
+  if (backward) s += require_template("attn_bwd_common.cuh");
   s += require_template(backward ? "attn_bwd_sm80.cuh" : "attn_fwd_sm80.cuh");
   return out;
 }
@@ -234,8 +235,8 @@ uint64_t hash_templates(std::initializer_list<std::string_view> names) {
 
 uint64_t template_hash() {
   return hash_templates({"common.cuh", "attn_params.h", "philox.h", "attn_fwd_sm80.cuh", "attn_bwd_sm80.cuh",
-                         "common_sm90.cuh", "attn_params_sm90.h", "attn_fwd_sm90.cuh",
-                         "attn_fwd_sm90_wide.cuh"});
+                         "attn_bwd_common.cuh", "common_sm90.cuh", "attn_params_sm90.h", "attn_fwd_sm90.cuh",
+                         "attn_fwd_sm90_wide.cuh", "attn_bwd_sm90.cuh"});
 }
 
 uint64_t cpu_template_hash() {

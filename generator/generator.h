@@ -13,7 +13,7 @@ namespace jitattn {
 
 /// Bumped whenever emitted code changes meaning; part of every cache key.
 inline constexpr int kGeneratorVersion = 4;  // 2: dropout params, backward kernels; 3: CPU backward and dropout;
-                                             // 4: sm90 bias tiles by TMA (AttnFwdTmaParams::tma_bias)
+                                             // 4: sm90 bias tiles by TMA (AttnFwdTmaParams::tma_bias), sm90 backward
 
 struct KernelSource {
   /// extern "C" kernel symbol, spells out the specialisation. Backward: the dK/dV kernel; the
@@ -66,7 +66,7 @@ KernelSource generate_sm90_wide(const KernelSpec& spec, const TileConfig& cfg);
 /// The Hopper kernels' wgmma wrappers, written out for their exact N (generator_sm90.cpp):
 /// wgmma_s (S = Q K^T, both operands from shared memory) and wgmma_o (O += P V, P from registers).
 std::string wgmma_ss(int n);
-std::string wgmma_rs(int n);
+std::string wgmma_rs(int n, const char* name = "wgmma_o");  // backward: wgmma_dv, wgmma_dk
 /// attn_params_sm90.h's text without its include guard.
 std::string params_sm90_header();
 

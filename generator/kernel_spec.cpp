@@ -136,7 +136,38 @@ namespace {
 int sm90_panel_bytes(int rows, int swizzle) { return (rows * swizzle + 1023) / 1024 * 1024; }
 }  // namespace
 
+Sm90BwdDq sm90_bwd_dq(const KernelSpec& spec, const TileConfig& cfg) {
+  const Sm90Layout l = sm90_layout(spec);
+  const int consumers = cfg.consumer_warpgroups();
+  Sm90BwdDq q;
+  q.n = l.head_dim_pad;
+  q.m_tiles = std::max(1, cfg.block_m / 64);
+  if (cfg.pingpong) {
+    // _pp: the consumers never wait for each other; each adds its own keys' share.
+  } else if (consumers == 2 && cfg.block_m == 128) {
+    q.all_keys = q.split_m = true;
+    q.m_tiles = 1;
+  } else if (consumers == 2 && (l.head_dim_pad / 2) % l.panel_cols_qk() == 0) {
+    q.all_keys = q.split_n = true;
+    q.n = l.head_dim_pad / 2;
+  } else if (consumers == 1) {
+    q.all_keys = true;  // its own keys are all the CTA's
+  }
+  return q;
+}
+
 int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
+  if (spec.pass == Pass::backward && cfg.hopper()) {
+    // templates/attn_bwd_sm90.cuh: K and V, `stages` x (Q, dO), two dS^T buffers (128-byte
+    // swizzled panels of 64 queries), LSE and delta per stage, 1 KiB alignment slack, mbarriers
+    // (K/V, then full and empty per stage).
+    const Sm90Layout l = sm90_layout(spec);
+    const int pq = l.head_dim_pad / l.panel_cols_qk(), pv = l.head_dim_v_pad / l.panel_cols_v();
+    const int kv = pq * sm90_panel_bytes(cfg.block_n, l.swizzle_qk) + pv * sm90_panel_bytes(cfg.block_n, l.swizzle_v);
+    const int qo = pq * sm90_panel_bytes(cfg.block_m, l.swizzle_qk) + pv * sm90_panel_bytes(cfg.block_m, l.swizzle_v);
+    const int ds = (cfg.block_m / 64) * sm90_panel_bytes(cfg.block_n, 128);
+    return kv + cfg.stages * qo + 2 * ds + 8 * cfg.stages * cfg.block_m + 1024 + 8 * (1 + 2 * cfg.stages);
+  }
   if (spec.pass == Pass::backward) {
     // dK/dV kernel: K and V of the CTA's keys, `stages` x (Q, dO) query tiles, dS^T (fast mode),
     // LSE and delta per query row. The dQ kernel's (Q, dO rows; K, V ring) is never larger.
@@ -244,6 +275,70 @@ std::optional<std::string> why_illegal_cpu(const KernelSpec& spec, const TileCon
   return std::nullopt;
 }
 
+// The Hopper-family backward (templates/attn_bwd_sm90.cuh), after the family's target checks.
+std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, const TileConfig& cfg,
+                                                     const DeviceLimits& limits) {
+  if (spec.bias_tiled) return std::string("bias_tiled is a forward layout; backward reads bias per element");
+  if (spec.lse) return std::string("lse is a forward flag; backward always reads the LSE");
+  if (spec.dropout) return std::string("the sm90 backward has no dropout (the mma.sync backward does)");
+  if (spec.deterministic) {
+    return std::string("the sm90 backward sums dQ with atomics; deterministic mode is the mma.sync backward's");
+  }
+  if (spec.dbias) return std::string("the sm90 backward writes no bias gradient (the mma.sync backward does)");
+  if (cfg.split != 1) return std::string("column slices (_x) are an mma.sync backward option");
+  if (cfg.q_in_regs || cfg.overlap || cfg.poly_exp) {
+    return std::string("_qr, _ov and _pe are not options of the sm90 backward");
+  }
+  const int consumers = cfg.consumer_warpgroups();
+  if (cfg.pingpong && consumers != 2) {
+    return std::string("_pp (independent consumer warpgroups) needs 2 consumer warpgroups");
+  }
+  if (cfg.warps % 4 != 0 || consumers < 1 || consumers > 2) {
+    return fmt::format("warps {} unsupported by the sm90 backward: 4 * (1 producer + 1 or 2 consumer warpgroups)",
+                       cfg.warps);
+  }
+  if (cfg.block_n != 64 * consumers) {
+    return fmt::format("block_n {} must be 64 keys per consumer warpgroup ({} warpgroups)", cfg.block_n, consumers);
+  }
+  if (cfg.block_m != 64 && cfg.block_m != 128) {
+    return fmt::format("block_m {} unsupported by the sm90 backward: 64 or 128 query rows per step", cfg.block_m);
+  }
+  if (cfg.stages < 1 || cfg.stages > 4) return fmt::format("stages {} unsupported: 1 to 4 (Q/dO TMA ring)", cfg.stages);
+  // Consumer registers under setmaxnreg 240: dK and dV (d/2 + dv/2 per thread) live throughout,
+  // with S^T and dP^T (block_m/2 each) and their packed copies (block_m/4 each), then the dQ
+  // tiles; the score modifiers add their state and math (softcap keeps the raw scores, its tanh
+  // and dP^T live at once). Fitted to NVRTC 13.0's spill reports over the compile grid
+  // (tests/compile_grid_test.cpp): 208 is the most that compiled without spills throughout (d128
+  // plain, causal, and causal bottom-right with a window and packed varlen sit on it; d120 with
+  // ALiBi, d88 with softcap and d64 at block_m 128 spilled). Head dims above 128 never fit beside
+  // both accumulators: the mma.sync backward takes them.
+  const Sm90Layout l = sm90_layout(spec);
+  if (l.head_dim_pad > 128 || l.head_dim_v_pad > 128) {
+    return fmt::format("head dims {}/{} above 128: dK and dV of 64 keys would not fit beside S^T and dP^T in "
+                       "registers (the mma.sync backward takes them)", spec.head_dim, spec.head_dim_v);
+  }
+  const Sm90BwdDq dq = sm90_bwd_dq(spec, cfg);
+  const int acc = l.head_dim_pad / 2 + l.head_dim_v_pad / 2;
+  const int tiles = std::max(cfg.block_m + cfg.block_m / 4, dq.m_tiles * dq.n / 2);
+  const int mods = 56 * int(spec.softcap > 0.0f) + 24 * int(spec.alibi) + 8 * int(spec.bias) +
+                   4 * int(spec.window) + 4 * int(spec.varlen != VarlenKind::none);
+  const int regs = acc + tiles + mods;
+  if (regs > 208) {
+    return fmt::format("~{} registers per consumer thread (dK + dV {}, S^T + dP^T and their fragments or dQ {}, "
+                       "modifiers {}) exceed the 208 of this model that compile without spills under setmaxnreg 240",
+                       regs, acc, tiles, mods);
+  }
+  if (cfg.warps * 32 > limits.max_threads_per_block) {
+    return fmt::format("{} threads exceed the device's {}", cfg.warps * 32, limits.max_threads_per_block);
+  }
+  const int smem = shared_memory_bytes(spec, cfg);
+  if (smem > limits.max_shared_per_block) {
+    return fmt::format("needs {} bytes of shared memory, device allows {} per block", smem,
+                       limits.max_shared_per_block);
+  }
+  return std::nullopt;
+}
+
 // The Hopper family (templates/attn_fwd_sm90.cuh).
 std::optional<std::string> why_illegal_sm90(const KernelSpec& spec, const TileConfig& cfg,
                                             const DeviceLimits& limits) {
@@ -253,7 +348,7 @@ std::optional<std::string> why_illegal_sm90(const KernelSpec& spec, const TileCo
                        spec.target.sm);
   }
   if (spec.dtype == DType::f32) return std::string("dtype f32 unsupported on the GPU: f16 or bf16");
-  if (spec.pass != Pass::forward) return std::string("the sm90 family has forward kernels only (backward: mma.sync)");
+  if (spec.pass == Pass::backward) return why_illegal_sm90_backward(spec, cfg, limits);
   if (spec.dropout) return std::string("the sm90 family has no dropout yet (the mma.sync family does)");
   const int consumers = cfg.consumer_warpgroups();
   if (cfg.warps % 4 != 0 || consumers < 1 || consumers > 3) {
@@ -522,10 +617,27 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
   return c;
 }
 
+// The Hopper-family backward's default: two consumer warpgroups (128 keys per CTA, FA3's shape);
+// 128 query rows per step up to head dim 64 (S^T and dP^T 64 registers each beside dK and dV of
+// 32), 64 above; two Q/dO stages. May be illegal for the spec (head dims above 128, dropout,
+// deterministic, dbias): check why_illegal.
+TileConfig default_backward_config_sm90(const KernelSpec& spec, const DeviceLimits& limits) {
+  const Sm90Layout l = sm90_layout(spec);
+  TileConfig c = sm90_backward_config(64, 2, 2);
+  if (why_illegal(spec, c, limits)) c.block_m = 64;
+  return c;
+}
+
 }  // namespace
 
 bool sm90_family_default(const KernelSpec& spec, const DeviceLimits& limits) {
   if (spec.target.cpu || spec.target.sm != 90 || limits.sm != 90) return false;
+  if (spec.pass == Pass::backward) {
+    // A bias tensor stays on the mma.sync backward (per-element global loads inside the score
+    // loop; not measured on the sm90 backward yet).
+    if (spec.bias) return false;
+    return !why_illegal(spec, default_backward_config_sm90(spec, limits), limits).has_value();
+  }
   // Bias tensors that cannot be tiled (key or query broadcast, unaligned rows) are read per
   // element from global memory inside the softmax: 99-140 TFLOP/s on the H200 at d64-96
   // (bench/NOTES.md), under the mma.sync family's (168-217), so they stay there. Tileable ones
@@ -536,14 +648,19 @@ bool sm90_family_default(const KernelSpec& spec, const DeviceLimits& limits) {
 
 TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits) {
   if (spec.target.cpu) return default_config_cpu(spec);
-  if (spec.pass == Pass::backward) return default_backward_config(spec, limits);
+  if (spec.pass == Pass::backward) {
+    return sm90_family_default(spec, limits) ? default_backward_config_sm90(spec, limits)
+                                             : default_backward_config(spec, limits);
+  }
   if (sm90_family_default(spec, limits)) return default_config_sm90(spec, limits);
   return family_default_config(spec, limits, Family::sm80);
 }
 
 TileConfig family_default_config(const KernelSpec& spec, const DeviceLimits& limits, Family family) {
   if (spec.target.cpu) return default_config_cpu(spec);
-  if (spec.pass == Pass::backward) return default_backward_config(spec, limits);
+  if (spec.pass == Pass::backward) {
+    return family == Family::sm90 ? default_backward_config_sm90(spec, limits) : default_backward_config(spec, limits);
+  }
   if (family == Family::sm90) return default_config_sm90(spec, limits);
   // Register budget per thread decides (255 max, no spills; measured with NVRTC 13.0, see
   // bench/NOTES.md): the O accumulator holds rows_per_warp * head_dim_v / 32 floats and S

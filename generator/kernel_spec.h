@@ -24,7 +24,8 @@ struct Target {
 };
 
 /// Which kernels a spec generates: the forward pass, or the backward pass's kernels
-/// (templates/attn_bwd_sm80.cuh: preprocess, dK/dV(/dQ) main kernel, dQ or its conversion, dBias).
+/// (templates/attn_bwd_sm80.cuh or, Hopper configs, attn_bwd_sm90.cuh, with attn_bwd_common.cuh:
+/// preprocess, dK/dV(/dQ) main kernel, dQ or its conversion, dBias).
 enum class Pass { forward, backward };
 
 struct KernelSpec {
@@ -94,6 +95,8 @@ struct TileConfig {
   bool overlap = false;
   /// Hopper family only, with overlap and 2 consumer warpgroups: the consumers take turns issuing
   /// their wgmma batches (named barriers), so one's softmax runs while the other's wgmma does.
+  /// Backward (2 consumer warpgroups): the consumers run independently, each adding its own 64
+  /// keys' share of dQ (no barrier between them; twice the dQ atomics).
   bool pingpong = false;
   /// Hopper family only: one in four exponentials of the softmax by a polynomial on the FMA pipe
   /// instead of the MUFU unit (16 per clock per SM), which bounds the softmax at small head dims.
@@ -114,6 +117,9 @@ struct TileConfig {
 // Backward configs read the fields as: block_m = query rows per step of the dK/dV kernel (and
 // keys per step of the deterministic dQ kernel), block_n = keys per CTA = 16 per warp (and
 // query rows per CTA of the dQ kernel), stages = 1 or 2 buffers of the streamed tiles.
+// Hopper-family backward configs (h_bm<M>_bn<N>_wg<C>_s<S>[_pp]): block_m = query rows per step,
+// block_n = keys per CTA = 64 per consumer warpgroup, stages = depth of the Q/dO TMA ring, _pp =
+// independent consumer warpgroups (see pingpong).
 // CPU backward configs (cpu_bm<M>_bn<N>): block_m = query rows per step of a dK/dV item and rows
 // per dQ item, block_n = keys per dK/dV item and keys per step of a dQ item.
 
@@ -155,6 +161,25 @@ inline int sm90_bias_swizzle(int block_n) { return block_n % 64 == 0 ? 128 : blo
 /// own halves of O's columns) pads the V head dim to a multiple of 32 and picks the V swizzle so
 /// that each half is whole panels (half = head_dim_v_pad / 2 columns).
 Sm90Layout sm90_layout(const KernelSpec& spec, const TileConfig& cfg);
+
+/// How the Hopper-family backward (templates/attn_bwd_sm90.cuh) shares the dQ = dS K product
+/// among its consumer warpgroups. all_keys: each consumer sums over every key of the CTA (a named
+/// barrier over the consumers after dS^T is written) and takes either one 64-row tile of the
+/// query block (split_m, block_m 128) or n head-dim columns (split_n: the padded head dim is two
+/// whole swizzled panels); otherwise each consumer adds its own 64 keys' share (twice the atomics).
+struct Sm90BwdDq {
+  bool all_keys = false;
+  bool split_m = false;
+  bool split_n = false;
+  int n = 0;        ///< dQ columns per consumer (wgmma N)
+  int m_tiles = 1;  ///< 64-row dQ tiles per consumer
+};
+Sm90BwdDq sm90_bwd_dq(const KernelSpec& spec, const TileConfig& cfg);
+
+/// A Hopper-family backward config: block_m query rows per step, 64 keys per consumer warpgroup.
+inline TileConfig sm90_backward_config(int block_m, int consumers, int stages, bool independent = false) {
+  return {block_m, 64 * consumers, 4 * (consumers + 1), stages, false, 1, Family::sm90, false, independent};
+}
 
 /// A CPU config (warps and stages 0).
 inline TileConfig cpu_config(int block_m, int block_n) { return {block_m, block_n, 0, 0, false}; }
@@ -203,7 +228,8 @@ TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits);
 TileConfig family_default_config(const KernelSpec& spec, const DeviceLimits& limits, Family family);
 
 /// Whether default_config picks the Hopper family for this spec on this device (sm_90, and no
-/// bias tensor: the family has no staged bias tiles yet).
+/// bias tensor: the family has no staged bias tiles yet; backward: also no dropout,
+/// deterministic mode or dbias, head dims up to 128).
 bool sm90_family_default(const KernelSpec& spec, const DeviceLimits& limits);
 
 }  // namespace jitattn

@@ -81,41 +81,44 @@ void require_on_device(const void* p, int device, const char* argument) {
   }
 }
 
+// A TMA tensor map of a [batch, seq, heads, cols] 16-bit tensor: boxes of one swizzled panel
+// (box_cols) by box_rows rows. Dims are the tensor's own (seq = total rows and batch 1 for packed
+// varlen, whose sequences the kernels address by row offset).
+jitattn_kernel::TensorMapBytes encode_panels(const TensorRef& t, int cols, unsigned box_cols, unsigned box_rows,
+                                             int swizzle) {
+  static_assert(sizeof(CUtensorMap) == sizeof(jitattn_kernel::TensorMapBytes));
+  const auto rows = t.shape[1], heads = t.shape[2], batch = t.shape[0];
+  const uint64_t es = 2;  // bytes per element (f16 / bf16)
+  const CUtensorMap map = device::encode_tensor_map_16bit(
+      t.data,
+      {static_cast<uint64_t>(cols), static_cast<uint64_t>(rows), static_cast<uint64_t>(heads),
+       static_cast<uint64_t>(batch)},
+      {static_cast<uint64_t>(t.stride[1]) * es, static_cast<uint64_t>(t.stride[2]) * es,
+       static_cast<uint64_t>(t.stride[0]) * es},
+      box_cols, box_rows, swizzle);
+  jitattn_kernel::TensorMapBytes bytes;
+  std::memcpy(&bytes, &map, sizeof(bytes));
+  return bytes;
+}
+
 // The Hopper family's kernel parameter: TMA tensor maps of Q, K and V (boxes of one swizzled
 // panel by block_m or block_n rows, templates/attn_fwd_sm90.cuh) ahead of the ordinary params.
 jitattn_kernel::AttnFwdTmaParams make_tma_params(const AttentionArgs& args, const Problem& problem,
                                                  const KernelSpec& spec, const TileConfig& cfg) {
-  static_assert(sizeof(CUtensorMap) == sizeof(jitattn_kernel::TensorMapBytes));
   jitattn_kernel::AttnFwdTmaParams tp{};
   tp.p = make_params(args, problem);
   const Sm90Layout l = sm90_layout(spec, cfg);
-  // Dims are the tensors' own (seq = total rows and batch 1 for packed varlen, whose sequences the
-  // kernel addresses by row offset).
-  auto encode = [](const TensorRef& t, int cols, unsigned box_cols, unsigned box_rows, int swizzle) {
-    const auto rows = t.shape[1], heads = t.shape[2], batch = t.shape[0];
-    const uint64_t es = 2;  // bytes per element (f16 / bf16)
-    const CUtensorMap map = device::encode_tensor_map_16bit(
-        t.data,
-        {static_cast<uint64_t>(cols), static_cast<uint64_t>(rows), static_cast<uint64_t>(heads),
-         static_cast<uint64_t>(batch)},
-        {static_cast<uint64_t>(t.stride[1]) * es, static_cast<uint64_t>(t.stride[2]) * es,
-         static_cast<uint64_t>(t.stride[0]) * es},
-        box_cols, box_rows, swizzle);
-    jitattn_kernel::TensorMapBytes bytes;
-    std::memcpy(&bytes, &map, sizeof(bytes));
-    return bytes;
-  };
-  tp.tma_q = encode(args.q, problem.head_dim, static_cast<unsigned>(l.panel_cols_qk()),
-                    static_cast<unsigned>(cfg.block_m), l.swizzle_qk);
+  tp.tma_q = encode_panels(args.q, problem.head_dim, static_cast<unsigned>(l.panel_cols_qk()),
+                           static_cast<unsigned>(cfg.block_m), l.swizzle_qk);
   // No keys (k and v may be null): every row is fully masked, the kernel writes zeros and -inf
   // before touching a K/V map, and the driver refuses to encode an empty tensor.
   if (problem.seqlen_k > 0 && problem.total_k > 0) {
-    tp.tma_k = encode(args.k, problem.head_dim, static_cast<unsigned>(l.panel_cols_qk()),
-                      static_cast<unsigned>(cfg.block_n), l.swizzle_qk);
-    tp.tma_v = encode(args.v, problem.head_dim_v, static_cast<unsigned>(l.panel_cols_v()),
-                      static_cast<unsigned>(cfg.block_n), l.swizzle_v);
+    tp.tma_k = encode_panels(args.k, problem.head_dim, static_cast<unsigned>(l.panel_cols_qk()),
+                             static_cast<unsigned>(cfg.block_n), l.swizzle_qk);
+    tp.tma_v = encode_panels(args.v, problem.head_dim_v, static_cast<unsigned>(l.panel_cols_v()),
+                             static_cast<unsigned>(cfg.block_n), l.swizzle_v);
   }
-  if (sm90_bias_tma(spec)) {
+  if (sm90_bias_tma(spec) && cfg.split == 1) {  // the column-split kernel reads bias per element
     // Dims (seqlen_k, seqlen_q, heads, batch) of the bias itself; broadcast dims have size 1
     // (the kernel's coordinate there is 0). Tileable (Problem::bias_tileable): rows 16-byte
     // aligned, key dim contiguous, query dim not broadcast.
@@ -130,6 +133,31 @@ jitattn_kernel::AttnFwdTmaParams make_tma_params(const AttentionArgs& args, cons
          static_cast<uint64_t>(t.stride[0]) * es},
         static_cast<unsigned>(swizzle / 2), static_cast<unsigned>(cfg.block_m), swizzle);
     std::memcpy(&tp.tma_bias, &map, sizeof(tp.tma_bias));
+  }
+  return tp;
+}
+
+// The Hopper-family backward's kernel parameter (templates/attn_bwd_sm90.cuh): maps of Q and dO
+// (block_m rows) and K and V (block_n rows) ahead of the backward params. Maps of empty tensors
+// stay zero: a CTA loads nothing when it has no query block (no queries) or no keys.
+jitattn_kernel::AttnBwdTmaParams make_bwd_tma_params(const AttentionArgs& args, const BackwardArgs& grads,
+                                                     const Problem& problem, const KernelSpec& spec,
+                                                     const TileConfig& cfg,
+                                                     const jitattn_kernel::AttnBwdParams& params) {
+  jitattn_kernel::AttnBwdTmaParams tp{};
+  tp.p = params;
+  const Sm90Layout l = sm90_layout(spec);
+  if (problem.seqlen_q > 0 && problem.total_q > 0) {
+    tp.tma_q = encode_panels(args.q, problem.head_dim, static_cast<unsigned>(l.panel_cols_qk()),
+                             static_cast<unsigned>(cfg.block_m), l.swizzle_qk);
+    tp.tma_do = encode_panels(grads.d_o, problem.head_dim_v, static_cast<unsigned>(l.panel_cols_v()),
+                              static_cast<unsigned>(cfg.block_m), l.swizzle_v);
+  }
+  if (problem.seqlen_k > 0 && problem.total_k > 0) {
+    tp.tma_k = encode_panels(args.k, problem.head_dim, static_cast<unsigned>(l.panel_cols_qk()),
+                             static_cast<unsigned>(cfg.block_n), l.swizzle_qk);
+    tp.tma_v = encode_panels(args.v, problem.head_dim_v, static_cast<unsigned>(l.panel_cols_v()),
+                             static_cast<unsigned>(cfg.block_n), l.swizzle_v);
   }
   return tp;
 }
@@ -756,7 +784,14 @@ KernelReport Engine::backward(const AttentionArgs& args, const BackwardArgs& gra
   const auto threads = static_cast<unsigned>(k.source.threads);
   const auto shared = static_cast<unsigned>(k.source.shared_bytes);
   launch_if_any(k.preprocess, grids.preprocess, 128, 0, stream, launch_args);
-  launch_if_any(k.function, grids.main, threads, shared, stream, launch_args);
+  if (k.source.tma_params) {
+    // Hopper family: the dK/dV kernel takes the TMA maps ahead of the same params.
+    jitattn_kernel::AttnBwdTmaParams tp = make_bwd_tma_params(args, grads, problem, spec, cfg, params);
+    void* tma_args[] = {&tp};
+    launch_if_any(k.function, grids.main, threads, shared, stream, tma_args);
+  } else {
+    launch_if_any(k.function, grids.main, threads, shared, stream, launch_args);
+  }
   launch_if_any(k.dq, grids.dq, threads, shared, stream, launch_args);
   launch_if_any(k.convert, grids.convert, 128, 0, stream, launch_args);
   launch_if_any(k.dbias, grids.dbias, 256, 0, stream, launch_args);

@@ -4,7 +4,8 @@
 // reads them. Included by the host
 // (runtime/plan.cpp) and embedded after attn_params.h in every sm90 kernel. Plain C types only.
 //
-// What must change with this struct: the engine's make_tma_params(), and kGeneratorVersion.
+// What must change with these structs: the engine's make_tma_params() / make_bwd_tma_params(), and
+// kGeneratorVersion.
 #pragma once
 
 namespace jitattn_kernel {
@@ -22,6 +23,16 @@ struct AttnFwdTmaParams {
   // of size 1 (coordinate 0), box (bias panel cols, block_m).
   TensorMapBytes tma_bias;
   AttnFwdParams p;
+};
+
+// The Hopper-family backward's dK/dV kernel (attn_bwd_sm90.cuh): maps of Q and dO (boxes of
+// block_m rows) and of K and V (block_n rows), then the backward params.
+struct AttnBwdTmaParams {
+  TensorMapBytes tma_q;   // dims (head_dim, seqlen_q, heads_q, batch), box (panel cols, block_m)
+  TensorMapBytes tma_k;   // dims (head_dim, seqlen_k, heads_kv, batch), box (panel cols, block_n)
+  TensorMapBytes tma_v;   // dims (head_dim_v, seqlen_k, heads_kv, batch), box (panel cols, block_n)
+  TensorMapBytes tma_do;  // dims (head_dim_v, seqlen_q, heads_q, batch), box (panel cols, block_m)
+  AttnBwdParams p;
 };
 
 }  // namespace jitattn_kernel

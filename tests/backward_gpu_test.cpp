@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "generator/kernel_spec.h"
 #include "jitattn/jitattn.h"
 #include "runtime/device/driver.h"
 #include "runtime/harness.h"
@@ -44,6 +45,7 @@ struct Case {
   ProblemDesc desc;
   bool deterministic = false;
   std::string config;
+  std::string target;  // Sm90Features: the kernel target expected ("sm_90a" or the fallback's "sm_90")
 };
 
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name << " [" << harness::describe(c.desc) << "]"; }
@@ -183,6 +185,193 @@ TEST_P(Features, MatchesReference) {
 }
 INSTANTIATE_TEST_SUITE_P(BackwardGpu, Features, ::testing::ValuesIn(cases()),
                          [](const auto& info) { return info.param.name; });
+
+// ---- the Hopper-family backward (templates/attn_bwd_sm90.cuh), on an sm_90 GPU ------------------
+#define JITATTN_REQUIRE_SM90()                                                                   \
+  do {                                                                                           \
+    JITATTN_REQUIRE_GPU();                                                                       \
+    if (device::device_info(0).sm() != 90) GTEST_SKIP() << "the sm90 family needs an sm_90 GPU"; \
+  } while (0)
+
+// The family's default backward config for the problem (spec fields that the default reads), or
+// "" when the family refuses the spec (registers): the runtime's default, the mma.sync backward,
+// runs it then.
+std::string sm90_backward_default(const ProblemDesc& d) {
+  KernelSpec s;
+  s.pass = Pass::backward;
+  s.target.sm = 90;
+  s.dtype = d.dtype;
+  s.head_dim = d.head_dim;
+  s.head_dim_v = d.dv();
+  s.mask = d.mask;
+  s.window = d.window.has_value();
+  s.bias = d.bias != "none";
+  s.alibi = d.alibi;
+  s.softcap = d.softcap;
+  s.varlen = d.varlen;
+  const TileConfig c = family_default_config(s, limits_for_arch(90), Family::sm90);
+  return why_illegal(s, c, limits_for_arch(90)) ? std::string() : c.canonical();
+}
+
+std::vector<Case> sm90_cases() {
+  std::vector<Case> cs;
+  // An explicit config is forced; else the family's default where it is legal and the runtime's
+  // default also picks it (no bias tensor), else the runtime's default (the mma.sync fallback).
+  auto add = [&](std::string name, ProblemDesc p, std::string cfg = "") {
+    const bool forced = !cfg.empty();
+    if (!forced) cfg = sm90_backward_default(p);
+    const bool sm90 = forced || (!cfg.empty() && p.bias == "none");
+    cs.push_back({std::move(name), p, false, sm90 ? cfg : std::string(), sm90 ? "sm_90a" : "sm_90"});
+  };
+  for (int d = 8; d <= 128; d += 8) {
+    ProblemDesc p = base(d);
+    add(fmt::format("plain_d{}", d), p);
+    p.mask = MaskKind::causal;
+    add(fmt::format("causal_d{}", d), p);
+  }
+  for (int d : {64, 96, 128}) {
+    ProblemDesc p = base(d, DType::f16);
+    add(fmt::format("f16_d{}", d), p);
+    p = base(d);
+    p.mask = MaskKind::causal_bottom_right;
+    add(fmt::format("causal_br_sk_longer_d{}", d), p);
+    p.seqlen_q = 300;
+    p.seqlen_k = 130;  // the first rows see no key: zero gradients, no NaN
+    add(fmt::format("causal_br_fully_masked_rows_d{}", d), p);
+    p = base(d);
+    p.window = Window{50, 70};
+    add(fmt::format("window_both_sides_d{}", d), p);
+    p.mask = MaskKind::causal;
+    p.window = Window{37, 0};
+    add(fmt::format("causal_window_d{}", d), p);
+    p = base(d);
+    p.heads_q = 8;
+    p.heads_kv = 2;
+    add(fmt::format("gqa_d{}", d), p);
+    p.heads_kv = 1;
+    p.mask = MaskKind::causal;
+    add(fmt::format("mqa_causal_d{}", d), p);
+    p = base(d);
+    p.batch = 4;
+    p.varlen = VarlenKind::packed;
+    p.mask = MaskKind::causal;
+    add(fmt::format("varlen_packed_causal_d{}", d), p);
+    p.varlen = VarlenKind::padded;
+    p.mask = MaskKind::causal_bottom_right;
+    add(fmt::format("varlen_padded_causal_br_d{}", d), p);
+    p = base(d);
+    p.alibi = true;
+    p.mask = MaskKind::causal;
+    add(fmt::format("alibi_causal_d{}", d), p);
+    p = base(d);
+    p.softcap = 5.0f;
+    add(fmt::format("softcap_d{}", d), p);
+    p = base(d);
+    p.scale = 1.0f;
+    p.layout = {0, 2, 1, 3};
+    add(fmt::format("scale_one_bhsd_d{}", d), p);
+  }
+  {
+    ProblemDesc p = base(64);
+    p.alibi = true;
+    p.softcap = 20.0f;
+    p.bias = "1hqk";  // an input only: the sm90 backward writes no dbias
+    p.mask = MaskKind::causal;
+    p.window = Window{64, 0};
+    p.varlen = VarlenKind::packed;
+    p.heads_q = 6;
+    p.heads_kv = 2;
+    add("everything_but_dropout_d64", p);  // registers: the mma.sync fallback
+    p = base(64);
+    p.bias = "b1qk";
+    p.mask = MaskKind::causal;
+    add("bias_causal_d64", p, sm90_backward_default(p));  // legal, not the default: forced
+    p.alibi = true;
+    p.varlen = VarlenKind::padded;
+    add("bias_alibi_padded_d64", p, sm90_backward_default(p));
+  }
+  for (auto [d, dv] : {std::pair{72, 40}, {64, 128}, {128, 64}, {8, 128}}) {
+    ProblemDesc p = base(d);
+    p.head_dim_v = dv;
+    p.mask = MaskKind::causal;
+    add(fmt::format("d{}_dv{}", d, dv), p);
+  }
+  for (auto [sq, sk] : {std::pair{1, 1}, {1, 17}, {17, 1}, {17, 17}, {1000, 1000}, {100, 1000}, {1000, 100}}) {
+    for (int d : {64, 128}) {
+      ProblemDesc p = base(d);
+      p.seqlen_q = sq;
+      p.seqlen_k = sk;
+      p.heads_q = p.heads_kv = 2;
+      p.batch = 1;
+      add(fmt::format("seqlens_{}_{}_d{}", sq, sk, d), p);
+      p.mask = MaskKind::causal;
+      add(fmt::format("seqlens_{}_{}_causal_d{}", sq, sk, d), p);
+    }
+  }
+  // Other configs: one consumer (own keys), block_m 128 (row-split dQ), deeper and single rings.
+  for (const char* cfg : {"h_bm64_bn64_wg1_s1", "h_bm128_bn128_wg2_s2", "h_bm64_bn128_wg2_s3",
+                          "h_bm128_bn64_wg1_s2", "h_bm64_bn128_wg2_s2_pp", "h_bm128_bn128_wg2_s3_pp"}) {
+    for (int d : {16, 32}) {
+      ProblemDesc p = base(d);
+      p.mask = MaskKind::causal_bottom_right;
+      p.seqlen_q = 333;
+      p.seqlen_k = 457;
+      p.heads_q = 4;
+      p.heads_kv = 2;
+      add(fmt::format("config_{}_d{}", cfg, d), p, cfg);
+    }
+  }
+  {
+    ProblemDesc p = base(96);  // d96: each consumer adds its own keys' dQ share
+    p.mask = MaskKind::causal;
+    add("config_h_bm64_bn128_wg2_s2_d96", p, "h_bm64_bn128_wg2_s2");
+    p = base(128);
+    p.mask = MaskKind::causal;
+    p.heads_q = 4;
+    p.heads_kv = 2;
+    add("config_h_bm64_bn128_wg2_s2_pp_gqa_d128", p, "h_bm64_bn128_wg2_s2_pp");
+    add("config_h_bm64_bn128_wg2_s3_gqa_d128", p, "h_bm64_bn128_wg2_s3");
+  }
+  return cs;
+}
+
+class Sm90Features : public ::testing::TestWithParam<Case> {};
+TEST_P(Sm90Features, MatchesReference) {
+  JITATTN_REQUIRE_SM90();
+  BackwardOptions opt;
+  opt.config = GetParam().config;
+  harness::Runner runner(GetParam().desc);
+  const harness::BackwardCheckResult r = runner.check_backward(engine(), opt);
+  EXPECT_TRUE(r.pass) << harness::describe(GetParam().desc) << " config " << r.kernel.config << " seed " << r.seed
+                      << ": dq " << r.dq_err << " dk " << r.dk_err << " dv " << r.dv_err << " (tol "
+                      << r.tolerance << ")";
+  EXPECT_EQ(r.kernel.target, GetParam().target) << r.kernel.name;
+  EXPECT_EQ(r.kernel.spill_bytes, 0) << r.kernel.name;
+}
+INSTANTIATE_TEST_SUITE_P(BackwardSm90, Sm90Features, ::testing::ValuesIn(sm90_cases()),
+                         [](const auto& info) { return info.param.name; });
+
+// On sm_90 the runtime's default backward is the Hopper family where it supports the spec, and
+// the mma.sync backward where it does not (dropout, deterministic, dbias, head dims above 128).
+TEST(BackwardSm90, DefaultFamily) {
+  JITATTN_REQUIRE_SM90();
+  ProblemDesc p = base(128);
+  p.mask = MaskKind::causal;
+  harness::Runner runner(p);
+  const auto r = runner.check_backward(engine(), {});
+  EXPECT_TRUE(r.pass);
+  EXPECT_EQ(r.kernel.target, "sm_90a") << r.kernel.name;
+  BackwardOptions det;
+  det.deterministic = true;
+  const auto rd = runner.check_backward(engine(), det);
+  EXPECT_TRUE(rd.pass);
+  EXPECT_EQ(rd.kernel.target, "sm_90") << rd.kernel.name;
+  ProblemDesc big = base(256);
+  harness::Runner runner_big(big);
+  const auto rb = runner_big.check_backward(engine(), {});
+  EXPECT_TRUE(rb.pass);
+  EXPECT_EQ(rb.kernel.target, "sm_90") << rb.kernel.name;
+}
 
 // Random shapes: fresh sizes per run (the seed is printed with every failure).
 TEST(BackwardGpu, RandomShapesMatchReference) {

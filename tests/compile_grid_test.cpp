@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -214,6 +215,55 @@ std::vector<Variant> wide_variants() {
   return out;
 }
 
+// The Hopper-family backward (templates/attn_bwd_sm90.cuh) at every head dim it takes (8..128),
+// plain and with every feature it supports (masks, window, varlen, ALiBi, softcap, a bias tensor
+// without dBias, fp16, unequal dims). default_config picks it for all of these but the bias
+// tensor (family_default_config is compiled, and the test checks the default's family).
+std::vector<Variant> sm90_backward_variants() {
+  struct Mods {
+    const char* label;
+    MaskKind mask;
+    bool window, bias, alibi, softcap;
+    VarlenKind varlen;
+  };
+  const Mods mods[] = {
+      {"plain", MaskKind::none, false, false, false, false, VarlenKind::none},
+      {"causal", MaskKind::causal, false, false, false, false, VarlenKind::none},
+      {"causal_br_window_packed", MaskKind::causal_bottom_right, true, false, false, false, VarlenKind::packed},
+      {"alibi_softcap_padded", MaskKind::causal, false, false, true, true, VarlenKind::padded},
+      {"everything", MaskKind::causal, true, true, true, true, VarlenKind::packed},
+      {"alibi_causal", MaskKind::causal, false, false, true, false, VarlenKind::none},
+      {"softcap", MaskKind::none, false, false, false, true, VarlenKind::none},
+      {"bias_window", MaskKind::none, true, true, false, false, VarlenKind::none},
+  };
+  auto make = [](DType dt, int d, int dv, const Mods& m) {
+    KernelSpec s;
+    s.pass = Pass::backward;
+    s.target.sm = 90;
+    s.dtype = dt;
+    s.head_dim = d;
+    s.head_dim_v = dv;
+    s.mask = m.mask;
+    s.window = m.window;
+    s.bias = m.bias;
+    s.alibi = m.alibi;
+    s.softcap = m.softcap ? 30.0f : 0.0f;
+    s.varlen = m.varlen;
+    s.scale = 1.0f / std::sqrt(float(d));
+    return Variant{fmt::format("bwd90_{}_d{}_dv{}_{}", dtype_name(dt), d, dv, m.label), s};
+  };
+  std::vector<Variant> out;
+  for (int d = 8; d <= 128; d += 8) {
+    for (const Mods& m : mods) out.push_back(make(DType::bf16, d, d, m));
+  }
+  for (int d : {64, 128}) out.push_back(make(DType::f16, d, d, mods[4]));
+  for (auto [d, dv] : {std::pair{72, 40}, {128, 64}, {64, 128}, {8, 128}}) {
+    out.push_back(make(DType::bf16, d, dv, mods[0]));
+    out.push_back(make(DType::bf16, d, dv, mods[4]));
+  }
+  return out;
+}
+
 // The kernels of `src` whose ptxas report the test checks.
 std::vector<std::string> kernels_of(const KernelSpec& spec, const KernelSource& src) {
   if (spec.pass == Pass::forward) return {src.name};
@@ -225,7 +275,7 @@ std::vector<std::string> kernels_of(const KernelSpec& spec, const KernelSource& 
   return names;
 }
 
-void compile_all_without_spills(const std::vector<Variant>& vs) {
+void compile_all_without_spills(const std::vector<Variant>& vs, bool sm90_family = false) {
   std::atomic<size_t> next{0};
   std::mutex mu;
   std::vector<std::string> failures;
@@ -237,7 +287,20 @@ void compile_all_without_spills(const std::vector<Variant>& vs) {
       std::string failure;
       double ms = 0;
       try {
-        const KernelSource src = generate(v.spec, default_config(v.spec, limits), limits);
+        const TileConfig cfg = sm90_family ? family_default_config(v.spec, limits, Family::sm90)
+                                           : default_config(v.spec, limits);
+        if (sm90_family && !cfg.hopper()) throw std::runtime_error("the sm90 family's default is not a Hopper config");
+        if (sm90_family && why_illegal(v.spec, cfg, limits)) {
+          // Registers refuse it (modifiers at large head dims): the mma.sync backward is the
+          // default then, and the backward grid above compiles it.
+          if (default_config(v.spec, limits).hopper()) throw std::runtime_error("an illegal sm90 default");
+          continue;
+        }
+        if (sm90_family && default_config(v.spec, limits).hopper() == v.spec.bias) {
+          throw std::runtime_error(fmt::format("default_config picks {} (the sm90 family is the default without a bias tensor)",
+                                  default_config(v.spec, limits).canonical()));
+        }
+        const KernelSource src = generate(v.spec, cfg, limits);
         const device::CompileResult compiled =
             device::compile_to_cubin(src.source, src.name, v.spec.target.sm, src.arch_specific);
         ms = compiled.compile_ms;
@@ -278,6 +341,10 @@ TEST(CompileGrid, EveryDefaultBackwardVariantCompilesWithoutSpills) {
 }
 
 TEST(CompileGrid, WideHeadDimVariantsCompileWithoutSpills) { compile_all_without_spills(wide_variants()); }
+
+TEST(CompileGrid, EverySm90BackwardVariantCompilesWithoutSpills) {
+  compile_all_without_spills(sm90_backward_variants(), /*sm90_family=*/true);
+}
 
 }  // namespace
 }  // namespace jitattn

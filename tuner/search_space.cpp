@@ -83,6 +83,25 @@ std::vector<Candidate> backward_search_space(const KernelSpec& spec, const Devic
       }
     }
   }
+  // The Hopper-family backward on sm_90 (templates/attn_bwd_sm90.cuh): block_m 64 or 128 query
+  // rows per step, 1 or 2 consumer warpgroups of 64 keys (2: shared or independent dQ, _pp), 1-3
+  // Q/dO stages. why_illegal holds its register model (dK + dV with S^T + dP^T or the dQ tiles
+  // under setmaxnreg 240).
+  if (limits.sm == 90 && spec.target.sm == 90) {
+    for (int bm : {64, 128}) {
+      for (int consumers : {1, 2}) {
+        for (bool independent : {false, true}) {
+          if (independent && consumers == 1) continue;
+          for (int s : {1, 2, 3}) {
+            Candidate c;
+            c.config = sm90_backward_config(bm, consumers, s, independent);
+            if (auto why = why_illegal(spec, c.config, limits)) c.pruned = std::move(*why);
+            out.push_back(std::move(c));
+          }
+        }
+      }
+    }
+  }
   return out;
 }
 

@@ -1,0 +1,465 @@
+// Backward attention, Hopper family (sm_90a): the dK/dV kernel (dQ by fp32 atomics) with wgmma,
+// TMA and warp specialisation; the preprocess (delta) and dQ conversion kernels are
+// templates/attn_bwd_common.cuh's.
+//
+// One CTA per (key block of kBlockN = 64 * kConsumers keys, KV head, batch). Warpgroup 0 is the
+// producer: thread 0 loads K and V once, then the Q and dO tiles of every query block (of every
+// query head of the GQA group) into a kStages-deep ring by TMA; warp 1 stages the blocks' LSE
+// (log2 domain; +inf for rows with no key or past the sequence, so their P is 0) and delta. Each
+// consumer warpgroup owns 64 keys and keeps their dK and dV in registers; per query block:
+//   S^T = K Q^T, dP^T = V dO^T        wgmma, both operands K-major in shared memory
+//   P^T = exp2(S^T * scale - LSE), dS^T = P^T (dP^T - delta) * d(score)/d(Q.K)   registers
+//   dV += P^T dO, dK += dS^T Q        wgmma, A from registers (the accumulators repacked),
+//                                     B (dO, Q) MN-major in shared memory
+//   dQ += dS K                        dS^T to shared memory (double-buffered, 128-byte swizzle),
+//                                     wgmma with A transposed (M-major) and K MN-major, then
+//                                     red.global.add.v2.f32 into the fp32 dQ workspace.
+// The dQ product is split between the consumers when both see every key of the block (a named
+// barrier over them after dS^T is written): by query rows when block_m is 128, else by head-dim
+// panels when the padded head dim is two whole panels; otherwise each consumer adds its own 64
+// keys' share (kDqAllKeys false, a barrier per warpgroup).
+//
+// Expects, from the generator: JITATTN_BF16, JITATTN_BWD_MAIN, namespace cfg with the
+// compile-time constants, struct ScoreMod (with grad_scale), and wgmma_s / wgmma_dv / wgmma_dk /
+// wgmma_dq (the four wgmma shapes).
+
+namespace jitattn_kernel {
+
+using namespace cfg;
+
+constexpr int kThreads = 128 * (kConsumers + 1);
+constexpr int kProducerRegs = 24;
+constexpr int kConsumerRegs = 240;  // 128 x 24 + 256 x 240 = 64512 of 65536 (2 consumers)
+constexpr int kPanelColsQK = kSwizzleQK / 2;
+constexpr int kPanelColsV = kSwizzleV / 2;
+constexpr int kPanelsQK = kHeadDimPad / kPanelColsQK;
+constexpr int kPanelsV = kHeadDimVPad / kPanelColsV;
+__host__ __device__ constexpr int panel_bytes(int rows, int swizzle) {
+  return (rows * swizzle + 1023) / 1024 * 1024;  // each panel on a 1 KiB boundary
+}
+constexpr int kKPanelBytes = panel_bytes(kBlockN, kSwizzleQK);  // (BLOCK_N, PANEL_COLS_QK)
+constexpr int kVPanelBytes = panel_bytes(kBlockN, kSwizzleV);   // (BLOCK_N, PANEL_COLS_V)
+constexpr int kQPanelBytes = panel_bytes(kBlockM, kSwizzleQK);  // (BLOCK_M, PANEL_COLS_QK)
+constexpr int kOPanelBytes = panel_bytes(kBlockM, kSwizzleV);   // (BLOCK_M, PANEL_COLS_V) of dO
+constexpr int kDSPanelBytes = panel_bytes(kBlockN, 128);        // (BLOCK_N, 64 queries) of dS^T
+constexpr int kKBytes = kPanelsQK * kKPanelBytes;
+constexpr int kVBytes = kPanelsV * kVPanelBytes;
+constexpr int kQStageBytes = kPanelsQK * kQPanelBytes;
+constexpr int kOStageBytes = kPanelsV * kOPanelBytes;
+constexpr int kDSBytes = (kBlockM / 64) * kDSPanelBytes;
+constexpr u32 kKVTxBytes = kPanelsQK * kBlockN * kSwizzleQK + kPanelsV * kBlockN * kSwizzleV;
+constexpr u32 kQOTxBytes = kPanelsQK * kBlockM * kSwizzleQK + kPanelsV * kBlockM * kSwizzleV;
+constexpr int kSRegs = kBlockM / 2;       // S^T (and dP^T) floats per thread: (64 keys, BLOCK_M)
+constexpr int kMT = kBlockM / 8;          // n8 query groups of S^T
+constexpr int kDKRegs = kHeadDimPad / 2;  // dK floats per thread: (64 keys, HEAD_DIM_PAD)
+constexpr int kDVRegs = kHeadDimVPad / 2;
+constexpr int kDqKeys = kDqAllKeys ? kBlockN : 64;    // keys one consumer's dQ product sums over
+constexpr int kDqMTiles = kDqSplitM ? 1 : kBlockM / 64;  // 64-row tiles of dQ per consumer
+
+static_assert(kConsumers == 1 || kConsumers == 2, "1 or 2 consumer warpgroups");
+static_assert(kBlockN == 64 * kConsumers, "block_n must be 64 keys per consumer warpgroup");
+static_assert(kBlockM == 64 || kBlockM == 128, "block_m: 64 or 128 query rows per step");
+static_assert(kStages >= 1 && kStages <= 4, "stages: 1 to 4");
+static_assert(!kTurns || (kConsumers == 2 && !kDqAllKeys), "turns (_pp): 2 independent consumers");
+static_assert(!kDqSplitM || (kDqAllKeys && kBlockM == 64 * kConsumers), "dQ row split: one 64-row tile each");
+static_assert(!kDqSplitN || (kDqAllKeys && kDqN * kConsumers == kHeadDimPad && kDqN % kPanelColsQK == 0),
+              "dQ column split: whole head-dim panels each");
+static_assert(kKBytes + kVBytes + kStages * (kQStageBytes + kOStageBytes) + 2 * kDSBytes +
+                      8 * kStages * kBlockM + 1024 + 8 * (1 + 2 * kStages) ==
+                  kSmemBytes,
+              "shared-memory layout disagrees with the generator's shared_memory_bytes");
+
+// K-major operand (rows row0.., head dim contiguous in swizzled panels), k16 step ks.
+template <int kSw>
+JITATTN_DEVICE u64 desc_kmajor(u32 tile, int panel, int row0, int ks) {
+  constexpr int kCols = kSw / 2;
+  const int col = ks * 16;
+  return make_smem_desc<kSw>(tile + (col / kCols) * panel + row0 * kSw + (col % kCols) * 2, 16);
+}
+// MN-major operand: its K dim is the tile's rows (from k0), its M or N dim the columns from col0
+// (a whole panel); the leading byte offset steps across panels.
+template <int kSw>
+JITATTN_DEVICE u64 desc_mnmajor(u32 tile, int panel, int k0, int col0) {
+  return make_smem_desc<kSw>(tile + (col0 / (kSw / 2)) * panel + k0 * kSw, static_cast<u32>(panel));
+}
+
+JITATTN_DEVICE void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+JITATTN_DEVICE void st_shared_u32(u32 addr, u32 v) {
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+JITATTN_DEVICE void red_add_v2(float* p, float a, float b) {
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(a), "f"(b) : "memory");
+}
+
+}  // namespace jitattn_kernel
+
+extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
+    JITATTN_BWD_MAIN(const __grid_constant__ jitattn_kernel::AttnBwdTmaParams params) {
+  using namespace jitattn_kernel;
+  const AttnBwdParams& bp = params.p;
+  const AttnFwdParams& p = bp.fwd;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+
+  const int n_block = blockIdx.x;
+  const int hk = blockIdx.y;
+  const int b = blockIdx.z;
+  const int tid = threadIdx.x;
+
+  const Extents ex = extents(p, b);
+  const int len_q = ex.len_q, len_k = ex.len_k;
+  const int n0 = n_block * kBlockN;
+  // Key rows this CTA writes: padded batches also zero their keys in [len_k, seqlen_k).
+  const int rows_out = min(kBlockN, (kPadded ? p.seqlen_k : len_k) - n0);
+  if (rows_out <= 0) return;
+  const int tma_b = kPacked ? 0 : b;
+  const int row_q0 = static_cast<int>(ex.row_q0);
+  const int row_k0 = static_cast<int>(ex.row_k0);
+
+  // Query rows that see any key of this block (masks skip the rest).
+  const int offset = kBottomRight ? len_k - len_q : 0;
+  const int n_last = min(n0 + kBlockN, len_k) - 1;
+  int m_begin = 0;
+  int m_end = len_q;
+  if (kCausal) m_begin = max(m_begin, n0 - offset);
+  if (kWindow && p.window_right >= 0) m_begin = max(m_begin, n0 - offset - p.window_right);
+  if (kWindow && p.window_left >= 0) m_end = min(m_end, n_last - offset + p.window_left + 1);
+  const int mb_begin = m_begin / kBlockM;
+  const int mb_count = (n0 < len_k && m_end > m_begin) ? (m_end + kBlockM - 1) / kBlockM - mb_begin : 0;
+  const int iterations = mb_count * p.group;
+
+  // ---- shared memory: K, V, the Q / dO ring, two dS^T buffers, LSE / delta, mbarriers ----------
+  const u32 raw = smem_addr(smem_raw);
+  const u32 base = (raw + 1023u) & ~1023u;
+  const u32 sK = base;                               // (BLOCK_N, HEAD_DIM_PAD) panels
+  const u32 sV = sK + kKBytes;                       // (BLOCK_N, HEAD_DIM_V_PAD) panels
+  const u32 sQ = sV + kVBytes;                       // kStages x (BLOCK_M, HEAD_DIM_PAD)
+  const u32 sdO = sQ + kStages * kQStageBytes;       // kStages x (BLOCK_M, HEAD_DIM_V_PAD)
+  const u32 sdS = sdO + kStages * kOStageBytes;      // 2 x (BLOCK_N, BLOCK_M): dS^T
+  const u32 sStats = sdS + 2 * kDSBytes;             // kStages x BLOCK_M LSE, then as many delta
+  float* lse_smem = reinterpret_cast<float*>(smem_raw + (sStats - raw));
+  float* delta_smem = lse_smem + kStages * kBlockM;
+  const u32 bar_kv = sStats + 8 * kStages * kBlockM;
+  const u32 bar_full = bar_kv + 8;                   // kStages each
+  const u32 bar_empty = bar_full + 8 * kStages;
+
+  if (tid == 0) {
+    mbar_init(bar_kv, 1);
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(bar_full + 8 * s, 1 + 32);  // the TMA thread's expect_tx and warp 1's 32 lanes
+      mbar_init(bar_empty + 8 * s, 128 * kConsumers);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  const int warpgroup = tid / 128;
+  if (warpgroup == 0) {
+    // ---- producer ----------------------------------------------------------------------------
+    setmaxnreg_dec<kProducerRegs>();
+    const int warp = tid / 32;
+    const int lane = tid % 32;
+    if (iterations > 0 && tid == 0) {
+      tma_prefetch_descriptor(&params.tma_q);
+      tma_prefetch_descriptor(&params.tma_do);
+      mbar_arrive_expect_tx(bar_kv, kKVTxBytes);
+#pragma unroll
+      for (int pnl = 0; pnl < kPanelsQK; ++pnl) {
+        tma_load_4d(sK + pnl * kKPanelBytes, &params.tma_k, bar_kv, pnl * kPanelColsQK, row_k0 + n0, hk, tma_b);
+      }
+#pragma unroll
+      for (int pnl = 0; pnl < kPanelsV; ++pnl) {
+        tma_load_4d(sV + pnl * kVPanelBytes, &params.tma_v, bar_kv, pnl * kPanelColsV, row_k0 + n0, hk, tma_b);
+      }
+      int h = hk * p.group, mb = mb_begin;
+      for (int it = 0; it < iterations; ++it) {
+        const int s = it % kStages;
+        if (it >= kStages) mbar_wait(bar_empty + 8 * s, (static_cast<u32>(it / kStages) & 1u) ^ 1u);
+        const int m0 = mb * kBlockM;
+        const int hq = h;
+        if (++mb == mb_begin + mb_count) mb = mb_begin, ++h;  // next block, then the next head
+        mbar_arrive_expect_tx(bar_full + 8 * s, kQOTxBytes);
+#pragma unroll
+        for (int pnl = 0; pnl < kPanelsQK; ++pnl) {
+          tma_load_4d(sQ + s * kQStageBytes + pnl * kQPanelBytes, &params.tma_q, bar_full + 8 * s,
+                      pnl * kPanelColsQK, row_q0 + m0, hq, tma_b);
+        }
+#pragma unroll
+        for (int pnl = 0; pnl < kPanelsV; ++pnl) {
+          tma_load_4d(sdO + s * kOStageBytes + pnl * kOPanelBytes, &params.tma_do, bar_full + 8 * s,
+                      pnl * kPanelColsV, row_q0 + m0, hq, tma_b);
+        }
+      }
+    } else if (iterations > 0 && warp == 1) {
+      // Rows of this head's LSE / delta from the first block on; one head after another.
+      const long long head0 = b * p.lse_batch_stride + ex.row_q0;
+      const float* lse_h = p.lse + head0 + hk * p.group * p.lse_head_stride;
+      const float* delta_h = bp.delta + head0 + hk * p.group * p.lse_head_stride;
+      int mb = mb_begin;
+      for (int it = 0; it < iterations; ++it) {
+        const int s = it % kStages;
+        if (it >= kStages) mbar_wait(bar_empty + 8 * s, (static_cast<u32>(it / kStages) & 1u) ^ 1u);
+#pragma unroll
+        for (int r0 = 0; r0 < kBlockM; r0 += 32) {
+          const int row = mb * kBlockM + r0 + lane;
+          const bool real = row < len_q;
+          const float lse = real ? lse_h[row] : neg_inf();
+          lse_smem[s * kBlockM + r0 + lane] = lse == neg_inf() ? -neg_inf() : lse * kLog2e;
+          delta_smem[s * kBlockM + r0 + lane] = real ? delta_h[row] : 0.0f;
+        }
+        mbar_arrive(bar_full + 8 * s);
+        if (++mb == mb_begin + mb_count) {
+          mb = mb_begin;
+          lse_h += p.lse_head_stride;
+          delta_h += p.lse_head_stride;
+        }
+      }
+    }
+  } else {
+    // ---- consumers: 64 keys per warpgroup ------------------------------------------------------
+    setmaxnreg_inc<kConsumerRegs>();
+    const int wg = warpgroup - 1;
+    const int warp = (tid % 128) / 32;
+    const int lane = tid % 32;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int kw0 = n0 + wg * 64;        // first key of this warpgroup
+    const int key_g = kw0 + warp * 16 + g;  // key of accumulator rows g (and g + 8)
+    const int dq_key0 = kDqAllKeys ? 0 : wg * 64;
+    const int dq_col0 = kDqSplitN ? wg * kDqN : 0;
+
+    float acc_dk[kDKRegs];  // (64 keys, HEAD_DIM_PAD) per warpgroup
+    float acc_dv[kDVRegs];  // (64 keys, HEAD_DIM_V_PAD) per warpgroup
+#pragma unroll
+    for (int i = 0; i < kDKRegs; ++i) acc_dk[i] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kDVRegs; ++i) acc_dv[i] = 0.0f;
+
+    if (iterations > 0) mbar_wait(bar_kv, 0);
+    // kTurns (_pp): the two consumers take turns issuing their wgmma batches (S^T and dP^T; then dV,
+    // dK and dQ), so one's exponentials and dS^T run under the other's tensor-core work: consumer
+    // w waits on barrier 3 + w before a batch and arrives on the other's after it. Consumer 1
+    // gives consumer 0 the first turn and skips its last hand-over, so the counts match.
+    auto my_turn = [&] {
+      if constexpr (kTurns) named_bar_sync(3 + wg, 256);
+    };
+    auto pass_turn = [&](bool last) {
+      if constexpr (kTurns) {
+        if (wg == 0 || !last) named_bar_arrive(4 - wg, 256);
+      }
+    };
+    if constexpr (kTurns) {
+      if (wg == 1 && iterations > 0) named_bar_arrive(3, 256);
+    }
+    int h = hk * p.group, mb = mb_begin;  // query head and block of iteration it
+    for (int it = 0; it < iterations; ++it, (++mb == mb_begin + mb_count) ? (mb = mb_begin, ++h) : 0) {
+      const int s = it % kStages;
+      const int m0 = mb * kBlockM;
+      const u32 tQ = sQ + s * kQStageBytes;
+      const u32 tO = sdO + s * kOStageBytes;
+      const u32 tS = sdS + (it & 1) * kDSBytes;
+      mbar_wait(bar_full + 8 * s, static_cast<u32>(it / kStages) & 1u);
+
+      // ---- S^T = K Q^T, dP^T = V dO^T (two commit groups: P^T is computed while dP^T runs) -----
+      float acc_s[kSRegs];   // (64 keys, BLOCK_M queries)
+      float acc_dp[kSRegs];  // (64 keys, BLOCK_M queries)
+      fence_regs(acc_s);
+      fence_regs(acc_dp);
+      my_turn();
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < kHeadDimPad / 16; ++ks) {
+        wgmma_s(acc_s, desc_kmajor<kSwizzleQK>(sK, kKPanelBytes, wg * 64, ks),
+                desc_kmajor<kSwizzleQK>(tQ, kQPanelBytes, 0, ks), ks > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+#pragma unroll
+      for (int ks = 0; ks < kHeadDimVPad / 16; ++ks) {
+        wgmma_s(acc_dp, desc_kmajor<kSwizzleV>(sV, kVPanelBytes, wg * 64, ks),
+                desc_kmajor<kSwizzleV>(tO, kOPanelBytes, 0, ks), ks > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+      pass_turn(false);
+      // Softcap's d(score)/d(Q.K) needs the raw score beside dP^T: wait for both first.
+      if constexpr (kSoftcap) {
+        wgmma_wait<0>();
+        fence_regs(acc_dp);
+      } else {
+        wgmma_wait<1>();  // S^T is done; dP^T may still run
+      }
+      fence_regs(acc_s);
+
+      // Per-element indices derive from values the compiler cannot know before the wait, so it
+      // does not hoist (and keep live) a tile's worth of them across the wgmma.
+      int m0f = m0, keyf = key_g;
+      asm volatile("" : "+r"(m0f), "+r"(keyf));
+      ScoreMod mod;
+      mod.init(p, b, h, len_q, len_k, offset, m0f);
+      bool need_mask = kw0 + 64 > len_k;
+      if (kCausal) need_mask |= kw0 + 63 > m0f + offset;
+      if (kWindow && p.window_right >= 0) need_mask |= kw0 + 63 > m0f + offset + p.window_right;
+      if (kWindow && p.window_left >= 0) need_mask |= kw0 < m0f + kBlockM - 1 + offset - p.window_left;
+      const float* lse_s = lse_smem + s * kBlockM;
+      const float* delta_s = delta_smem + s * kBlockM;
+      // ---- P^T in place (masks, score modifiers); with softcap, dS^T too ------------------------
+#pragma unroll
+      for (int nt = 0; nt < kMT; ++nt) {
+        const int c = nt * 8 + 2 * t;  // query column within the block
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int kj = keyf + (e / 2) * 8;
+          const int qi = m0f + c + (e % 2);
+          const float raw_s = acc_s[4 * nt + e];
+          const float lse = lse_s[c + (e % 2)];
+          const float x = kRawScores ? fmaf(raw_s, kExpScale, -lse) : mod.apply(raw_s, qi, kj) - lse;
+          float pr = fast_exp2(x);
+          if (need_mask && is_masked(p, qi, kj, len_q, len_k, offset)) pr = 0.0f;
+          acc_s[4 * nt + e] = pr;
+          if constexpr (kSoftcap) {
+            acc_dp[4 * nt + e] = pr * (acc_dp[4 * nt + e] - delta_s[c + (e % 2)]) * mod.grad_scale(raw_s);
+          }
+        }
+      }
+      if constexpr (!kSoftcap) {
+        // ---- dS^T = P^T (dP^T - delta) * scale ---------------------------------------------------
+        wgmma_wait<0>();
+        fence_regs(acc_dp);
+#pragma unroll
+        for (int nt = 0; nt < kMT; ++nt) {
+          const int c = nt * 8 + 2 * t;
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            acc_dp[4 * nt + e] = acc_s[4 * nt + e] * (acc_dp[4 * nt + e] - delta_s[c + (e % 2)]) *
+                                 mod.grad_scale(0.0f);
+          }
+        }
+      }
+      // P^T and dS^T as wgmma A fragments: the accumulator layout is the A-fragment layout.
+      u32 pa[kBlockM / 16][4];
+      u32 da[kBlockM / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          pa[kk][i] = pack2(acc_s[8 * kk + 2 * i], acc_s[8 * kk + 2 * i + 1]);
+          da[kk][i] = pack2(acc_dp[8 * kk + 2 * i], acc_dp[8 * kk + 2 * i + 1]);
+        }
+      }
+      // dS^T into shared memory, 128-byte swizzle (16-byte chunk index ^ row % 8): fragment i
+      // holds row g + 8 (i % 2), columns 16 kk + 8 (i / 2) + 2t, 2t + 1.
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int row = wg * 64 + warp * 16 + g + 8 * (i % 2);
+          const int col = kk * 16 + 8 * (i / 2) + 2 * t;
+          st_shared_u32(tS + (col / 64) * kDSPanelBytes + row * 128 +
+                            ((((col % 64) / 8) ^ (row % 8)) << 4) + (col % 8) * 2,
+                        da[kk][i]);
+        }
+      }
+      fence_proxy_async();  // the generic-proxy stores, before wgmma (async proxy) reads them
+
+      // ---- dV += P^T dO, dK += dS^T Q ------------------------------------------------------------
+      fence_regs(acc_dv);
+      fence_regs(acc_dk);
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk) {
+        fence_regs(pa[kk]);
+        fence_regs(da[kk]);
+      }
+      my_turn();
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk) {
+        wgmma_dv(acc_dv, pa[kk], desc_mnmajor<kSwizzleV>(tO, kOPanelBytes, kk * 16, 0));
+      }
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk) {
+        wgmma_dk(acc_dk, da[kk], desc_mnmajor<kSwizzleQK>(tQ, kQPanelBytes, kk * 16, 0));
+      }
+      wgmma_commit();
+
+      // ---- dQ += dS K ----------------------------------------------------------------------------
+      if constexpr (kDqAllKeys) {
+        named_bar_sync(1, 128 * kConsumers);  // every consumer's dS^T rows are written
+      } else {
+        named_bar_sync(1 + wg, 128);
+      }
+      // dV and dK first: their A fragments die before the dQ accumulators live (registers).
+      wgmma_wait<0>();
+      fence_regs(acc_dv);
+      fence_regs(acc_dk);
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk) {
+        fence_regs(pa[kk]);
+        fence_regs(da[kk]);
+      }
+      mbar_arrive(bar_empty + 8 * s);  // stage s is free
+      float acc_dq[kDqMTiles][kDqN / 2];  // (64 queries, DQ_N) per tile
+#pragma unroll
+      for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
+      wgmma_fence();
+#pragma unroll
+      for (int i = 0; i < kDqMTiles; ++i) {
+        const int mt = kDqSplitM ? wg : i;
+#pragma unroll
+        for (int kk = 0; kk < kDqKeys / 16; ++kk) {
+          wgmma_dq(acc_dq[i], desc_mnmajor<128>(tS, kDSPanelBytes, dq_key0 + kk * 16, mt * 64),
+                   desc_mnmajor<kSwizzleQK>(sK, kKPanelBytes, dq_key0 + kk * 16, dq_col0), kk > 0 ? 1 : 0);
+        }
+      }
+      wgmma_commit();
+      pass_turn(it == iterations - 1);
+      wgmma_wait<0>();
+#pragma unroll
+      for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
+#pragma unroll
+      for (int i = 0; i < kDqMTiles; ++i) {
+        const int mt = kDqSplitM ? wg : i;
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int qi = m0 + mt * 64 + warp * 16 + g + 8 * hf;
+          if (qi < len_q) {
+            const long long row = kPacked ? ex.row_q0 + qi : static_cast<long long>(b) * p.seqlen_q + qi;
+            float* dst = bp.dq_accum + (row * p.heads_q + h) * kHeadDim + dq_col0 + 2 * t;
+#pragma unroll
+            for (int nt = 0; nt < kDqN / 8; ++nt) {
+              if (kHeadDimPad == kHeadDim || dq_col0 + nt * 8 < kHeadDim) {
+                red_add_v2(dst + nt * 8, acc_dq[i][4 * nt + 2 * hf], acc_dq[i][4 * nt + 2 * hf + 1]);
+              }
+            }
+          }
+        }
+      }
+    }
+
+    // ---- epilogue: dK (scaled through grad_scale) and dV --------------------------------------
+    elem_t* gdK = static_cast<elem_t*>(bp.dk) + (kPacked ? 0 : b * bp.dk_batch_stride) +
+                  (ex.row_k0 + n0) * bp.dk_row_stride + hk * bp.dk_head_stride;
+    elem_t* gdV = static_cast<elem_t*>(bp.dv) + (kPacked ? 0 : b * bp.dv_batch_stride) +
+                  (ex.row_k0 + n0) * bp.dv_row_stride + hk * bp.dv_head_stride;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = wg * 64 + warp * 16 + g + 8 * hf;
+      if (r < rows_out) {
+#pragma unroll
+        for (int d = 0; d < kHeadDimPad / 8; ++d) {
+          if (kHeadDimPad == kHeadDim || d * 8 < kHeadDim) {
+            *reinterpret_cast<u32*>(gdK + r * bp.dk_row_stride + d * 8 + 2 * t) =
+                pack2(acc_dk[4 * d + 2 * hf], acc_dk[4 * d + 2 * hf + 1]);
+          }
+        }
+#pragma unroll
+        for (int d = 0; d < kHeadDimVPad / 8; ++d) {
+          if (kHeadDimVPad == kHeadDimV || d * 8 < kHeadDimV) {
+            *reinterpret_cast<u32*>(gdV + r * bp.dv_row_stride + d * 8 + 2 * t) =
+                pack2(acc_dv[4 * d + 2 * hf], acc_dv[4 * d + 2 * hf + 1]);
+          }
+        }
+      }
+    }
+  }
+}
