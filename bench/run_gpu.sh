@@ -3,7 +3,8 @@
 # Usage (on the GPU machine, from the repo root, binaries in .devcarry/):
 #   bench/run_gpu.sh tests       GPU test binaries, then compute-sanitizer memcheck over them
 #   bench/run_gpu.sh bench       jitattn bench grid and ../shared/bench/peers.py on the same grid
-#   bench/run_gpu.sh final-tests every GPU test binary, memcheck over all, racecheck/synccheck samples
+#   bench/run_gpu.sh final-tests every GPU test binary and the small ones
+#   bench/run_gpu.sh final-sanitizers  memcheck over every GPU test binary, racecheck/synccheck samples
 #   bench/run_gpu.sh final-bench forward grid (3 seqlens) beside flash/cudnn, flex on the ALiBi row,
 #                                fwd+bwd at d64/96/128, head dims above 256
 #   bench/run_gpu.sh bias        sm90 tests, memcheck over the bias cases, bias/ALiBi rows beside
@@ -67,8 +68,8 @@ for l in open('$OUT/ours.jsonl'):
     grep -A20 "^dtype" "$OUT/peers_fb.log" | head -12
     ;;
   final-tests)
-    # Every GPU test binary (sharded, time-limited), the small ones, memcheck over all of them,
-    # racecheck and synccheck on samples of the Hopper kernels (forward, column split, backward).
+    # Every GPU test binary (sharded, time-limited) and the small ones; final-sanitizers: memcheck
+    # over all of them, racecheck and synccheck on samples of the Hopper forward and backward.
     export PATH=/usr/local/cuda/bin:$PATH
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
     BINS="forward_gpu_test backward_gpu_test forward_sm90_gpu_test forward_wide_gpu_test"
@@ -78,6 +79,10 @@ for l in open('$OUT/ours.jsonl'):
     for t in sm90_sass_test readme_example_test nvrtc_test driver_test; do
       [ -x "$B/$t" ] && { timeout 60 "$B/$t" > "$OUT/$t.log" 2>&1; echo "$t: $(tail -n 1 "$OUT/$t.log")"; }
     done
+    ;;
+  final-sanitizers)
+    export PATH=/usr/local/cuda/bin:$PATH
+    BINS="forward_gpu_test backward_gpu_test forward_sm90_gpu_test forward_wide_gpu_test"
     for t in $BINS; do
       [ -x "$B/$t" ] || continue
       tshards 16 ${MEMCHECK_SECS:-80} "$OUT/memcheck_$t.log" compute-sanitizer --tool memcheck --report-api-errors no \
@@ -85,10 +90,10 @@ for l in open('$OUT/ours.jsonl'):
       grep -h "ERROR SUMMARY" "$OUT/memcheck_$t.log" | sort | uniq -c
     done
     for tool in racecheck synccheck; do
-      timeout 120 compute-sanitizer --tool $tool --report-api-errors no "$B/forward_sm90_gpu_test" \
+      timeout ${SAMPLE_SECS:-90} compute-sanitizer --tool $tool --report-api-errors no "$B/forward_sm90_gpu_test" \
         --gtest_filter='*bias_tma_b1qk_causal_br_d128*:*everything_packed_d64*:*config_h_bm128_bn128_wg2_s2_ov_pp_bias_tma_d64*' > "$OUT/${tool}_sm90.log" 2>&1
       echo "$tool sm90 fwd: $(grep -h -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/${tool}_sm90.log" | tr '\n' ' ') $(grep -c '^\[       OK \]' "$OUT/${tool}_sm90.log") ok"
-      timeout 120 compute-sanitizer --tool $tool --report-api-errors no "$B/backward_gpu_test" \
+      timeout ${SAMPLE_SECS:-90} compute-sanitizer --tool $tool --report-api-errors no "$B/backward_gpu_test" \
         --gtest_filter="${BWD_SAMPLE:-*Sm90*causal*d64*}" > "$OUT/${tool}_bwd.log" 2>&1
       echo "$tool bwd: $(grep -h -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/${tool}_bwd.log" | tr '\n' ' ') $(grep -c '^\[       OK \]' "$OUT/${tool}_bwd.log") ok"
     done
