@@ -69,6 +69,13 @@ std::string wgmma_ss(int n);
 std::string wgmma_rs(int n, const char* name = "wgmma_o");  // backward: wgmma_dv, wgmma_dk
 /// attn_params_sm90.h's text without its include guard.
 std::string params_sm90_header();
+/// Pieces every Hopper-family source shares (generator_sm90.cpp): the head (provenance, dtype,
+/// `defines`, the device headers, opening namespace cfg), the head-dim/layout/tile constants, the
+/// mask and varlen flags, and kExpScale closing namespace cfg.
+std::string sm90_source_head(const KernelSpec& spec, const TileConfig& cfg, const std::string& defines);
+std::string sm90_tile_constants(const KernelSpec& spec, const TileConfig& cfg, const Sm90Layout& l);
+std::string sm90_mask_constants(const KernelSpec& spec);
+std::string sm90_exp_scale_and_close(const KernelSpec& spec, bool raw);
 
 /// Score modifiers of a GPU spec, as the lines of struct ScoreMod's members.
 struct GpuScoreModCode {
