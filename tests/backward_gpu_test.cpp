@@ -55,6 +55,7 @@ std::vector<Case> cases() {
   auto add = [&](std::string name, ProblemDesc p, bool det = false, std::string cfg = "") {
     cs.push_back({std::move(name), p, det, std::move(cfg)});
   };
+  const test::AddCase add_plain = [&](std::string name, ProblemDesc p) { add(std::move(name), p); };
   for (int d : {8, 40, 64, 80, 96, 128, 160, 256}) {
     ProblemDesc p = base(d);
     p.mask = MaskKind::causal;
@@ -65,34 +66,9 @@ std::vector<Case> cases() {
     add(fmt::format("f16_d{}", d), p);
   }
   for (int d : {64, 128}) {
+    test::add_mask_cases(d, add_plain);
+    test::add_layout_cases(d, add_plain);
     ProblemDesc p = base(d);
-    p.mask = MaskKind::causal_bottom_right;
-    add(fmt::format("causal_br_sk_longer_d{}", d), p);
-    p.seqlen_q = 300;
-    p.seqlen_k = 130;  // the first rows see no key: zero gradients, no NaN
-    add(fmt::format("causal_br_fully_masked_rows_d{}", d), p);
-    p = base(d);
-    p.window = Window{50, 70};
-    add(fmt::format("window_both_sides_d{}", d), p);
-    p.mask = MaskKind::causal;
-    p.window = Window{37, 0};
-    add(fmt::format("causal_window_d{}", d), p);
-    p = base(d);
-    p.heads_q = 8;
-    p.heads_kv = 2;
-    add(fmt::format("gqa_d{}", d), p);
-    p.heads_kv = 1;
-    p.mask = MaskKind::causal;
-    add(fmt::format("mqa_causal_d{}", d), p);
-    p = base(d);
-    p.batch = 4;
-    p.varlen = VarlenKind::packed;
-    p.mask = MaskKind::causal;
-    add(fmt::format("varlen_packed_causal_d{}", d), p);
-    p.varlen = VarlenKind::padded;
-    p.mask = MaskKind::causal_bottom_right;
-    add(fmt::format("varlen_padded_causal_br_d{}", d), p);
-    p = base(d);
     p.alibi = true;
     p.bias = "1hqk";
     p.dbias = true;
@@ -223,6 +199,7 @@ std::vector<Case> sm90_cases() {
     const bool sm90 = forced || (!cfg.empty() && p.bias == "none");
     cs.push_back({std::move(name), p, false, sm90 ? cfg : std::string(), sm90 ? "sm_90a" : "sm_90"});
   };
+  const test::AddCase add_plain = [&](std::string name, ProblemDesc p) { add(std::move(name), p); };
   for (int d = 8; d <= 128; d += 8) {
     ProblemDesc p = base(d);
     add(fmt::format("plain_d{}", d), p);
@@ -232,33 +209,8 @@ std::vector<Case> sm90_cases() {
   for (int d : {64, 96, 128}) {
     ProblemDesc p = base(d, DType::f16);
     add(fmt::format("f16_d{}", d), p);
-    p = base(d);
-    p.mask = MaskKind::causal_bottom_right;
-    add(fmt::format("causal_br_sk_longer_d{}", d), p);
-    p.seqlen_q = 300;
-    p.seqlen_k = 130;  // the first rows see no key: zero gradients, no NaN
-    add(fmt::format("causal_br_fully_masked_rows_d{}", d), p);
-    p = base(d);
-    p.window = Window{50, 70};
-    add(fmt::format("window_both_sides_d{}", d), p);
-    p.mask = MaskKind::causal;
-    p.window = Window{37, 0};
-    add(fmt::format("causal_window_d{}", d), p);
-    p = base(d);
-    p.heads_q = 8;
-    p.heads_kv = 2;
-    add(fmt::format("gqa_d{}", d), p);
-    p.heads_kv = 1;
-    p.mask = MaskKind::causal;
-    add(fmt::format("mqa_causal_d{}", d), p);
-    p = base(d);
-    p.batch = 4;
-    p.varlen = VarlenKind::packed;
-    p.mask = MaskKind::causal;
-    add(fmt::format("varlen_packed_causal_d{}", d), p);
-    p.varlen = VarlenKind::padded;
-    p.mask = MaskKind::causal_bottom_right;
-    add(fmt::format("varlen_padded_causal_br_d{}", d), p);
+    test::add_mask_cases(d, add_plain);
+    test::add_layout_cases(d, add_plain);
     p = base(d);
     p.alibi = true;
     p.mask = MaskKind::causal;

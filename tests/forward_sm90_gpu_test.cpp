@@ -93,20 +93,11 @@ std::vector<Case> feature_cases() {
   auto add = [&](std::string name, ProblemDesc p, std::string cfg = "") {
     cs.push_back({std::move(name), p, std::move(cfg)});
   };
+  const test::AddCase add_plain = [&](std::string name, ProblemDesc p) { add(std::move(name), p); };
   for (int d : {64, 96, 128, 256}) {
+    test::add_mask_cases(d, add_plain);
+    test::add_layout_cases(d, add_plain);
     ProblemDesc p = base(d);
-    p.mask = MaskKind::causal_bottom_right;
-    add(fmt::format("causal_br_sk_longer_d{}", d), p);
-    p.seqlen_q = 300;
-    p.seqlen_k = 130;  // first rows see no key: output 0, LSE -inf
-    add(fmt::format("causal_br_fully_masked_rows_d{}", d), p);
-    p = base(d);
-    p.mask = MaskKind::causal;
-    p.window = Window{37, 0};
-    add(fmt::format("causal_window_d{}", d), p);
-    p = base(d);
-    p.window = Window{50, 70};
-    add(fmt::format("window_both_sides_d{}", d), p);
     p.window = Window{-1, 5};
     add(fmt::format("window_right_only_d{}", d), p);
     p = base(d);
@@ -162,25 +153,11 @@ std::vector<Case> feature_cases() {
     p.heads_kv = 3;
     add(fmt::format("bias_tma_alibi_softcap_gqa_d{}", d), p);
     p = base(d);
-    p.heads_q = 8;
-    p.heads_kv = 2;
-    add(fmt::format("gqa_d{}", d), p);
-    p.heads_kv = 1;
-    p.mask = MaskKind::causal;
-    add(fmt::format("mqa_causal_d{}", d), p);
-    p = base(d);
     p.layout = {0, 2, 1, 3};
     add(fmt::format("layout_bhsd_d{}", d), p);
     p = base(d);
     p.batch = 4;
     p.varlen = VarlenKind::packed;
-    p.mask = MaskKind::causal;
-    add(fmt::format("varlen_packed_causal_d{}", d), p);
-    p.varlen = VarlenKind::padded;
-    p.mask = MaskKind::causal_bottom_right;
-    add(fmt::format("varlen_padded_causal_br_d{}", d), p);
-    p.varlen = VarlenKind::packed;
-    p.mask = MaskKind::none;
     p.heads_q = 6;
     p.heads_kv = 2;
     p.bias = "1hqk";
