@@ -76,6 +76,9 @@ std::string sm90_source_head(const KernelSpec& spec, const TileConfig& cfg, cons
 std::string sm90_tile_constants(const KernelSpec& spec, const TileConfig& cfg, const Sm90Layout& l);
 std::string sm90_mask_constants(const KernelSpec& spec);
 std::string sm90_exp_scale_and_close(const KernelSpec& spec, bool raw);
+/// The forward kernels' (attn_fwd_sm90.cuh, the column-split kernel) shared cfg constants.
+std::string sm90_forward_constants(const KernelSpec& spec, const TileConfig& cfg, const Sm90Layout& l,
+                                   int shared_bytes, bool raw);
 
 /// Score modifiers of a GPU spec, as the lines of struct ScoreMod's members.
 struct GpuScoreModCode {

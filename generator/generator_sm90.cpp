@@ -148,6 +148,21 @@ std::string sm90_mask_constants(const KernelSpec& spec) {
   return s;
 }
 
+// The forward kernels' cfg constants before their own: the tile, the schedule (overlap,
+// ping-pong, polynomial exp2), the shared-memory size, masks and varlen, LSE, raw scores.
+std::string sm90_forward_constants(const KernelSpec& spec, const TileConfig& cfg, const Sm90Layout& l,
+                                   int shared_bytes, bool raw) {
+  std::string s = sm90_tile_constants(spec, cfg, l);
+  s += fmt::format("constexpr bool kOverlap = {};\n", cfg.overlap);
+  s += fmt::format("constexpr bool kPingPong = {};\n", cfg.pingpong);
+  s += fmt::format("constexpr bool kPolyExp = {};\n", cfg.poly_exp);
+  s += fmt::format("constexpr int kSmemBytes = {};\n", shared_bytes);
+  s += sm90_mask_constants(spec);
+  s += fmt::format("constexpr bool kLse = {};\n", spec.lse);
+  s += fmt::format("constexpr bool kRawScores = {};\n", raw);
+  return s;
+}
+
 // The exp2 argument's scale, the last cfg constant; closes namespace cfg.
 std::string sm90_exp_scale_and_close(const KernelSpec& spec, bool raw) {
   std::string s = "// exp2 argument scale: softmax scale * log2(e) on raw scores, 1 after modifiers\n";
@@ -232,14 +247,7 @@ KernelSource generate_sm90(const KernelSpec& spec, const TileConfig& cfg) {
 
   std::string& s = out.source;
   s += sm90_source_head(spec, cfg, fmt::format("#define JITATTN_KERNEL_NAME {}\n", out.name));
-  s += sm90_tile_constants(spec, cfg, l);
-  s += fmt::format("constexpr bool kOverlap = {};\n", cfg.overlap);
-  s += fmt::format("constexpr bool kPingPong = {};\n", cfg.pingpong);
-  s += fmt::format("constexpr bool kPolyExp = {};\n", cfg.poly_exp);
-  s += fmt::format("constexpr int kSmemBytes = {};\n", out.shared_bytes);
-  s += sm90_mask_constants(spec);
-  s += fmt::format("constexpr bool kLse = {};\n", spec.lse);
-  s += fmt::format("constexpr bool kRawScores = {};\n", raw);
+  s += sm90_forward_constants(spec, cfg, l, out.shared_bytes, raw);
   s += fmt::format("constexpr bool kBiasTma = {};\n", bias_tma);
   s += "// Bias tile of a stage: block_n / kBiasPanelCols panels of (block_m, kBiasPanelCols).\n";
   s += fmt::format("constexpr int kSwizzleB = {};\n", bias_swizzle);

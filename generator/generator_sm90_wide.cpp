@@ -48,14 +48,7 @@ KernelSource generate_sm90_wide(const KernelSpec& spec, const TileConfig& cfg) {
 
   std::string& s = out.source;
   s += sm90_source_head(spec, cfg, fmt::format("#define JITATTN_KERNEL_NAME {}\n", out.name));
-  s += sm90_tile_constants(spec, cfg, l);
-  s += fmt::format("constexpr bool kOverlap = {};\n", cfg.overlap);
-  s += fmt::format("constexpr bool kPingPong = {};\n", cfg.pingpong);
-  s += fmt::format("constexpr bool kPolyExp = {};\n", cfg.poly_exp);
-  s += fmt::format("constexpr int kSmemBytes = {};\n", out.shared_bytes);
-  s += sm90_mask_constants(spec);
-  s += fmt::format("constexpr bool kLse = {};\n", spec.lse);
-  s += fmt::format("constexpr bool kRawScores = {};\n", raw);
+  s += sm90_forward_constants(spec, cfg, l, out.shared_bytes, raw);
   s += sm90_exp_scale_and_close(spec, raw);
   s += "// The wgmma shapes of this kernel: S (N = block_n / 2) and O (N = half the padded head_dim_v).\n";
   s += wgmma_ss(cfg.block_n / 2);
