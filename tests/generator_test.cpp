@@ -201,6 +201,27 @@ TEST(Generator, ScoreModifierCodeAppearsOnlyWithItsModifier) {
   }
 }
 
+// The Hopper family reads a tileable bias from the stage's TMA tile (kBiasTma, apply_staged with a
+// shared-memory load) and any other bias per element from global memory in apply().
+TEST(Generator, Sm90BiasIsStagedOnlyWhenTiled) {
+  KernelSpec s = spec_for(90, 128);
+  s.bias = true;
+  const DeviceLimits limits = limits_for_arch(90);
+  const TileConfig c = sm90_config(128, 2, 2);
+  s.bias_tiled = true;
+  std::string src = generate(s, c, limits).source;
+  EXPECT_TRUE(contains(src, "constexpr bool kBiasTma = true;\n"));
+  EXPECT_TRUE(contains(src, "static constexpr bool kStaged = true;"));
+  EXPECT_TRUE(contains(src, "ld_shared_u32(bias_tile"));
+  EXPECT_FALSE(contains(src, "bias_row_stride = p.bias_row_stride"));
+  s.bias_tiled = false;
+  src = generate(s, c, limits).source;
+  EXPECT_TRUE(contains(src, "constexpr bool kBiasTma = false;\n"));
+  EXPECT_TRUE(contains(src, "static constexpr bool kStaged = false;"));
+  EXPECT_FALSE(contains(src, "ld_shared_u32(bias_tile"));
+  EXPECT_TRUE(contains(src, "bias_row_stride = p.bias_row_stride"));
+}
+
 TEST(Generator, IllegalConfigThrowsInvalidArgumentWithTheReason) {
   const KernelSpec s = spec_for(80, 128);
   const DeviceLimits limits = limits_for_arch(80);

@@ -787,6 +787,33 @@ TEST(Sm90Config, DefaultPicksTheFamilyOnSm90Only) {
   }
 }
 
+// A tileable bias arrives by TMA in the Hopper family: its default there, a (block_m, block_n)
+// tile per stage in shared memory, panels of the widest swizzle that divides block_n.
+TEST(Sm90Config, TiledBiasTakesTheFamilyWithAStagedTile) {
+  EXPECT_EQ(sm90_bias_swizzle(128), 128);
+  EXPECT_EQ(sm90_bias_swizzle(96), 64);
+  EXPECT_EQ(sm90_bias_swizzle(80), 32);
+  for (int d = 8; d <= 256; d += 8) {
+    KernelSpec s = sm90_spec(d, d);
+    s.bias = true;
+    s.bias_tiled = true;
+    const TileConfig c = default_config(s, limits_for_arch(90));
+    EXPECT_TRUE(c.hopper()) << d << " " << c.canonical();
+    EXPECT_EQ(why_illegal(s, c, limits_for_arch(90)), std::nullopt) << d << " " << c.canonical();
+  }
+  KernelSpec s = sm90_spec();
+  const TileConfig c = sm90_config(128, 2, 2);
+  const int without = shared_memory_bytes(s, c);
+  s.bias = true;
+  EXPECT_EQ(shared_memory_bytes(s, c), without);  // per-element bias: nothing staged
+  s.bias_tiled = true;
+  EXPECT_EQ(shared_memory_bytes(s, c), without + 2 * 128 * 128 * 2);  // two stages of 128 x 128
+  // bn80: 32-byte panels of 16 columns, five per stage.
+  const TileConfig c80 = sm90_config(80, 2, 2);
+  KernelSpec plain = sm90_spec();
+  EXPECT_EQ(shared_memory_bytes(s, c80), shared_memory_bytes(plain, c80) + 2 * 5 * 128 * 32);
+}
+
 // ---- head dims above 256 -----------------------------------------------------------------------
 
 TEST(WideHeadDims, MmaSyncForwardSlicesOColumnsAcrossCtas) {
