@@ -6,7 +6,8 @@
 #   bench/run_gpu.sh final-tests every GPU test binary and the small ones
 #   bench/run_gpu.sh final-sanitizers  memcheck over every GPU test binary, racecheck/synccheck samples
 #   bench/run_gpu.sh final-bench forward grid (3 seqlens) beside flash/cudnn, flex on the ALiBi row,
-#                                fwd+bwd at d64/96/128, head dims above 256
+#                                fwd+bwd at d64/96/128, head dims above 256; tables by bench/compare.py
+#                                (copy it into $B with the binaries)
 #   bench/run_gpu.sh bias        sm90 tests, memcheck over the bias cases, bias/ALiBi rows beside
 #                                cudnn, efficient and FlexAttention
 #   bench/run_gpu.sh all         every GPU test binary (forward, backward, sm90 family, SASS), memcheck
@@ -99,37 +100,34 @@ for l in open('$OUT/ours.jsonl'):
     done
     ;;
   final-bench)
-    # Forward grid (seqlens 1024/4096/16384, masks none/causal/alibi/bias) beside flash and cudnn,
-    # FlexAttention on the ALiBi row at 4096, forward+backward at d64/96/128 beside flash and cudnn,
-    # and the head dims above 256 (no peer runs them).
+    # Forward grid (seqlens 1024/4096/16384, masks none/causal/alibi; the bias tensor at 4096 only:
+    # at 16384 its host copy is 17 GB) beside flash and cudnn, FlexAttention on the ALiBi row at
+    # 4096, forward+backward at d64/96/128 beside flash and cudnn, the head dims above 256 (no peer
+    # runs them); then bench/compare.py's tables of ours over each peer.
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
-    GRID="--hdims ${HDIMS:-64,80,96,128,256} --seqlens ${SEQLENS:-1024,4096,16384}"
-    timeout 200 "$B/jitattn" bench --grid $GRID --masks none,causal,alibi,bias --budget-ms 120 --json > "$OUT/ours.jsonl" 2> "$OUT/ours.err"
-    python3 -c "
-import json
-for l in open('$OUT/ours.jsonl'):
-    if l.startswith('{'):
-        j=json.loads(l); print('ours', j.get('d'), j.get('s'), j.get('grid_mask', j.get('mask')), j.get('config'), round(j.get('tflops', 0), 1), j.get('error', ''))
-"
+    HD=${HDIMS:-64,80,96,128,256}
+    GRID="--hdims $HD --seqlens ${SEQLENS:-1024,4096,16384}"
+    timeout 300 "$B/jitattn" bench --grid $GRID --masks none,causal,alibi --budget-ms 120 --json > "$OUT/ours.jsonl" 2> "$OUT/ours.err"
+    timeout 120 "$B/jitattn" bench --grid --hdims $HD --seqlens 4096 --masks bias --budget-ms 120 --json >> "$OUT/ours.jsonl" 2>> "$OUT/ours.err"
     for d in 320 384 512; do
       for m in none causal; do
-        echo "ours d$d $m $("$B/jitattn" bench --tokens 16384 --width 2048 --seqlen-q 4096 --head-dim $d --mask $m --budget-ms 150 --json | python3 -c "import json,sys; j=json.load(sys.stdin); print(j['config'], round(j['tflops'],1))")"
+        "$B/jitattn" bench --tokens 16384 --width 2048 --seqlen-q 4096 --head-dim $d --mask $m --budget-ms 150 --json >> "$OUT/ours_wide.jsonl"
       done
     done
     for d in 64 96 128; do
       for m in none causal; do
-        echo "ours fwd_bwd d$d $m $("$B/jitattn" bench --fwd-bwd --tokens 16384 --width 2048 --seqlen-q 4096 --head-dim $d --mask $m --budget-ms 200 --json | python3 -c "import json,sys; j=json.load(sys.stdin); print(j['config'], round(j['tflops'],1))")"
+        "$B/jitattn" bench --fwd-bwd --tokens 16384 --width 2048 --seqlen-q 4096 --head-dim $d --mask $m --budget-ms 200 --json >> "$OUT/ours_fb.jsonl"
       done
     done
     PYTHONUNBUFFERED=1 timeout 240 python3 "$B/peers.py" $GRID --masks none,causal,bias --modes fwd --backends flash,cudnn \
       --out "$OUT/peers.jsonl" > "$OUT/peers.log" 2>&1
-    grep -A100 "^dtype" "$OUT/peers.log"
     PYTHONUNBUFFERED=1 timeout 120 python3 "$B/peers.py" --hdims 64,96,128 --seqlens 4096 --masks none,causal --modes fwd_bwd \
       --backends flash,cudnn --out "$OUT/peers_fb.jsonl" > "$OUT/peers_fb.log" 2>&1
-    grep -A20 "^dtype" "$OUT/peers_fb.log"
-    PYTHONUNBUFFERED=1 timeout 150 python3 "$B/peers.py" --hdims 64,80,96,128,256 --seqlens 4096 --masks bias --modes fwd \
+    PYTHONUNBUFFERED=1 timeout 150 python3 "$B/peers.py" --hdims $HD --seqlens 4096 --masks bias --modes fwd \
       --backends flex --out "$OUT/peers_flex.jsonl" > "$OUT/peers_flex.log" 2>&1
-    grep -A20 "^dtype" "$OUT/peers_flex.log"
+    python3 "$B/compare.py" --ours "$OUT/ours.jsonl" --peers "$OUT/peers.jsonl" "$OUT/peers_flex.jsonl"
+    python3 "$B/compare.py" --ours "$OUT/ours_fb.jsonl" --peers "$OUT/peers_fb.jsonl"
+    python3 "$B/compare.py" --ours "$OUT/ours_wide.jsonl" --peers "$OUT/peers.jsonl"
     ;;
   bias)
     # Bias-tensor and ALiBi rows: the sm90 family's tests, memcheck over its bias cases, our bench
