@@ -508,11 +508,19 @@ BackwardCheckResult Runner::check_backward(Engine& engine, const BackwardOptions
   r.dv_err = relative_error(download_logical(s.dv, d.dtype), g.dv);
   if (d.dbias) {
     // A bias broadcast over the keys has a zero gradient (softmax ignores a per-row constant):
-    // the reference holds rounding noise there, so the error is absolute once its norm is.
+    // the reference holds rounding noise there, so the error is absolute once its norm is, and
+    // per sqrt of the score gradients each entry sums (rounding grows with the sum: a scalar bias
+    // sums b*h*sq*sk of them), so a 1111 bias is judged like a bhq1 one.
     const std::vector<double> got = download_logical(s.dbias, d.dtype);
     double norm = 0;
     for (double x : g.dbias) norm += x * x;
-    r.dbias_err = std::sqrt(norm) > 1e-6 ? relative_error(got, g.dbias) : max_abs_error(got, g.dbias);
+    if (std::sqrt(norm) > 1e-6) {
+      r.dbias_err = relative_error(got, g.dbias);
+    } else {
+      const double scores = double(d.batch) * d.heads_q * d.seqlen_q * d.seqlen_k;
+      const double per_entry = std::max(1.0, scores / double(std::max<size_t>(g.dbias.size(), 1)));
+      r.dbias_err = max_abs_error(got, g.dbias) / std::sqrt(per_entry);
+    }
   }
   // f32 (CPU): fp32 compute throughout, the exp2 polynomial and sums over the sequence.
   r.tolerance = d.dtype == DType::f32 ? 1e-5 : d.dtype == DType::f16 ? 5e-3 : 2e-2;

@@ -85,7 +85,9 @@ BenchResult bench(Engine& engine, const ProblemDesc& desc, const ForwardOptions&
                   double budget_ms = 300.0);
 
 struct BackwardCheckResult {
-  double dq_err = 0, dk_err = 0, dv_err = 0, dbias_err = 0;  ///< relative norms vs float64
+  /// Relative norms vs float64; dbias_err of a key-broadcast bias (zero gradient): the absolute
+  /// error per sqrt of the score gradients each entry sums.
+  double dq_err = 0, dk_err = 0, dv_err = 0, dbias_err = 0;
   /// fp16 5e-3, bf16 2e-2 relative norm (dS and P are 16-bit in the GPU's MMAs), f32 (CPU) 1e-5
   double tolerance = 0;
   bool pass = false;     ///< every gradient and the forward within tolerance
