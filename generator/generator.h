@@ -63,9 +63,11 @@ KernelSource generate_sm90(const KernelSpec& spec, const TileConfig& cfg);
 /// generate() for a Hopper-family config with split 2 (consumers own halves of O's columns;
 /// generator_sm90_wide.cpp, templates/attn_fwd_sm90_wide.cuh).
 KernelSource generate_sm90_wide(const KernelSpec& spec, const TileConfig& cfg);
-/// The Hopper kernels' wgmma wrappers, written out for their exact N (generator_sm90.cpp):
-/// wgmma_s (S = Q K^T, both operands from shared memory) and wgmma_o (O += P V, P from registers).
-std::string wgmma_ss(int n);
+/// The Hopper kernels' wgmma wrappers, written out for their exact N (generator_sm90.cpp): both
+/// operands from shared memory (wgmma_s for S = Q K^T; the transposes and names of the other
+/// products as arguments), or A from registers (wgmma_o for O += P V).
+std::string wgmma_ss(int n, const char* name = "wgmma_s", int trans_a = 0, int trans_b = 0,
+                     bool accumulate = false);
 std::string wgmma_rs(int n, const char* name = "wgmma_o");  // backward: wgmma_dv, wgmma_dk
 /// attn_params_sm90.h's text without its include guard.
 std::string params_sm90_header();

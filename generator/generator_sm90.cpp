@@ -28,17 +28,22 @@ std::string accumulator_operands(int n) {
 
 }  // namespace
 
-// S = Q K^T step: wgmma m64nNk16, A and B from shared-memory descriptors, both K-major.
-// scale_d = 0 overwrites the accumulators (first k16 step), 1 accumulates.
-std::string wgmma_ss(int n) {
+// wgmma m64nNk16 with A and B from shared-memory descriptors, `name`(d, desc_a, desc_b[, scale_d]).
+// trans_a / trans_b are the imm-trans flags (0: K-major, 1: MN-major). With `accumulate` the
+// accumulators are always added to; else a scale_d operand chooses (0 overwrites: the first k16
+// step). S = Q K^T: both K-major; the column-split kernel's O += P V: V MN-major, accumulating;
+// the backward's dQ = dS K: both MN-major.
+std::string wgmma_ss(int n, const char* name, int trans_a, int trans_b, bool accumulate) {
   const int regs = n / 2;
-  std::string s = fmt::format("JITATTN_DEVICE void wgmma_s(float (&d)[{}], u64 desc_a, u64 desc_b, int scale_d) {{\n", regs);
+  std::string s = fmt::format("JITATTN_DEVICE void {}(float (&d)[{}], u64 desc_a, u64 desc_b{}) {{\n", name,
+                              regs, accumulate ? "" : ", int scale_d");
   s += "  asm volatile(\n";
-  s += fmt::format("      \"{{\\n .reg .pred p;\\n setp.ne.b32 p, %{}, 0;\\n\"\n", regs + 2);
-  s += fmt::format("      \" wgmma.mma_async.sync.aligned.m64n{}k16.f32.\" JITATTN_MMA_TYPES \" {}, %{}, %{}, p, 1, 1, 0, 0;\\n}}\\n\"\n",
-                   n, reg_list(0, regs), regs, regs + 1);
+  s += accumulate ? std::string("      \"{\\n .reg .pred p;\\n setp.eq.u32 p, 1, 1;\\n\"\n")
+                  : fmt::format("      \"{{\\n .reg .pred p;\\n setp.ne.b32 p, %{}, 0;\\n\"\n", regs + 2);
+  s += fmt::format("      \" wgmma.mma_async.sync.aligned.m64n{}k16.f32.\" JITATTN_MMA_TYPES \" {}, %{}, %{}, p, 1, 1, {}, {};\\n}}\\n\"\n",
+                   n, reg_list(0, regs), regs, regs + 1, trans_a, trans_b);
   s += "      : " + accumulator_operands(regs) + "\n";
-  s += "      : \"l\"(desc_a), \"l\"(desc_b), \"r\"(scale_d));\n}\n";
+  s += accumulate ? "      : \"l\"(desc_a), \"l\"(desc_b));\n}\n" : "      : \"l\"(desc_a), \"l\"(desc_b), \"r\"(scale_d));\n}\n";
   return s;
 }
 
@@ -79,20 +84,6 @@ std::string sm90_score_mod_methods(bool bias_tma) {
     s += "    a1 = fmaf(elem_to_float(static_cast<elem_t>(v >> 16)), kLog2e, a1);\n";
   }
   s += "  }\n";
-  return s;
-}
-
-// Backward dQ = dS K step: A (dS) and B (K) both from shared memory and both MN-major
-// (imm-trans-a 1: dS^T is stored keys by queries; imm-trans-b 1: K's head dim is contiguous).
-std::string wgmma_ss_tt(int n, const char* name) {
-  const int regs = n / 2;
-  std::string s = fmt::format("JITATTN_DEVICE void {}(float (&d)[{}], u64 desc_a, u64 desc_b, int scale_d) {{\n", name, regs);
-  s += "  asm volatile(\n";
-  s += fmt::format("      \"{{\\n .reg .pred p;\\n setp.ne.b32 p, %{}, 0;\\n\"\n", regs + 2);
-  s += fmt::format("      \" wgmma.mma_async.sync.aligned.m64n{}k16.f32.\" JITATTN_MMA_TYPES \" {}, %{}, %{}, p, 1, 1, 1, 1;\\n}}\\n\"\n",
-                   n, reg_list(0, regs), regs, regs + 1);
-  s += "      : " + accumulator_operands(regs) + "\n";
-  s += "      : \"l\"(desc_a), \"l\"(desc_b), \"r\"(scale_d));\n}\n";
   return s;
 }
 
@@ -211,7 +202,7 @@ KernelSource generate_sm90_backward(const KernelSpec& spec, const TileConfig& cf
   s += wgmma_ss(cfg.block_m);
   s += wgmma_rs(l.head_dim_v_pad, "wgmma_dv");
   s += wgmma_rs(l.head_dim_pad, "wgmma_dk");
-  s += wgmma_ss_tt(dq.n, "wgmma_dq");
+  s += wgmma_ss(dq.n, "wgmma_dq", 1, 1);
   s += "\n// Score modifiers composed for this spec (applied to raw Q.K scores, result in log2 units).\n";
   s += gpu_score_mod_struct(mod, /*with_grad=*/true);
   s += "}  // namespace jitattn_kernel\n\n";
@@ -243,7 +234,7 @@ KernelSource generate_sm90(const KernelSpec& spec, const TileConfig& cfg) {
   }
   const bool raw = gpu_raw_scores(spec);
   const Sm90Layout l = sm90_layout(spec);
-  const int bias_swizzle = sm90_bias_swizzle(cfg.block_n);
+  const int bias_swizzle = sm90_swizzle(cfg.block_n);
 
   std::string& s = out.source;
   s += sm90_source_head(spec, cfg, fmt::format("#define JITATTN_KERNEL_NAME {}\n", out.name));

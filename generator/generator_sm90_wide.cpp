@@ -9,27 +9,6 @@
 #include "generator/generator.h"
 
 namespace jitattn::detail {
-namespace {
-constexpr double kLog2e = 1.4426950408889634;
-
-// O += P V step: wgmma m64nNk16 with A (P) and B (V) from shared-memory descriptors, P K-major and
-// V MN-major (imm-trans-b 1: V's head dim is contiguous); scale-d true: accumulate.
-std::string wgmma_pv(int n) {
-  const int regs = n / 2;
-  std::string s = fmt::format("JITATTN_DEVICE void wgmma_pv(float (&d)[{}], u64 desc_a, u64 desc_b) {{\n", regs);
-  s += "  asm volatile(\n";
-  s += "      \"{\\n .reg .pred p;\\n setp.eq.u32 p, 1, 1;\\n\"\n";
-  std::string list = "{";
-  for (int i = 0; i < regs; ++i) list += fmt::format("{}%{}", i ? ", " : "", i);
-  list += "}";
-  s += fmt::format("      \" wgmma.mma_async.sync.aligned.m64n{}k16.f32.\" JITATTN_MMA_TYPES \" {}, %{}, %{}, p, 1, 1, 0, 1;\\n}}\\n\"\n",
-                   n, list, regs, regs + 1);
-  s += "      : ";
-  for (int i = 0; i < regs; ++i) s += fmt::format("{}\"+f\"(d[{}])", i ? ", " : "", i);
-  s += "\n      : \"l\"(desc_a), \"l\"(desc_b));\n}\n";
-  return s;
-}
-}  // namespace
 
 KernelSource generate_sm90_wide(const KernelSpec& spec, const TileConfig& cfg) {
   KernelSource out;
@@ -52,7 +31,7 @@ KernelSource generate_sm90_wide(const KernelSpec& spec, const TileConfig& cfg) {
   s += sm90_exp_scale_and_close(spec, raw);
   s += "// The wgmma shapes of this kernel: S (N = block_n / 2) and O (N = half the padded head_dim_v).\n";
   s += wgmma_ss(cfg.block_n / 2);
-  s += wgmma_pv(l.head_dim_v_pad / 2);
+  s += wgmma_ss(l.head_dim_v_pad / 2, "wgmma_pv", 0, 1, /*accumulate=*/true);  // P K-major, V MN-major
   s += "\n// Score modifiers composed for this spec (applied to raw Q.K scores, result in log2 units).\n";
   s += gpu_score_mod_struct(mod);
   s += "}  // namespace jitattn_kernel\n\n";

@@ -109,13 +109,10 @@ int cpu_scratch_bytes(const KernelSpec& spec, const TileConfig& cfg) {
 Sm90Layout sm90_layout(const KernelSpec& spec) {
   Sm90Layout l;
   auto pad16 = [](int d) { return (d + 15) / 16 * 16; };
-  // The widest swizzle whose panel (swizzle / 2 columns) divides the padded dim: 128-byte rows
-  // give conflict-free wgmma reads; 64/32-byte panels keep head dims like 96 or 80 unpadded.
-  auto swizzle = [](int dpad) { return dpad % 64 == 0 ? 128 : dpad % 32 == 0 ? 64 : 32; };
   l.head_dim_pad = pad16(spec.head_dim);
   l.head_dim_v_pad = pad16(spec.head_dim_v);
-  l.swizzle_qk = swizzle(l.head_dim_pad);
-  l.swizzle_v = swizzle(l.head_dim_v_pad);
+  l.swizzle_qk = sm90_swizzle(l.head_dim_pad);
+  l.swizzle_v = sm90_swizzle(l.head_dim_v_pad);
   return l;
 }
 
@@ -125,7 +122,7 @@ Sm90Layout sm90_layout(const KernelSpec& spec, const TileConfig& cfg) {
     // Each consumer owns half of O's columns: halves of whole k16-wide panels.
     const int half = (spec.head_dim_v + 31) / 32 * 16;
     l.head_dim_v_pad = 2 * half;
-    l.swizzle_v = half % 64 == 0 ? 128 : half % 32 == 0 ? 64 : 32;
+    l.swizzle_v = sm90_swizzle(half);
   }
   return l;
 }
@@ -182,7 +179,7 @@ int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
     const int k = (l.head_dim_pad / l.panel_cols_qk()) * sm90_panel_bytes(cfg.block_n, l.swizzle_qk);
     const int v = (l.head_dim_v_pad / l.panel_cols_v()) * sm90_panel_bytes(cfg.block_n, l.swizzle_v);
     // A bias by TMA (the column-split kernel has none): a (block_m, block_n) tile per stage.
-    const int sw = sm90_bias_swizzle(cfg.block_n);
+    const int sw = sm90_swizzle(cfg.block_n);
     const int bias = sm90_bias_tma(spec) && cfg.split == 1
                          ? (cfg.block_n / (sw / 2)) * sm90_panel_bytes(cfg.block_m, sw)
                          : 0;
@@ -191,7 +188,7 @@ int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
     // + a second empty mbarrier per stage (K and V released apart).
     int exchange = 0;
     if (cfg.split > 1) {
-      const int swizzle_p = (cfg.block_n * 2) % 128 == 0 ? 128 : (cfg.block_n * 2) % 64 == 0 ? 64 : 32;
+      const int swizzle_p = sm90_swizzle(cfg.block_n);
       exchange = (cfg.block_n * 2 / swizzle_p) * sm90_panel_bytes(cfg.block_m, swizzle_p) + 512 + 8 * cfg.stages;
     }
     // + 1 KiB to align the dynamic shared-memory base, + the mbarriers (Q, then full K, full V

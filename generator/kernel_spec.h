@@ -152,11 +152,13 @@ struct Sm90Layout {
   int panel_cols_v() const { return swizzle_v / 2; }
 };
 Sm90Layout sm90_layout(const KernelSpec& spec);
+/// The swizzle width (bytes) of a Hopper tile of 16-bit elements `cols` wide: the widest whose
+/// panel (swizzle / 2 columns) divides `cols`, so the tile is whole panels (cols a multiple of 16).
+/// 128-byte rows read conflict-free; 64/32-byte panels keep widths like 96 or 80 unpadded.
+inline int sm90_swizzle(int cols) { return cols % 64 == 0 ? 128 : cols % 32 == 0 ? 64 : 32; }
 /// Hopper family with a tileable bias (spec.bias_tiled): the (block_m, block_n) bias tile of each
-/// stage arrives by TMA with K, as panels of sm90_bias_swizzle(block_n) / 2 columns (the widest
-/// swizzle whose panel divides block_n, so consumer reads of column pairs are conflict-free).
+/// stage arrives by TMA with K, as panels of sm90_swizzle(block_n) / 2 columns.
 inline bool sm90_bias_tma(const KernelSpec& spec) { return spec.bias && spec.bias_tiled; }
-inline int sm90_bias_swizzle(int block_n) { return block_n % 64 == 0 ? 128 : block_n % 32 == 0 ? 64 : 32; }
 /// The layout a Hopper config uses: sm90_layout(spec), except that a split config (the consumers
 /// own halves of O's columns) pads the V head dim to a multiple of 32 and picks the V swizzle so
 /// that each half is whole panels (half = head_dim_v_pad / 2 columns).

@@ -124,7 +124,7 @@ jitattn_kernel::AttnFwdTmaParams make_tma_params(const AttentionArgs& args, cons
     // aligned, key dim contiguous, query dim not broadcast.
     const TensorRef& t = args.bias;
     const uint64_t es = 2;
-    const int swizzle = sm90_bias_swizzle(cfg.block_n);
+    const int swizzle = sm90_swizzle(cfg.block_n);
     const CUtensorMap map = device::encode_tensor_map_16bit(
         t.data,
         {static_cast<uint64_t>(t.shape[3]), static_cast<uint64_t>(t.shape[2]), static_cast<uint64_t>(t.shape[1]),

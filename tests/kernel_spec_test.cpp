@@ -790,9 +790,9 @@ TEST(Sm90Config, DefaultPicksTheFamilyOnSm90Only) {
 // A tileable bias arrives by TMA in the Hopper family: its default there, a (block_m, block_n)
 // tile per stage in shared memory, panels of the widest swizzle that divides block_n.
 TEST(Sm90Config, TiledBiasTakesTheFamilyWithAStagedTile) {
-  EXPECT_EQ(sm90_bias_swizzle(128), 128);
-  EXPECT_EQ(sm90_bias_swizzle(96), 64);
-  EXPECT_EQ(sm90_bias_swizzle(80), 32);
+  EXPECT_EQ(sm90_swizzle(128), 128);
+  EXPECT_EQ(sm90_swizzle(96), 64);
+  EXPECT_EQ(sm90_swizzle(80), 32);
   for (int d = 8; d <= 256; d += 8) {
     KernelSpec s = sm90_spec(d, d);
     s.bias = true;
