@@ -10,6 +10,8 @@
 #                                (copy it into $B with the binaries)
 #   bench/run_gpu.sh bias        sm90 tests, memcheck over the bias cases, bias/ALiBi rows beside
 #                                cudnn, efficient and FlexAttention
+#   bench/run_gpu.sh persistent  the sm90 forward tests, memcheck over the persistent (_ps) cases, then
+#                                each default config beside its _ps twin on the forward grid (ab.jsonl)
 #   bench/run_gpu.sh all         every GPU test binary (forward, backward, sm90 family, SASS), memcheck
 #                                over all of them (sharded, time-limited), then bench beside peers
 #                                (forward grid; forward+backward at d128) -- one device call
@@ -67,6 +69,35 @@ for l in open('$OUT/ours.jsonl'):
     PYTHONUNBUFFERED=1 timeout 60 python3 "$B/peers.py" --hdims 128 --seqlens 4096 --masks none --modes fwd_bwd --backends flash,cudnn \
       --out "$OUT/peers_fb.jsonl" > "$OUT/peers_fb.log" 2>&1
     grep -A20 "^dtype" "$OUT/peers_fb.log" | head -12
+    ;;
+  persistent)
+    export PATH=/usr/local/cuda/bin:$PATH
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+    tshards 16 ${TEST_SECS:-100} "$OUT/forward_sm90_gpu_test.log" "$B/forward_sm90_gpu_test"
+    tshards 16 ${MEMCHECK_SECS:-60} "$OUT/memcheck_ps.log" compute-sanitizer --tool memcheck --report-api-errors no \
+      --error-exitcode 99 "$B/forward_sm90_gpu_test" --gtest_filter='*persistent*'
+    grep -h "ERROR SUMMARY" "$OUT/memcheck_ps.log" | sort | uniq -c
+    ab() {  # ab HDIMS SEQLENS MASKS CONFIG...: each config forced over the grid
+      local hd=$1 sl=$2 mk=$3; shift 3
+      for cfg in "$@"; do
+        timeout 120 "$B/jitattn" bench --grid --hdims $hd --seqlens $sl --masks $mk --config $cfg --budget-ms ${BUDGET:-100} \
+          --json 2>> "$OUT/ab.err" | grep '^{' >> "$OUT/ab.jsonl"
+      done
+    }
+    ab 64,80,96,128 1024,4096,16384 none,causal h_bm128_bn128_wg2_s3_ov_pp h_bm128_bn128_wg2_s3_ov_pp_ps
+    ab 256 1024,4096,16384 none,causal h_bm128_bn80_wg2_s2 h_bm128_bn80_wg2_s2_ps
+    ab 64 1024,4096 none,causal ${D64_CONFIGS:-h_bm192_bn128_wg3_s2_ov h_bm192_bn128_wg3_s2_ov_ps h_bm128_bn160_wg2_s3_ov_pp_ps h_bm192_bn96_wg3_s2_ov_ps}
+    ab 64,128 4096 alibi,bias h_bm128_bn128_wg2_s2_ov_pp h_bm128_bn128_wg2_s2_ov_pp_ps
+    python3 - "$OUT/ab.jsonl" <<'PY'
+import json, sys
+rows = {}
+for l in open(sys.argv[1]):
+    j = json.loads(l)
+    if 'tflops' not in j: continue
+    rows.setdefault((j['d'], j['s'], j.get('grid_mask', j['mask'])), []).append((j['config'], j['tflops']))
+for k in sorted(rows):
+    print(*k, '  '.join(f"{c} {t:.1f}" for c, t in rows[k]))
+PY
     ;;
   final-tests)
     # Every GPU test binary (sharded, time-limited) and the small ones; final-sanitizers: memcheck

@@ -12,7 +12,7 @@
 namespace jitattn {
 
 /// Bumped whenever emitted code changes meaning; part of every cache key.
-inline constexpr int kGeneratorVersion = 4;  // 2: dropout params, backward kernels; 3: CPU backward and dropout;
+inline constexpr int kGeneratorVersion = 5;  // 2: dropout params, backward kernels; 3: CPU backward and dropout;
                                              // 4: sm90 bias tiles by TMA (AttnFwdTmaParams::tma_bias), sm90 backward
 
 struct KernelSource {

@@ -147,6 +147,7 @@ std::string sm90_forward_constants(const KernelSpec& spec, const TileConfig& cfg
   s += fmt::format("constexpr bool kOverlap = {};\n", cfg.overlap);
   s += fmt::format("constexpr bool kPingPong = {};\n", cfg.pingpong);
   s += fmt::format("constexpr bool kPolyExp = {};\n", cfg.poly_exp);
+  s += fmt::format("constexpr bool kPersistent = {};\n", cfg.persistent);
   s += fmt::format("constexpr int kSmemBytes = {};\n", shared_bytes);
   s += sm90_mask_constants(spec);
   s += fmt::format("constexpr bool kLse = {};\n", spec.lse);

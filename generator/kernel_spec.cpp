@@ -81,9 +81,9 @@ std::string KernelSpec::tag() const {
 
 std::string TileConfig::canonical() const {
   if (hopper()) {
-    return fmt::format("h_bm{}_bn{}_wg{}_s{}{}{}{}{}{}", block_m, block_n, consumer_warpgroups(), stages,
+    return fmt::format("h_bm{}_bn{}_wg{}_s{}{}{}{}{}{}{}", block_m, block_n, consumer_warpgroups(), stages,
                        q_in_regs ? "_qr" : "", overlap ? "_ov" : "", pingpong ? "_pp" : "",
-                       poly_exp ? "_pe" : "", split > 1 ? fmt::format("_x{}", split) : "");
+                       poly_exp ? "_pe" : "", persistent ? "_ps" : "", split > 1 ? fmt::format("_x{}", split) : "");
   }
   if (cpu() && !q_in_regs) return fmt::format("cpu_bm{}_bn{}", block_m, block_n);
   return fmt::format("bm{}_bn{}_w{}_s{}{}{}", block_m, block_n, warps, stages,
@@ -191,9 +191,9 @@ int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
       const int swizzle_p = sm90_swizzle(cfg.block_n);
       exchange = (cfg.block_n * 2 / swizzle_p) * sm90_panel_bytes(cfg.block_m, swizzle_p) + 512 + 8 * cfg.stages;
     }
-    // + 1 KiB to align the dynamic shared-memory base, + the mbarriers (Q, then full K, full V
-    // and empty per stage), 8 bytes each.
-    return q + cfg.stages * (k + v + bias) + exchange + 1024 + 8 * (1 + 3 * cfg.stages);
+    // + 1 KiB to align the dynamic shared-memory base, + the mbarriers (Q full, and Q empty
+    // outside the column split; then full K, full V and empty per stage), 8 bytes each.
+    return q + cfg.stages * (k + v + bias) + exchange + 1024 + 8 * ((cfg.split > 1 ? 1 : 2) + 3 * cfg.stages);
   }
   const int q = cfg.block_m * padded_stride(spec.head_dim);
   // Column slices (split) hold V tiles of their slice's columns only.
@@ -283,8 +283,8 @@ std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, con
   }
   if (spec.dbias) return std::string("the sm90 backward writes no bias gradient (the mma.sync backward does)");
   if (cfg.split != 1) return std::string("column slices (_x) are an mma.sync backward option");
-  if (cfg.q_in_regs || cfg.overlap || cfg.poly_exp) {
-    return std::string("_qr, _ov and _pe are not options of the sm90 backward");
+  if (cfg.q_in_regs || cfg.overlap || cfg.poly_exp || cfg.persistent) {
+    return std::string("_qr, _ov, _pe and _ps are not options of the sm90 backward");
   }
   const int consumers = cfg.consumer_warpgroups();
   if (cfg.pingpong && consumers != 2) {
@@ -357,8 +357,9 @@ std::optional<std::string> why_illegal_sm90(const KernelSpec& spec, const TileCo
       return fmt::format("split {} with {} consumer warpgroups unsupported: _x2 needs 2 consumers "
                          "(each owns half of O's columns)", cfg.split, consumers);
     }
-    if (cfg.overlap || cfg.pingpong || cfg.poly_exp) {
-      return std::string("the column-split kernel (_x2) runs the serial schedule: no _ov, _pp or _pe");
+    if (cfg.overlap || cfg.pingpong || cfg.poly_exp || cfg.persistent) {
+      return std::string("the column-split kernel (_x2) runs the serial schedule, one tile per CTA: no _ov, "
+                         "_pp, _pe or _ps");
     }
     if (spec.head_dim_v <= 128) {
       return fmt::format("head_dim_v {} fits one warpgroup's O accumulator: split (_x2) is for "
@@ -434,8 +435,9 @@ std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig&
   }
   if (spec.target.cpu) return why_illegal_cpu(spec, cfg);
   if (cfg.hopper()) return why_illegal_sm90(spec, cfg, limits);
-  if (cfg.overlap || cfg.pingpong || cfg.poly_exp) {
-    return std::string("overlap (_ov), ping-pong (_pp) and poly exp (_pe) are Hopper-family (h_...) options");
+  if (cfg.overlap || cfg.pingpong || cfg.poly_exp || cfg.persistent) {
+    return std::string("overlap (_ov), ping-pong (_pp), poly exp (_pe) and persistent (_ps) are Hopper-family "
+                       "(h_...) options");
   }
   if (spec.target.sm < 80) return fmt::format("sm_{} unsupported: mma.sync family needs sm_80+", spec.target.sm);
   if (spec.dtype == DType::f32) return std::string("dtype f32 unsupported on the GPU: f16 or bf16");

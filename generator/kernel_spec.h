@@ -101,6 +101,10 @@ struct TileConfig {
   /// Hopper family only: one in four exponentials of the softmax by a polynomial on the FMA pipe
   /// instead of the MUFU unit (16 per clock per SM), which bounds the softmax at small head dims.
   bool poly_exp = false;
+  /// Hopper forward only (not the column split): one CTA per SM walks the tiles (query blocks of
+  /// every head and batch) in turn, loading the next tile's Q and K/V during this tile's last
+  /// P V and epilogue (templates/attn_fwd_sm90.cuh, kPersistent).
+  bool persistent = false;
 
   bool operator==(const TileConfig&) const = default;
   /// A CPU config: warps and stages 0.
@@ -110,7 +114,8 @@ struct TileConfig {
   int consumer_warpgroups() const { return warps / 4 - 1; }
   /// "bm128_bn64_w8_s2", suffix "_qr" = Q in registers, "_x2" = 2 column slices;
   /// CPU configs "cpu_bm32_bn128"; Hopper configs "h_bm128_bn128_wg2_s2" (wg = consumer
-  /// warpgroups), suffix "_ov" = overlap, "_pp" = ping-pong, "_pe" = polynomial exp2, "_x2" =
+  /// warpgroups), suffix "_ov" = overlap, "_pp" = ping-pong, "_pe" = polynomial exp2, "_ps" =
+  /// persistent, "_x2" =
   /// the consumers split O's columns ("h_bm64_bn32_wg2_s2_x2").
   std::string canonical() const;
 };

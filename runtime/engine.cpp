@@ -107,6 +107,10 @@ jitattn_kernel::AttnFwdTmaParams make_tma_params(const AttentionArgs& args, cons
                                                  const KernelSpec& spec, const TileConfig& cfg) {
   jitattn_kernel::AttnFwdTmaParams tp{};
   tp.p = make_params(args, problem);
+  const std::array<unsigned, 3> tiles = make_grid(problem, cfg);
+  tp.tiles_m = tiles[0];
+  tp.tiles_h = tiles[1];
+  tp.tiles_b = tiles[2];
   const Sm90Layout l = sm90_layout(spec, cfg);
   tp.tma_q = encode_panels(args.q, problem.head_dim, static_cast<unsigned>(l.panel_cols_qk()),
                            static_cast<unsigned>(cfg.block_m), l.swizzle_qk);
@@ -355,8 +359,8 @@ struct Engine::Impl {
 
   // Launches a loaded GPU kernel for `problem` with its family's parameter block.
   static void launch_gpu(const LoadedKernel& k, const KernelSpec& spec, const TileConfig& cfg,
-                         const Problem& problem, const AttentionArgs& args, CUstream stream) {
-    const auto grid = make_grid(problem, cfg);
+                         const Problem& problem, const AttentionArgs& args, CUstream stream, int sm_count) {
+    const auto grid = make_launch_grid(problem, cfg, sm_count);
     const std::array<unsigned, 3> block = {static_cast<unsigned>(k.source.threads), 1, 1};
     const auto shared = static_cast<unsigned>(k.source.shared_bytes);
     if (k.source.tma_params) {
@@ -489,7 +493,7 @@ ConfigChoice Engine::Impl::tune_now(DeviceState& dev, const KernelSpec& spec, co
                              [&](long long begin, long long end) { fn(&params, begin, end); });
         return;
       }
-      launch_gpu(k, spec, cfg, problem, args, stream);
+      launch_gpu(k, spec, cfg, problem, args, stream, dev.backend.key.sm_count);
     };
     const size_t o_bytes = span_bytes(args.o);
     auto download_o = [&] {
@@ -898,7 +902,7 @@ KernelReport Engine::forward(const AttentionArgs& args, const ForwardOptions& op
   bool from_cache = false;
   const TileConfig& cfg = choice.config;
   LoadedKernel& k = impl_->kernel(state, spec, cfg, &compiled_now, &from_cache);
-  Impl::launch_gpu(k, spec, cfg, problem, args, stream);
+  Impl::launch_gpu(k, spec, cfg, problem, args, stream, state.backend.key.sm_count);
   return report(k, spec, cfg, state.backend, choice, compiled_now, from_cache);
 }
 

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <regex>
 
 #include "jitattn/error.h"
@@ -196,23 +197,31 @@ std::array<unsigned, 3> make_grid(const Problem& pr, const TileConfig& c) {
           static_cast<unsigned>(pr.batch)};
 }
 
+std::array<unsigned, 3> make_launch_grid(const Problem& pr, const TileConfig& c, int sm_count) {
+  const std::array<unsigned, 3> tiles = make_grid(pr, c);
+  if (!c.persistent) return tiles;
+  const unsigned long long n = static_cast<unsigned long long>(tiles[0]) * tiles[1] * tiles[2];
+  return {static_cast<unsigned>(std::min<unsigned long long>(n, static_cast<unsigned>(std::max(sm_count, 1)))), 1, 1};
+}
+
 TileConfig parse_config(const std::string& text) {
   // At most 4 digits each: every legal value fits, and std::stoi can never overflow.
   static const std::regex re(R"(bm(\d{1,4})_bn(\d{1,4})_w(\d{1,4})_s(\d{1,4})(_qr)?(_x(\d{1,2}))?)");
   static const std::regex cpu_re(R"(cpu_bm(\d{1,4})_bn(\d{1,4}))");
-  static const std::regex sm90_re(R"(h_bm(\d{1,4})_bn(\d{1,4})_wg(\d{1,2})_s(\d{1,4})(_ov)?(_pp)?(_pe)?(_x(\d{1,2}))?)");
+  static const std::regex sm90_re(R"(h_bm(\d{1,4})_bn(\d{1,4})_wg(\d{1,2})_s(\d{1,4})(_ov)?(_pp)?(_pe)?(_ps)?(_x(\d{1,2}))?)");
   std::smatch m;
   if (std::regex_match(text, m, cpu_re)) return cpu_config(std::stoi(m[1]), std::stoi(m[2]));
   if (std::regex_match(text, m, sm90_re)) {
     TileConfig c = sm90_config(std::stoi(m[2]), std::stoi(m[3]), std::stoi(m[4]), m[5].matched, m[6].matched,
                                m[7].matched);
     c.block_m = std::stoi(m[1]);  // why_illegal checks it against the warpgroups
-    if (m[8].matched) c.split = std::stoi(m[9]);
+    c.persistent = m[8].matched;
+    if (m[9].matched) c.split = std::stoi(m[10]);
     return c;
   }
   if (!std::regex_match(text, m, re)) {
     throw InvalidArgument("config", fmt::format("expected bm<M>_bn<N>_w<warps>_s<stages>[_qr][_x<split>] "
-                                                "(GPU), h_bm<M>_bn<N>_wg<consumers>_s<stages>[_ov][_pp][_pe][_x2] "
+                                                "(GPU), h_bm<M>_bn<N>_wg<consumers>_s<stages>[_ov][_pp][_pe][_ps][_x2] "
                                                 "(Hopper) or cpu_bm<M>_bn<N> (CPU), got '{}'",
                                                 text));
   }

@@ -61,6 +61,10 @@ BackwardGrids make_backward_grids(const Problem& problem, const TileConfig& conf
 /// (b * heads_q + h) * query_blocks + m_block.
 std::array<unsigned, 3> make_grid(const Problem& problem, const TileConfig& config);
 
+/// The launch grid on a GPU with `sm_count` SMs: make_grid's, or for a persistent Hopper config
+/// (one CTA per SM walking the tiles) (min(tiles, sm_count), 1, 1).
+std::array<unsigned, 3> make_launch_grid(const Problem& problem, const TileConfig& config, int sm_count);
+
 /// Parses TileConfig::canonical() text ("bm128_bn64_w8_s2[_qr]", "h_bm128_bn128_wg2_s2",
 /// "cpu_bm64_bn64"); throws InvalidArgument("config").
 TileConfig parse_config(const std::string& text);

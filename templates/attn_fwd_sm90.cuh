@@ -12,6 +12,11 @@
 // kOverlap each consumer also overlaps its own softmax of tile j with its P V of tile j-1, and with
 // kPingPong the two consumers take turns issuing wgmma (named barriers).
 //
+// kPersistent: one CTA per SM walks tiles blockIdx.x, blockIdx.x + gridDim.x, ... (query blocks
+// of every (batch, head)); the producer loads the next tile's Q and K/V while the consumers finish
+// the current tile's last P V and write its O, so a tile's prologue and epilogue leave the tensor
+// cores busy.
+//
 // A tileable bias (kBiasTma) travels like K: the producer loads each stage's (BLOCK_M, BLOCK_N)
 // bias tile by TMA on K's barrier, and the ScoreMod's staged hook reads column pairs of it from
 // the swizzled panels (conflict-free); other biases are read per element from global memory.
@@ -67,7 +72,7 @@ static_assert(kHeadDimPad % kPanelColsQK == 0 && kHeadDimVPad % kPanelColsV == 0
               "padded head dims must be whole panels");
 static_assert(!kBiasTma || kBlockN % kBiasPanelCols == 0, "bias panels must tile block_n");
 static_assert(kQBytes + kStages * (kKStageBytes + kVStageBytes + kBiasStageBytes) + 1024 +
-                      8 * (1 + 3 * kStages) ==
+                      8 * (2 + 3 * kStages) ==
                   kSmemBytes,
               "shared-memory layout disagrees with the generator's shared_memory_bytes");
 
@@ -91,95 +96,118 @@ JITATTN_DEVICE u64 desc_v(u32 sv, int kk) {
 
 }  // namespace jitattn_kernel
 
+// The work of one tile (a query block of one (batch, head)): its sequence extents, the rows it
+// writes and the key blocks it can see. Producer and consumers derive it alike.
+namespace jitattn_kernel {
+
+struct TileWork {
+  int m_block, h, b;
+  int len_q, len_k;
+  int row_q0, row_k0;  // first row of this batch along the seq dim (packed varlen)
+  int m0;              // first query row of the block
+  int rows_out;        // rows to write (padded batches also zero their rows in [len_q, seqlen_q))
+  int offset;          // causal alignment: len_k - len_q bottom-right, else 0
+  int nb_begin, nb_end;
+  int kvh, tma_b;
+  // Rows to write but nothing to compute: every row fully masked (output 0, LSE -inf).
+  JITATTN_DEVICE bool empty() const { return m0 >= len_q || nb_end <= nb_begin; }
+};
+
+// Tile `linear` of the (tiles_m, tiles_h, tiles_b) grid. Query blocks vary fastest (CTAs running
+// together share K and V in L2); with a bias tile by TMA the batch varies fastest instead, so the
+// CTAs that share a batch-broadcast bias tile ([1, h, sq, sk], the common relative-position
+// layout) run together and read it once from DRAM, then from L2. Causal: the longest query
+// blocks first.
+JITATTN_DEVICE TileWork plan_tile(const AttnFwdParams& p, unsigned linear, unsigned tiles_m, unsigned tiles_h,
+                                  unsigned tiles_b) {
+  unsigned m_idx, h_idx, b_idx;
+  if constexpr (kBiasTma) {
+    b_idx = linear % tiles_b;
+    m_idx = (linear / tiles_b) % tiles_m;
+    h_idx = linear / (tiles_b * tiles_m);
+  } else {
+    m_idx = linear % tiles_m;
+    h_idx = (linear / tiles_m) % tiles_h;
+    b_idx = linear / (tiles_m * tiles_h);
+  }
+  TileWork w;
+  w.m_block = kCausal ? static_cast<int>(tiles_m - 1 - m_idx) : static_cast<int>(m_idx);
+  w.h = h_idx;
+  w.b = b_idx;
+  w.len_q = p.seqlen_q;
+  w.len_k = p.seqlen_k;
+  w.row_q0 = 0;
+  w.row_k0 = 0;
+  if (kPacked) {
+    w.row_q0 = p.cu_seqlens_q[w.b];
+    w.row_k0 = p.cu_seqlens_k[w.b];
+    w.len_q = p.cu_seqlens_q[w.b + 1] - w.row_q0;
+    w.len_k = p.cu_seqlens_k[w.b + 1] - w.row_k0;
+  }
+  if (kPadded) {
+    if (p.seqused_q) w.len_q = min(p.seqused_q[w.b], p.seqlen_q);
+    if (p.seqused_k) w.len_k = min(p.seqused_k[w.b], p.seqlen_k);
+  }
+  w.m0 = w.m_block * kBlockM;
+  w.rows_out = min(kBlockM, (kPadded ? p.seqlen_q : w.len_q) - w.m0);
+  w.kvh = w.h / p.group;
+  // TMA coordinates: packed sequences sit in batch 0 of the maps, from their first row on. Rows of
+  // a tile past the sequence belong to the next one (or are zero-filled past the tensor): masked
+  // keys, and query rows that are never written.
+  w.tma_b = kPacked ? 0 : w.b;
+  // Key blocks this query block can see (masks skip empty tiles).
+  w.offset = kBottomRight ? w.len_k - w.len_q : 0;
+  const int m_last = min(w.m0 + kBlockM, w.len_q) - 1;
+  int n_end = w.len_k;
+  int n_begin = 0;
+  if (kCausal) n_end = min(n_end, m_last + w.offset + 1);
+  if (kWindow && p.window_right >= 0) n_end = min(n_end, m_last + w.offset + p.window_right + 1);
+  if (kWindow && p.window_left >= 0) n_begin = max(0, w.m0 + w.offset - p.window_left);
+  w.nb_begin = n_begin / kBlockN;
+  w.nb_end = (max(n_end, 0) + kBlockN - 1) / kBlockN;
+  return w;
+}
+
+// Calls body(TileWork) for this CTA's tiles: its own (the grid is the tile grid), or, persistent,
+// tiles blockIdx.x, blockIdx.x + gridDim.x, ... of the (tiles_m, tiles_h, tiles_b) grid.
+template <class Body>
+JITATTN_DEVICE void for_each_tile(const AttnFwdTmaParams& params, Body&& body) {
+  if constexpr (kPersistent) {
+    const unsigned n_work = params.tiles_m * params.tiles_h * params.tiles_b;
+    for (unsigned t = blockIdx.x; t < n_work; t += gridDim.x) {
+      body(plan_tile(params.p, t, params.tiles_m, params.tiles_h, params.tiles_b));
+    }
+  } else {
+    const unsigned linear = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    body(plan_tile(params.p, linear, gridDim.x, gridDim.y, gridDim.z));
+  }
+}
+
+}  // namespace jitattn_kernel
+
 // At global scope so that the extern "C" symbol is also the NVRTC name expression.
 extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     JITATTN_KERNEL_NAME(const __grid_constant__ jitattn_kernel::AttnFwdTmaParams params) {
   using namespace jitattn_kernel;
   const AttnFwdParams& p = params.p;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-
-  // Launch order: blockIdx.x (query block) fastest. With a bias tile by TMA, the batch index
-  // varies fastest instead, so the CTAs that share a batch-broadcast bias tile ([1, h, sq, sk], the
-  // common relative-position layout) run together and read it once from DRAM, then from L2.
-  unsigned m_idx = blockIdx.x, h_idx = blockIdx.y, b_idx = blockIdx.z;
-  if constexpr (kBiasTma) {
-    const unsigned linear = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
-    b_idx = linear % gridDim.z;
-    m_idx = (linear / gridDim.z) % gridDim.x;
-    h_idx = linear / (gridDim.z * gridDim.x);
-  }
-  const int m_block = kCausal ? static_cast<int>(gridDim.x - 1 - m_idx) : static_cast<int>(m_idx);
-  const int h = h_idx;
-  const int b = b_idx;
   const int tid = threadIdx.x;
 
-  // ---- sequence extents of this batch -------------------------------------------------------
-  int len_q = p.seqlen_q;
-  int len_k = p.seqlen_k;
-  int row_q0 = 0, row_k0 = 0;  // first row of this batch along the seq dim (packed varlen)
-  if (kPacked) {
-    row_q0 = p.cu_seqlens_q[b];
-    row_k0 = p.cu_seqlens_k[b];
-    len_q = p.cu_seqlens_q[b + 1] - row_q0;
-    len_k = p.cu_seqlens_k[b + 1] - row_k0;
-  }
-  if (kPadded) {
-    if (p.seqused_q) len_q = min(p.seqused_q[b], p.seqlen_q);
-    if (p.seqused_k) len_k = min(p.seqused_k[b], p.seqlen_k);
-  }
-  const int m0 = m_block * kBlockM;
-  // Rows this CTA must write: packed sequences end at len_q; padded batches also zero their rows
-  // in [len_q, seqlen_q).
-  const int rows_out = min(kBlockM, (kPadded ? p.seqlen_q : len_q) - m0);
-  if (rows_out <= 0) return;
-  const int kvh = h / p.group;
-  // TMA coordinates: packed sequences sit in batch 0 of the maps, from their first row on. Rows of
-  // a tile past the sequence belong to the next one (or are zero-filled past the tensor): masked
-  // keys, and query rows that are never written.
-  const int tma_b = kPacked ? 0 : b;
-
-  // ---- key blocks this query block can see (masks skip empty tiles) ----------------------------
-  const int offset = kBottomRight ? len_k - len_q : 0;
-  const int m_last = min(m0 + kBlockM, len_q) - 1;
-  int n_end = len_k;
-  int n_begin = 0;
-  if (kCausal) n_end = min(n_end, m_last + offset + 1);
-  if (kWindow && p.window_right >= 0) n_end = min(n_end, m_last + offset + p.window_right + 1);
-  if (kWindow && p.window_left >= 0) n_begin = max(0, m0 + offset - p.window_left);
-  const int nb_begin = n_begin / kBlockN;
-  const int nb_end = (max(n_end, 0) + kBlockN - 1) / kBlockN;
-
-  const long long ob = kPacked ? 0 : static_cast<long long>(b);
-  elem_t* gO = static_cast<elem_t*>(p.o) + ob * p.o_batch_stride + (row_q0 + m0) * p.o_row_stride +
-               h * p.o_head_stride;
-  float* gLse = kLse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + row_q0 + m0 : nullptr;
-  if (m0 >= len_q || nb_end <= nb_begin) {
-    // Every row fully masked: output 0, LSE -inf. Uniform across the CTA, before any barrier.
-    for (int i = tid; i < rows_out * (kHeadDimV / 2); i += kThreads) {
-      const int r = i / (kHeadDimV / 2);
-      const int c = i % (kHeadDimV / 2);
-      *reinterpret_cast<u32*>(gO + r * p.o_row_stride + 2 * c) = 0u;
-    }
-    if (kLse) {
-      for (int r = tid; r < rows_out; r += kThreads) gLse[r] = neg_inf();
-    }
-    return;
-  }
-
-  // ---- shared memory: Q, the K and V rings, then the mbarriers ---------------------------------
+  // ---- shared memory: Q, the K and V rings, the bias tiles, then the mbarriers -----------------
   const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
   const u32 sQ = base;
   const u32 sK = sQ + kQBytes;                       // kStages x (BLOCK_N, HEAD_DIM_PAD) panels
   const u32 sV = sK + kStages * kKStageBytes;        // kStages x (BLOCK_N, HEAD_DIM_V_PAD) panels
   const u32 sB = sV + kStages * kVStageBytes;        // kStages x (BLOCK_M, BLOCK_N) bias panels
-  const u32 bar_q = sB + kStages * kBiasStageBytes;
-  const u32 bar_full_k = bar_q + 8;                  // kStages each
+  const u32 bar_q = sB + kStages * kBiasStageBytes;  // Q landed
+  const u32 bar_q_empty = bar_q + 8;                 // persistent: every consumer is done with Q
+  const u32 bar_full_k = bar_q_empty + 8;            // kStages each
   const u32 bar_full_v = bar_full_k + 8 * kStages;
   const u32 bar_empty = bar_full_v + 8 * kStages;
-  const int n_tiles = nb_end - nb_begin;
 
   if (tid == 0) {
     mbar_init(bar_q, 1);
+    mbar_init(bar_q_empty, 128 * kConsumers);
 #pragma unroll
     for (int s = 0; s < kStages; ++s) {
       mbar_init(bar_full_k + 8 * s, 1);
@@ -190,49 +218,70 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   }
   __syncthreads();
 
+  // Tiles (for_each_tile): one per CTA, or, persistent, one CTA per SM walking them. The K/V
+  // ring and the Q barrier run on across a CTA's tiles: kv_base counts the key tiles loaded so
+  // far, q_count the tiles with work. The producer loads a tile's Q once every consumer has
+  // finished the previous tile's last S = Q K^T, so the next tile's loads run under this one's
+  // last P V and epilogue.
+  auto stage_of = [](int i) { return i % kStages; };
+  auto phase_of = [](int i) { return static_cast<u32>(i / kStages) & 1u; };
+
   const int warpgroup = tid / 128;
   if (warpgroup == 0) {
     // ---- producer: one thread drives the TMA unit -------------------------------------------
     setmaxnreg_dec<kProducerRegs>();
     if (tid == 0) {
-      tma_prefetch_descriptor(&params.tma_k);
-      tma_prefetch_descriptor(&params.tma_v);
-      if constexpr (kBiasTma) tma_prefetch_descriptor(&params.tma_bias);
-      mbar_arrive_expect_tx(bar_q, kQTxBytes);
-#pragma unroll
-      for (int pnl = 0; pnl < kPanelsQK; ++pnl) {
-        tma_load_4d(sQ + pnl * kQPanelBytes, &params.tma_q, bar_q, pnl * kPanelColsQK, row_q0 + m0, h, tma_b);
-      }
-      for (int it = 0; it < n_tiles; ++it) {
-        const int s = it % kStages;
-        const u32 phase = static_cast<u32>(it / kStages) & 1u;
-        if (it >= kStages) mbar_wait(bar_empty + 8 * s, phase ^ 1u);  // consumers are done with it
-        const int n0 = (nb_begin + it) * kBlockN;
-        // The bias tile completes on K's barrier: the softmax that reads it follows S = Q K^T.
-        mbar_arrive_expect_tx(bar_full_k + 8 * s, kKTxBytes + kBiasTxBytes);
+      int kv_base = 0;
+      int q_count = 0;
+      for_each_tile(params, [&](const TileWork& w) {
+        if (w.rows_out <= 0 || w.empty()) return;
+        if (q_count == 0) {
+          // Only with work: a problem without keys has no K/V maps (the driver refuses to encode
+          // an empty tensor), and then every tile is empty.
+          tma_prefetch_descriptor(&params.tma_k);
+          tma_prefetch_descriptor(&params.tma_v);
+          if constexpr (kBiasTma) tma_prefetch_descriptor(&params.tma_bias);
+        }
+        if (kPersistent && q_count > 0) mbar_wait(bar_q_empty, static_cast<u32>(q_count - 1) & 1u);
+        ++q_count;
+        mbar_arrive_expect_tx(bar_q, kQTxBytes);
 #pragma unroll
         for (int pnl = 0; pnl < kPanelsQK; ++pnl) {
-          tma_load_4d(sK + s * kKStageBytes + pnl * kKPanelBytes, &params.tma_k, bar_full_k + 8 * s,
-                      pnl * kPanelColsQK, row_k0 + n0, kvh, tma_b);
+          tma_load_4d(sQ + pnl * kQPanelBytes, &params.tma_q, bar_q, pnl * kPanelColsQK, w.row_q0 + w.m0, w.h,
+                      w.tma_b);
         }
-        if constexpr (kBiasTma) {
-          // Bias rows and columns are positions within the sequence (packed varlen too); broadcast
-          // dims have size 1 in the map, coordinate 0.
-          const int bias_h = p.bias_head_stride != 0 ? h : 0;
-          const int bias_b = p.bias_batch_stride != 0 ? b : 0;
+        const int n_tiles = w.nb_end - w.nb_begin;
+        for (int it = 0; it < n_tiles; ++it) {
+          const int s = stage_of(kv_base + it);
+          if (kv_base + it >= kStages) mbar_wait(bar_empty + 8 * s, phase_of(kv_base + it) ^ 1u);  // stage free
+          const int n0 = (w.nb_begin + it) * kBlockN;
+          // The bias tile completes on K's barrier: the softmax that reads it follows S = Q K^T.
+          mbar_arrive_expect_tx(bar_full_k + 8 * s, kKTxBytes + kBiasTxBytes);
 #pragma unroll
-          for (int pnl = 0; pnl < kBiasPanels; ++pnl) {
-            tma_load_4d(sB + s * kBiasStageBytes + pnl * kBiasPanelBytes, &params.tma_bias,
-                        bar_full_k + 8 * s, n0 + pnl * kBiasPanelCols, m0, bias_h, bias_b);
+          for (int pnl = 0; pnl < kPanelsQK; ++pnl) {
+            tma_load_4d(sK + s * kKStageBytes + pnl * kKPanelBytes, &params.tma_k, bar_full_k + 8 * s,
+                        pnl * kPanelColsQK, w.row_k0 + n0, w.kvh, w.tma_b);
+          }
+          if constexpr (kBiasTma) {
+            // Bias rows and columns are positions within the sequence (packed varlen too);
+            // broadcast dims have size 1 in the map, coordinate 0.
+            const int bias_h = p.bias_head_stride != 0 ? w.h : 0;
+            const int bias_b = p.bias_batch_stride != 0 ? w.b : 0;
+#pragma unroll
+            for (int pnl = 0; pnl < kBiasPanels; ++pnl) {
+              tma_load_4d(sB + s * kBiasStageBytes + pnl * kBiasPanelBytes, &params.tma_bias,
+                          bar_full_k + 8 * s, n0 + pnl * kBiasPanelCols, w.m0, bias_h, bias_b);
+            }
+          }
+          mbar_arrive_expect_tx(bar_full_v + 8 * s, kVTxBytes);
+#pragma unroll
+          for (int pnl = 0; pnl < kPanelsV; ++pnl) {
+            tma_load_4d(sV + s * kVStageBytes + pnl * kVPanelBytes, &params.tma_v, bar_full_v + 8 * s,
+                        pnl * kPanelColsV, w.row_k0 + n0, w.kvh, w.tma_b);
           }
         }
-        mbar_arrive_expect_tx(bar_full_v + 8 * s, kVTxBytes);
-#pragma unroll
-        for (int pnl = 0; pnl < kPanelsV; ++pnl) {
-          tma_load_4d(sV + s * kVStageBytes + pnl * kVPanelBytes, &params.tma_v, bar_full_v + 8 * s,
-                      pnl * kPanelColsV, row_k0 + n0, kvh, tma_b);
-        }
-      }
+        kv_base += n_tiles;
+      });
     }
   } else {
     // ---- consumers: 64 query rows per warpgroup --------------------------------------------------
@@ -244,255 +293,290 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     const int g = lane / 4;      // row within the warp's 16 (and +8)
     const int t = lane % 4;      // column pair within an n8 group
     const int row0 = wg * 64;    // first row of this warpgroup within the block
-    const int wm0 = m0 + row0;   // first query row of this warpgroup
+    int kv_base = 0;
+    int q_count = 0;
 
-    ScoreMod mod;
-    mod.init(p, b, h, len_q, len_k, offset, m0);
-
-    float acc_o[kONRegs];  // (64, HEAD_DIM_V_PAD) per warpgroup
-    float row_max[2];      // rows g and g+8 of this warp; raw scores or log2 domain (kRawScores)
-    float row_sum[2];      // per-thread partial sums, reduced at the end
-#pragma unroll
-    for (int i = 0; i < kONRegs; ++i) acc_o[i] = 0.0f;
-    row_max[0] = row_max[1] = neg_inf();
-    row_sum[0] = row_sum[1] = 0.0f;
-
-    // Scores of one tile in acc_s -> probabilities in place; correction of the running max.
-    auto softmax_tile = [&](float (&acc_s)[kSNRegs], int n0, int stage, float (&correction)[2]) {
-      // ---- score modifiers and masks ---------------------------------------------------------
-      if constexpr (!kRawScores) {
-        mod.begin_tile_smem(sB + stage * kBiasStageBytes, n0);
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int qi = wm0 + warp * 16 + g + (e / 2) * 8;
-            const int kj = n0 + nt * 8 + 2 * t + (e % 2);
-            acc_s[4 * nt + e] = mod.apply(acc_s[4 * nt + e], qi, kj);
-          }
+    for_each_tile(params, [&](const TileWork& w) {
+      if (w.rows_out <= 0) return;
+      const int b = w.b, h = w.h, m0 = w.m0, len_q = w.len_q, len_k = w.len_k, offset = w.offset;
+      const int rows_out = w.rows_out, nb_begin = w.nb_begin;
+      const long long ob = kPacked ? 0 : static_cast<long long>(b);
+      elem_t* gO = static_cast<elem_t*>(p.o) + ob * p.o_batch_stride + (w.row_q0 + m0) * p.o_row_stride +
+                   h * p.o_head_stride;
+      float* gLse = kLse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + w.row_q0 + m0 : nullptr;
+      if (w.empty()) {
+        // Every row fully masked: output 0, LSE -inf (the consumer threads; no barrier involved).
+        const int ctid = tid - 128;
+        for (int i = ctid; i < rows_out * (kHeadDimV / 2); i += 128 * kConsumers) {
+          const int r = i / (kHeadDimV / 2);
+          const int c = i % (kHeadDimV / 2);
+          *reinterpret_cast<u32*>(gO + r * p.o_row_stride + 2 * c) = 0u;
         }
-        // Modifiers with a staged shared-memory tile (a bias by TMA): one read per column pair.
-        if constexpr (ScoreMod::kStaged) {
+        if (kLse) {
+          for (int r = ctid; r < rows_out; r += 128 * kConsumers) gLse[r] = neg_inf();
+        }
+        return;
+      }
+      const int n_tiles = w.nb_end - w.nb_begin;
+      const int wm0 = m0 + row0;   // first query row of this warpgroup
+
+      ScoreMod mod;
+      mod.init(p, b, h, len_q, len_k, offset, m0);
+
+      float acc_o[kONRegs];  // (64, HEAD_DIM_V_PAD) per warpgroup
+      float row_max[2];      // rows g and g+8 of this warp; raw scores or log2 domain (kRawScores)
+      float row_sum[2];      // per-thread partial sums, reduced at the end
+#pragma unroll
+      for (int i = 0; i < kONRegs; ++i) acc_o[i] = 0.0f;
+      row_max[0] = row_max[1] = neg_inf();
+      row_sum[0] = row_sum[1] = 0.0f;
+
+      // Scores of one tile in acc_s -> probabilities in place; correction of the running max.
+      auto softmax_tile = [&](float (&acc_s)[kSNRegs], int n0, int stage, float (&correction)[2]) {
+        // ---- score modifiers and masks ---------------------------------------------------------
+        if constexpr (!kRawScores) {
+          mod.begin_tile_smem(sB + stage * kBiasStageBytes, n0);
 #pragma unroll
           for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
-            for (int hf = 0; hf < 2; ++hf) {  // columns 2t, 2t+1 of rows g and g+8
-              const int qi = wm0 + warp * 16 + g + hf * 8;
-              mod.apply_staged(acc_s[4 * nt + 2 * hf], acc_s[4 * nt + 2 * hf + 1], qi, n0 + nt * 8 + 2 * t);
+            for (int e = 0; e < 4; ++e) {
+              const int qi = wm0 + warp * 16 + g + (e / 2) * 8;
+              const int kj = n0 + nt * 8 + 2 * t + (e % 2);
+              acc_s[4 * nt + e] = mod.apply(acc_s[4 * nt + e], qi, kj);
+            }
+          }
+          // Modifiers with a staged shared-memory tile (a bias by TMA): one read per column pair.
+          if constexpr (ScoreMod::kStaged) {
+#pragma unroll
+            for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+              for (int hf = 0; hf < 2; ++hf) {  // columns 2t, 2t+1 of rows g and g+8
+                const int qi = wm0 + warp * 16 + g + hf * 8;
+                mod.apply_staged(acc_s[4 * nt + 2 * hf], acc_s[4 * nt + 2 * hf + 1], qi, n0 + nt * 8 + 2 * t);
+              }
             }
           }
         }
-      }
-      // Per-warpgroup decision: only tiles crossing the sequence end or a mask boundary of this
-      // warpgroup's 64 rows evaluate the mask per element.
-      const int wm_last = wm0 + 63;
-      bool need_mask = n0 + kBlockN > len_k;
-      if (kCausal) need_mask |= n0 + kBlockN - 1 > wm0 + offset;
-      if (kWindow && p.window_right >= 0) need_mask |= n0 + kBlockN - 1 > wm0 + offset + p.window_right;
-      if (kWindow && p.window_left >= 0) need_mask |= n0 < wm_last + offset - p.window_left;
-      if (need_mask) {
+        // Per-warpgroup decision: only tiles crossing the sequence end or a mask boundary of this
+        // warpgroup's 64 rows evaluate the mask per element.
+        const int wm_last = wm0 + 63;
+        bool need_mask = n0 + kBlockN > len_k;
+        if (kCausal) need_mask |= n0 + kBlockN - 1 > wm0 + offset;
+        if (kWindow && p.window_right >= 0) need_mask |= n0 + kBlockN - 1 > wm0 + offset + p.window_right;
+        if (kWindow && p.window_left >= 0) need_mask |= n0 < wm_last + offset - p.window_left;
+        if (need_mask) {
 #pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
+          for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int qi = wm0 + warp * 16 + g + (e / 2) * 8;
-            const int kj = n0 + nt * 8 + 2 * t + (e % 2);
-            const int rel = kj - (qi + offset);
-            bool masked = kj >= len_k;
-            if (kCausal) masked |= rel > 0;
-            if (kWindow) {
-              masked |= p.window_right >= 0 && rel > p.window_right;
-              masked |= p.window_left >= 0 && rel < -p.window_left;
+            for (int e = 0; e < 4; ++e) {
+              const int qi = wm0 + warp * 16 + g + (e / 2) * 8;
+              const int kj = n0 + nt * 8 + 2 * t + (e % 2);
+              const int rel = kj - (qi + offset);
+              bool masked = kj >= len_k;
+              if (kCausal) masked |= rel > 0;
+              if (kWindow) {
+                masked |= p.window_right >= 0 && rel > p.window_right;
+                masked |= p.window_left >= 0 && rel < -p.window_left;
+              }
+              if (masked) acc_s[4 * nt + e] = neg_inf();
             }
-            if (masked) acc_s[4 * nt + e] = neg_inf();
           }
         }
-      }
-      // ---- online softmax (exp2 domain; scale folded into one FMA when kRawScores) -------------
+        // ---- online softmax (exp2 domain; scale folded into one FMA when kRawScores) -------------
 #pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        float mx = row_max[hf];
+        for (int hf = 0; hf < 2; ++hf) {
+          float mx = row_max[hf];
 #pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(acc_s[4 * nt + 2 * hf], acc_s[4 * nt + 2 * hf + 1]));
-        mx = quad_max(mx);
-        // A row with no visible key so far keeps max -inf; use 0 so exp2 sees -inf, not NaN.
-        const float m_use = (mx == neg_inf()) ? 0.0f : mx;
-        const float m_scaled = m_use * kExpScale;
-        correction[hf] = fast_exp2(row_max[hf] * kExpScale - m_scaled);
-        row_max[hf] = mx;
-        float sum = 0.0f;
+          for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(acc_s[4 * nt + 2 * hf], acc_s[4 * nt + 2 * hf + 1]));
+          mx = quad_max(mx);
+          // A row with no visible key so far keeps max -inf; use 0 so exp2 sees -inf, not NaN.
+          const float m_use = (mx == neg_inf()) ? 0.0f : mx;
+          const float m_scaled = m_use * kExpScale;
+          correction[hf] = fast_exp2(row_max[hf] * kExpScale - m_scaled);
+          row_max[hf] = mx;
+          float sum = 0.0f;
 #pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
+          for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float x = fmaf(acc_s[4 * nt + 2 * hf + e], kExpScale, -m_scaled);
-            // kPolyExp: every fourth n8 group on the FMA pipe, balancing it against MUFU.
-            const float pe = (kPolyExp && nt % 4 == 3) ? exp2_poly(x) : fast_exp2(x);
-            acc_s[4 * nt + 2 * hf + e] = pe;
-            sum += pe;
+            for (int e = 0; e < 2; ++e) {
+              const float x = fmaf(acc_s[4 * nt + 2 * hf + e], kExpScale, -m_scaled);
+              // kPolyExp: every fourth n8 group on the FMA pipe, balancing it against MUFU.
+              const float pe = (kPolyExp && nt % 4 == 3) ? exp2_poly(x) : fast_exp2(x);
+              acc_s[4 * nt + 2 * hf + e] = pe;
+              sum += pe;
+            }
           }
+          row_sum[hf] = row_sum[hf] * correction[hf] + sum;
         }
-        row_sum[hf] = row_sum[hf] * correction[hf] + sum;
-      }
-    };
-    auto rescale_o = [&](const float (&correction)[2]) {
+      };
+      auto rescale_o = [&](const float (&correction)[2]) {
 #pragma unroll
-      for (int d = 0; d < kDT; ++d) {
-        acc_o[4 * d + 0] *= correction[0];
-        acc_o[4 * d + 1] *= correction[0];
-        acc_o[4 * d + 2] *= correction[1];
-        acc_o[4 * d + 3] *= correction[1];
-      }
-    };
-    // P as wgmma A fragments: the S accumulator layout is wgmma's A-fragment layout, so each k16
-    // step of P V takes two n8 groups of S, packed to 16-bit pairs.
-    auto pack_p = [&](const float (&acc_s)[kSNRegs], u32 (&pa)[kBlockN / 16][4]) {
+        for (int d = 0; d < kDT; ++d) {
+          acc_o[4 * d + 0] *= correction[0];
+          acc_o[4 * d + 1] *= correction[0];
+          acc_o[4 * d + 2] *= correction[1];
+          acc_o[4 * d + 3] *= correction[1];
+        }
+      };
+      // P as wgmma A fragments: the S accumulator layout is wgmma's A-fragment layout, so each k16
+      // step of P V takes two n8 groups of S, packed to 16-bit pairs.
+      auto pack_p = [&](const float (&acc_s)[kSNRegs], u32 (&pa)[kBlockN / 16][4]) {
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        pa[kk][0] = pack2(acc_s[8 * kk + 0], acc_s[8 * kk + 1]);
-        pa[kk][1] = pack2(acc_s[8 * kk + 2], acc_s[8 * kk + 3]);
-        pa[kk][2] = pack2(acc_s[8 * kk + 4], acc_s[8 * kk + 5]);
-        pa[kk][3] = pack2(acc_s[8 * kk + 6], acc_s[8 * kk + 7]);
-      }
-    };
-    auto issue_s = [&](float (&acc_s)[kSNRegs], int s) {  // S = Q K^T, committed, not waited
+        for (int kk = 0; kk < kBlockN / 16; ++kk) {
+          pa[kk][0] = pack2(acc_s[8 * kk + 0], acc_s[8 * kk + 1]);
+          pa[kk][1] = pack2(acc_s[8 * kk + 2], acc_s[8 * kk + 3]);
+          pa[kk][2] = pack2(acc_s[8 * kk + 4], acc_s[8 * kk + 5]);
+          pa[kk][3] = pack2(acc_s[8 * kk + 6], acc_s[8 * kk + 7]);
+        }
+      };
+      auto issue_s = [&](float (&acc_s)[kSNRegs], int s) {  // S = Q K^T, committed, not waited
 #pragma unroll
-      for (int ks = 0; ks < kHeadDimPad / 16; ++ks) {
-        wgmma_s(acc_s, desc_q(sQ, row0, ks), desc_k(sK + s * kKStageBytes, ks), ks > 0 ? 1 : 0);
-      }
-      wgmma_commit();
-    };
-    auto issue_pv = [&](u32 (&pa)[kBlockN / 16][4], int s) {  // O += P V, committed, not waited
+        for (int ks = 0; ks < kHeadDimPad / 16; ++ks) {
+          wgmma_s(acc_s, desc_q(sQ, row0, ks), desc_k(sK + s * kKStageBytes, ks), ks > 0 ? 1 : 0);
+        }
+        wgmma_commit();
+      };
+      auto issue_pv = [&](u32 (&pa)[kBlockN / 16][4], int s) {  // O += P V, committed, not waited
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        wgmma_o(acc_o, pa[kk], desc_v(sV + s * kVStageBytes, kk));
-      }
-      wgmma_commit();
-    };
-    auto fence_p = [&](u32 (&pa)[kBlockN / 16][4]) {
+        for (int kk = 0; kk < kBlockN / 16; ++kk) {
+          wgmma_o(acc_o, pa[kk], desc_v(sV + s * kVStageBytes, kk));
+        }
+        wgmma_commit();
+      };
+      auto fence_p = [&](u32 (&pa)[kBlockN / 16][4]) {
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) fence_regs(pa[kk]);
-    };
-    auto phase_of = [](int it) { return static_cast<u32>(it / kStages) & 1u; };
-    // Ping-pong (2 consumers): warpgroup w issues its wgmma batch after bar.sync on barrier 1+w,
-    // then bar.arrive's the other's barrier, so the two alternate on the tensor cores and one's
-    // softmax runs under the other's wgmma. Consumer 1 starts by giving consumer 0 the first
-    // turn and skips its last hand-over, so arrivals and syncs match exactly.
-    int turns_left = n_tiles + 1;  // issue points: S of tile 0, n_tiles - 1 overlapped, last P V
-    auto my_turn = [&] {
-      if constexpr (kPingPong) named_bar_sync(1 + wg, 256);
-    };
-    auto pass_turn = [&] {
+        for (int kk = 0; kk < kBlockN / 16; ++kk) fence_regs(pa[kk]);
+      };
+      // Ping-pong (2 consumers): warpgroup w issues its wgmma batch after bar.sync on barrier 1+w,
+      // then bar.arrive's the other's barrier, so the two alternate on the tensor cores and one's
+      // softmax runs under the other's wgmma. Per tile, consumer 1 starts by giving consumer 0 the
+      // first turn and skips its last hand-over, so arrivals and syncs match exactly (consumer 1's
+      // next first hand-over comes after consumer 0's last sync of this tile).
+      int turns_left = n_tiles + 1;  // issue points: S of tile 0, n_tiles - 1 overlapped, last P V
+      auto my_turn = [&] {
+        if constexpr (kPingPong) named_bar_sync(1 + wg, 256);
+      };
+      auto pass_turn = [&] {
+        if constexpr (kPingPong) {
+          --turns_left;
+          if (wg == 0 || turns_left > 0) named_bar_arrive(2 - wg, 256);
+        }
+      };
       if constexpr (kPingPong) {
-        --turns_left;
-        if (wg == 0 || turns_left > 0) named_bar_arrive(2 - wg, 256);
+        if (wg == 1) named_bar_arrive(1, 256);
       }
-    };
-    if constexpr (kPingPong) {
-      if (wg == 1) named_bar_arrive(1, 256);
-    }
+      // Persistent: this thread is done with Q once the tile's last S = Q K^T has completed.
+      auto release_q = [&] {
+        if constexpr (kPersistent) mbar_arrive(bar_q_empty);
+      };
 
-    mbar_wait(bar_q, 0);
-    if constexpr (!kOverlap) {
-      // Serial schedule: S, softmax, P V, each wgmma batch waited on before its result is used.
-      for (int it = 0; it < n_tiles; ++it) {
-        const int s = it % kStages;
-        float acc_s[kSNRegs];  // (64, BLOCK_N) per warpgroup
-        mbar_wait(bar_full_k + 8 * s, phase_of(it));
-        fence_regs(acc_s);
-        wgmma_fence();
-        issue_s(acc_s, s);
-        wgmma_wait<0>();
-        fence_regs(acc_s);
+      mbar_wait(bar_q, static_cast<u32>(q_count) & 1u);
+      ++q_count;
+      if constexpr (!kOverlap) {
+        // Serial schedule: S, softmax, P V, each wgmma batch waited on before its result is used.
+        for (int it = 0; it < n_tiles; ++it) {
+          const int s = stage_of(kv_base + it);
+          float acc_s[kSNRegs];  // (64, BLOCK_N) per warpgroup
+          mbar_wait(bar_full_k + 8 * s, phase_of(kv_base + it));
+          fence_regs(acc_s);
+          wgmma_fence();
+          issue_s(acc_s, s);
+          wgmma_wait<0>();
+          fence_regs(acc_s);
+          if (it == n_tiles - 1) release_q();
+          float correction[2];
+          softmax_tile(acc_s, (nb_begin + it) * kBlockN, s, correction);
+          rescale_o(correction);
+          u32 pa[kBlockN / 16][4];  // (64, 16) A fragments of P per k16 step
+          pack_p(acc_s, pa);
+          mbar_wait(bar_full_v + 8 * s, phase_of(kv_base + it));
+          fence_regs(acc_o);
+          wgmma_fence();
+          issue_pv(pa, s);
+          wgmma_wait<0>();
+          fence_regs(acc_o);
+          fence_p(pa);
+          mbar_arrive(bar_empty + 8 * s);  // this thread is done with stage s
+        }
+      } else {
+        // Intra-warpgroup overlap: S of tile it and P V of tile it-1 are issued back to back; the
+        // softmax of tile it runs while P V computes. Holds S, P and O at once.
+        float acc_s[kSNRegs];      // (64, BLOCK_N) per warpgroup
+        u32 pa[kBlockN / 16][4];   // P of the previous tile
         float correction[2];
-        softmax_tile(acc_s, (nb_begin + it) * kBlockN, s, correction);
-        rescale_o(correction);
-        u32 pa[kBlockN / 16][4];  // (64, 16) A fragments of P per k16 step
-        pack_p(acc_s, pa);
-        mbar_wait(bar_full_v + 8 * s, phase_of(it));
-        fence_regs(acc_o);
-        wgmma_fence();
-        issue_pv(pa, s);
-        wgmma_wait<0>();
-        fence_regs(acc_o);
-        fence_p(pa);
-        mbar_arrive(bar_empty + 8 * s);  // this thread is done with stage s
-      }
-    } else {
-      // Intra-warpgroup overlap: S of tile it and P V of tile it-1 are issued back to back; the
-      // softmax of tile it runs while P V computes. Holds S, P and O at once.
-      float acc_s[kSNRegs];      // (64, BLOCK_N) per warpgroup
-      u32 pa[kBlockN / 16][4];   // P of the previous tile
-      float correction[2];
-      mbar_wait(bar_full_k, 0);
-      fence_regs(acc_s);
-      my_turn();
-      wgmma_fence();
-      issue_s(acc_s, 0);
-      pass_turn();
-      wgmma_wait<0>();
-      fence_regs(acc_s);
-      softmax_tile(acc_s, nb_begin * kBlockN, 0, correction);  // O is 0: no rescale
-      pack_p(acc_s, pa);
-      for (int it = 1; it < n_tiles; ++it) {
-        const int s = it % kStages;
-        const int sp = (it - 1) % kStages;
-        // Both waits before the fence: the two batches issue back to back in one basic block
-        // (V of tile it-1 landed with or before K of tile it).
-        mbar_wait(bar_full_v + 8 * sp, phase_of(it - 1));
-        mbar_wait(bar_full_k + 8 * s, phase_of(it));
+        const int s0 = stage_of(kv_base);
+        mbar_wait(bar_full_k + 8 * s0, phase_of(kv_base));
         fence_regs(acc_s);
+        my_turn();
+        wgmma_fence();
+        issue_s(acc_s, s0);
+        pass_turn();
+        wgmma_wait<0>();
+        fence_regs(acc_s);
+        if (n_tiles == 1) release_q();
+        softmax_tile(acc_s, nb_begin * kBlockN, s0, correction);  // O is 0: no rescale
+        pack_p(acc_s, pa);
+        for (int it = 1; it < n_tiles; ++it) {
+          const int s = stage_of(kv_base + it);
+          const int sp = stage_of(kv_base + it - 1);
+          // Both waits before the fence: the two batches issue back to back in one basic block
+          // (V of tile it-1 landed with or before K of tile it).
+          mbar_wait(bar_full_v + 8 * sp, phase_of(kv_base + it - 1));
+          mbar_wait(bar_full_k + 8 * s, phase_of(kv_base + it));
+          fence_regs(acc_s);
+          fence_regs(acc_o);
+          fence_p(pa);
+          my_turn();
+          wgmma_fence();
+          issue_s(acc_s, s);
+          issue_pv(pa, sp);
+          pass_turn();
+          wgmma_wait<1>();  // S of tile it is done; P V of tile it-1 may still run
+          fence_regs(acc_s);
+          if (it == n_tiles - 1) release_q();
+          softmax_tile(acc_s, (nb_begin + it) * kBlockN, s, correction);
+          wgmma_wait<0>();
+          fence_regs(acc_o);
+          fence_p(pa);
+          mbar_arrive(bar_empty + 8 * sp);  // this thread is done with stage sp
+          rescale_o(correction);
+          pack_p(acc_s, pa);
+        }
+        const int sl = stage_of(kv_base + n_tiles - 1);
+        mbar_wait(bar_full_v + 8 * sl, phase_of(kv_base + n_tiles - 1));
         fence_regs(acc_o);
         fence_p(pa);
         my_turn();
         wgmma_fence();
-        issue_s(acc_s, s);
-        issue_pv(pa, sp);
+        issue_pv(pa, sl);
         pass_turn();
-        wgmma_wait<1>();  // S of tile it is done; P V of tile it-1 may still run
-        fence_regs(acc_s);
-        softmax_tile(acc_s, (nb_begin + it) * kBlockN, s, correction);
         wgmma_wait<0>();
         fence_regs(acc_o);
         fence_p(pa);
-        mbar_arrive(bar_empty + 8 * sp);  // this thread is done with stage sp
-        rescale_o(correction);
-        pack_p(acc_s, pa);
+        mbar_arrive(bar_empty + 8 * sl);
       }
-      const int sl = (n_tiles - 1) % kStages;
-      mbar_wait(bar_full_v + 8 * sl, phase_of(n_tiles - 1));
-      fence_regs(acc_o);
-      fence_p(pa);
-      my_turn();
-      wgmma_fence();
-      issue_pv(pa, sl);
-      pass_turn();
-      wgmma_wait<0>();
-      fence_regs(acc_o);
-      fence_p(pa);
-      mbar_arrive(bar_empty + 8 * sl);
-    }
+      kv_base += n_tiles;
 
-    // ---- epilogue: normalise, write O (and LSE) ------------------------------------------------
+      // ---- epilogue: normalise, write O (and LSE) ------------------------------------------------
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const float sum = quad_sum(row_sum[hf]);
-      const int r = row0 + warp * 16 + g + hf * 8;  // row within the block
-      const bool real = m0 + r < len_q;              // padded rows past len_q write 0
-      const float inv = (sum > 0.0f && real) ? 1.0f / sum : 0.0f;
-      if (r < rows_out) {
-        elem_t* o_row = gO + r * p.o_row_stride;
+      for (int hf = 0; hf < 2; ++hf) {
+        const float sum = quad_sum(row_sum[hf]);
+        const int r = row0 + warp * 16 + g + hf * 8;  // row within the block
+        const bool real = m0 + r < len_q;              // padded rows past len_q write 0
+        const float inv = (sum > 0.0f && real) ? 1.0f / sum : 0.0f;
+        if (r < rows_out) {
+          elem_t* o_row = gO + r * p.o_row_stride;
 #pragma unroll
-        for (int d = 0; d < kDT; ++d) {
-          if (kHeadDimVPad == kHeadDimV || d * 8 < kHeadDimV) {
-            *reinterpret_cast<u32*>(o_row + d * 8 + 2 * t) =
-                pack2(acc_o[4 * d + 2 * hf] * inv, acc_o[4 * d + 2 * hf + 1] * inv);
+          for (int d = 0; d < kDT; ++d) {
+            if (kHeadDimVPad == kHeadDimV || d * 8 < kHeadDimV) {
+              *reinterpret_cast<u32*>(o_row + d * 8 + 2 * t) =
+                  pack2(acc_o[4 * d + 2 * hf] * inv, acc_o[4 * d + 2 * hf + 1] * inv);
+            }
+          }
+          if (kLse && t == 0) {
+            gLse[r] = (sum > 0.0f && real) ? (row_max[hf] * kExpScale + __log2f(sum)) * kLn2 : neg_inf();
           }
         }
-        if (kLse && t == 0) {
-          gLse[r] = (sum > 0.0f && real) ? (row_max[hf] * kExpScale + __log2f(sum)) * kLn2 : neg_inf();
-        }
-      }
-    }
+      }    });
   }
 }

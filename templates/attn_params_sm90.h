@@ -23,6 +23,9 @@ struct AttnFwdTmaParams {
   // of size 1 (coordinate 0), box (bias panel cols, block_m).
   TensorMapBytes tma_bias;
   AttnFwdParams p;
+  // The tile grid (query blocks, heads, batch): the launch grid, or, persistent kernels
+  // (kPersistent), what their CTAs walk.
+  unsigned tiles_m, tiles_h, tiles_b;
 };
 
 // The Hopper-family backward's dK/dV kernel (attn_bwd_sm90.cuh): maps of Q and dO (boxes of

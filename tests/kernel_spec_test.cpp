@@ -737,6 +737,46 @@ TEST(Sm90Config, CanonicalIsDistinctAndRoundTrips) {
   EXPECT_NE(why_illegal(sm90_spec(), sm80_ov, limits_for_arch(90)).value_or("").find("Hopper"), std::string::npos);
 }
 
+// Persistent (_ps): a Hopper forward option of the one-block-per-tile kernel; one CTA per SM.
+TEST(Sm90Config, PersistentIsAForwardOptionWithOneCtaPerSm) {
+  const DeviceLimits h = limits_for_arch(90);
+  TileConfig ps = sm90_config(128, 2, 3, true, true);
+  ps.persistent = true;
+  EXPECT_EQ(ps.canonical(), "h_bm128_bn128_wg2_s3_ov_pp_ps");
+  EXPECT_TRUE(parse_config("h_bm128_bn128_wg2_s3_ov_pp_ps") == ps);
+  EXPECT_FALSE(parse_config("h_bm128_bn128_wg2_s3_ov_pp") == ps);
+  EXPECT_EQ(why_illegal(sm90_spec(), ps, h), std::nullopt);
+  // Same shared memory as the one-tile kernel: Q's empty barrier is always there.
+  TileConfig one = ps;
+  one.persistent = false;
+  EXPECT_EQ(shared_memory_bytes(sm90_spec(), ps), shared_memory_bytes(sm90_spec(), one));
+  // Not for the column split, the backward or the mma.sync family.
+  TileConfig wide = sm90_wide_config(64, 1);
+  wide.persistent = true;
+  EXPECT_NE(why_illegal(sm90_spec(512, 512), wide, h).value_or("").find("_ps"), std::string::npos);
+  KernelSpec bwd = sm90_spec(64, 64);
+  bwd.pass = Pass::backward;
+  TileConfig bwd_ps = sm90_backward_config(64, 2, 2);
+  bwd_ps.persistent = true;
+  EXPECT_NE(why_illegal(bwd, bwd_ps, h).value_or("").find("_ps"), std::string::npos);
+  TileConfig sm80_ps{128, 64, 4, 2, false};
+  sm80_ps.persistent = true;
+  EXPECT_NE(why_illegal(sm90_spec(), sm80_ps, h).value_or("").find("Hopper"), std::string::npos);
+  // The launch grid: min(tiles, SMs) CTAs in x; the tile grid itself is unchanged.
+  Problem pr;
+  pr.batch = 3;
+  pr.heads_q = 16;
+  pr.seqlen_q = 1000;  // 8 query blocks of 128
+  using Grid = std::array<unsigned, 3>;
+  EXPECT_EQ(make_grid(pr, ps), (Grid{8, 16, 3}));
+  EXPECT_EQ(make_launch_grid(pr, ps, 132), (Grid{132, 1, 1}));
+  EXPECT_EQ(make_launch_grid(pr, one, 132), (Grid{8, 16, 3}));
+  pr.heads_q = 2;
+  pr.batch = 1;
+  EXPECT_EQ(make_launch_grid(pr, ps, 132), (Grid{16, 1, 1}));  // fewer tiles than SMs
+  EXPECT_EQ(make_launch_grid(pr, ps, 0), (Grid{1, 1, 1}));     // an unknown SM count: one CTA
+}
+
 TEST(Sm90Config, WhyIllegalExplains) {
   const DeviceLimits h = limits_for_arch(90);
   auto why = [&](const KernelSpec& s, const TileConfig& c, const DeviceLimits& l) {
@@ -761,8 +801,8 @@ TEST(Sm90Config, WhyIllegalExplains) {
 
 TEST(Sm90Config, SharedMemoryPadsHeadDimsToWholeSwizzledPanels) {
   // d128: 128-byte panels. Q 128 x 256 B, per stage K and V 128 x 256 B each, + 1 KiB alignment
-  // slack + 7 mbarriers.
-  EXPECT_EQ(shared_memory_bytes(sm90_spec(), sm90_config(128, 2, 2)), 32768 + 2 * 65536 + 1024 + 56);
+  // slack + 8 mbarriers (Q full and empty, then full K, full V and empty per stage).
+  EXPECT_EQ(shared_memory_bytes(sm90_spec(), sm90_config(128, 2, 2)), 32768 + 2 * 65536 + 1024 + 64);
   // d72 pads to 80 = five 32-byte panels (16 columns each).
   const Sm90Layout l = sm90_layout(sm90_spec(72, 96));
   EXPECT_EQ(l.head_dim_pad, 80);

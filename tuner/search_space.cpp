@@ -197,6 +197,20 @@ std::vector<Candidate> search_space(const KernelSpec& spec, const DeviceLimits& 
         }
       }
     }
+    // Persistent twins (_ps) of the 2- and 3-consumer candidates, appended after them.
+    for (int consumers : {2, 3}) {
+      for (int bn : kSm90BlockN) {
+        for (int s : {2, 3}) {
+          for (int schedule : {0, 1, 2}) {
+            Candidate c;
+            c.config = sm90_config(bn, consumers, s, schedule >= 1, schedule == 2);
+            c.config.persistent = true;
+            if (auto why = why_illegal(spec, c.config, limits)) c.pruned = std::move(*why);
+            out.push_back(std::move(c));
+          }
+        }
+      }
+    }
     // V head dims above 256: the two consumers split S's and O's columns (_x2); every block_n
     // the default may pick (multiples of 16 up to 128).
     if (spec.head_dim_v > 256) {
