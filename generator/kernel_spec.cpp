@@ -191,9 +191,11 @@ int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
       const int swizzle_p = sm90_swizzle(cfg.block_n);
       exchange = (cfg.block_n * 2 / swizzle_p) * sm90_panel_bytes(cfg.block_m, swizzle_p) + 512 + 8 * cfg.stages;
     }
-    // + 1 KiB to align the dynamic shared-memory base, + the mbarriers (Q full, and Q empty
-    // outside the column split; then full K, full V and empty per stage), 8 bytes each.
-    return q + cfg.stages * (k + v + bias) + exchange + 1024 + 8 * ((cfg.split > 1 ? 1 : 2) + 3 * cfg.stages);
+    // + 1 KiB to align the dynamic shared-memory base, + the mbarriers, 8 bytes each: Q full, then
+    // full K, full V and empty per stage; outside the column split also Q empty, the tile queue's
+    // two full and two empty barriers and its two 4-byte slots (templates/attn_fwd_sm90.cuh).
+    const int barriers = 8 * (1 + 3 * cfg.stages) + (cfg.split > 1 ? 0 : 8 * 5 + 8);
+    return q + cfg.stages * (k + v + bias) + exchange + 1024 + barriers;
   }
   const int q = cfg.block_m * padded_stride(spec.head_dim);
   // Column slices (split) hold V tiles of their slice's columns only.

@@ -64,7 +64,23 @@ struct DeviceState {
   std::mutex mu;
   std::unordered_map<std::string, std::shared_ptr<KernelSlot>> kernels;  // by spec + config
   std::unordered_map<std::string, ConfigChoice> choices;                 // by spec + bucket
+  // Persistent Hopper kernels' tile claim counters, one per stream (launches on one stream run in
+  // order; each leaves its counter at 0 for the next), zeroed on creation.
+  std::mutex counters_mu;
+  std::unordered_map<CUstream, device::DeviceBuffer> tile_counters;
 };
+
+// The claim counter of persistent kernels launched on `stream` (the device's context current).
+unsigned* tile_counter(DeviceState& dev, CUstream stream) {
+  std::lock_guard lock(dev.counters_mu);
+  auto it = dev.tile_counters.find(stream);
+  if (it == dev.tile_counters.end()) {
+    device::DeviceBuffer counter(sizeof(unsigned));
+    counter.fill_async(0, stream);
+    it = dev.tile_counters.emplace(stream, std::move(counter)).first;
+  }
+  return static_cast<unsigned*>(it->second.data());
+}
 
 bool env_is(const char* name, const char* value) {
   const char* v = std::getenv(name);
@@ -104,13 +120,16 @@ jitattn_kernel::TensorMapBytes encode_panels(const TensorRef& t, int cols, unsig
 // The Hopper family's kernel parameter: TMA tensor maps of Q, K and V (boxes of one swizzled
 // panel by block_m or block_n rows, templates/attn_fwd_sm90.cuh) ahead of the ordinary params.
 jitattn_kernel::AttnFwdTmaParams make_tma_params(const AttentionArgs& args, const Problem& problem,
-                                                 const KernelSpec& spec, const TileConfig& cfg) {
+                                                 const KernelSpec& spec, const TileConfig& cfg,
+                                                 long long l2_bytes, unsigned* counter) {
   jitattn_kernel::AttnFwdTmaParams tp{};
   tp.p = make_params(args, problem);
   const std::array<unsigned, 3> tiles = make_grid(problem, cfg);
   tp.tiles_m = tiles[0];
   tp.tiles_h = tiles[1];
   tp.tiles_b = tiles[2];
+  tp.tiles_group = persistent_tile_group(problem, l2_bytes);
+  tp.tile_counter = counter;
   const Sm90Layout l = sm90_layout(spec, cfg);
   tp.tma_q = encode_panels(args.q, problem.head_dim, static_cast<unsigned>(l.panel_cols_qk()),
                            static_cast<unsigned>(cfg.block_m), l.swizzle_qk);
@@ -358,13 +377,15 @@ struct Engine::Impl {
   }
 
   // Launches a loaded GPU kernel for `problem` with its family's parameter block.
-  static void launch_gpu(const LoadedKernel& k, const KernelSpec& spec, const TileConfig& cfg,
-                         const Problem& problem, const AttentionArgs& args, CUstream stream, int sm_count) {
-    const auto grid = make_launch_grid(problem, cfg, sm_count);
+  static void launch_gpu(DeviceState& dev, const LoadedKernel& k, const KernelSpec& spec, const TileConfig& cfg,
+                         const Problem& problem, const AttentionArgs& args, CUstream stream) {
+    const auto grid = make_launch_grid(problem, cfg, dev.backend.key.sm_count);
     const std::array<unsigned, 3> block = {static_cast<unsigned>(k.source.threads), 1, 1};
     const auto shared = static_cast<unsigned>(k.source.shared_bytes);
     if (k.source.tma_params) {
-      jitattn_kernel::AttnFwdTmaParams tp = make_tma_params(args, problem, spec, cfg);
+      jitattn_kernel::AttnFwdTmaParams tp =
+          make_tma_params(args, problem, spec, cfg, dev.backend.key.l2_bytes,
+                          cfg.persistent ? tile_counter(dev, stream) : nullptr);
       void* launch_args[] = {&tp};
       device::launch(k.function, grid, block, shared, stream, launch_args);
     } else {
@@ -493,7 +514,7 @@ ConfigChoice Engine::Impl::tune_now(DeviceState& dev, const KernelSpec& spec, co
                              [&](long long begin, long long end) { fn(&params, begin, end); });
         return;
       }
-      launch_gpu(k, spec, cfg, problem, args, stream, dev.backend.key.sm_count);
+      launch_gpu(dev, k, spec, cfg, problem, args, stream);
     };
     const size_t o_bytes = span_bytes(args.o);
     auto download_o = [&] {
@@ -902,7 +923,7 @@ KernelReport Engine::forward(const AttentionArgs& args, const ForwardOptions& op
   bool from_cache = false;
   const TileConfig& cfg = choice.config;
   LoadedKernel& k = impl_->kernel(state, spec, cfg, &compiled_now, &from_cache);
-  Impl::launch_gpu(k, spec, cfg, problem, args, stream, state.backend.key.sm_count);
+  Impl::launch_gpu(state, k, spec, cfg, problem, args, stream);
   return report(k, spec, cfg, state.backend, choice, compiled_now, from_cache);
 }
 

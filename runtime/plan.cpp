@@ -204,6 +204,14 @@ std::array<unsigned, 3> make_launch_grid(const Problem& pr, const TileConfig& c,
   return {static_cast<unsigned>(std::min<unsigned long long>(n, static_cast<unsigned>(std::max(sm_count, 1)))), 1, 1};
 }
 
+unsigned persistent_tile_group(const Problem& pr, long long l2_bytes) {
+  const long long pairs = std::max(1ll, static_cast<long long>(pr.heads_q) * pr.batch);
+  // K and V rows of one query head (GQA heads share theirs): seqlen_k x (d + dv) 16-bit values.
+  const long long group = std::max(1, pr.heads_q / std::max(1, pr.heads_kv));
+  const long long kv = std::max(1ll, static_cast<long long>(pr.seqlen_k) * (pr.head_dim + pr.head_dim_v) * 2 / group);
+  return static_cast<unsigned>(std::clamp(l2_bytes / 2 / kv, 1ll, pairs));
+}
+
 TileConfig parse_config(const std::string& text) {
   // At most 4 digits each: every legal value fits, and std::stoi can never overflow.
   static const std::regex re(R"(bm(\d{1,4})_bn(\d{1,4})_w(\d{1,4})_s(\d{1,4})(_qr)?(_x(\d{1,2}))?)");

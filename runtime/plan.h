@@ -65,6 +65,10 @@ std::array<unsigned, 3> make_grid(const Problem& problem, const TileConfig& conf
 /// (one CTA per SM walking the tiles) (min(tiles, sm_count), 1, 1).
 std::array<unsigned, 3> make_launch_grid(const Problem& problem, const TileConfig& config, int sm_count);
 
+/// How many (head, batch) pairs a persistent Hopper kernel walks together: as many as keep their
+/// K and V within half of an L2 of `l2_bytes` (at least 1, at most all of them).
+unsigned persistent_tile_group(const Problem& problem, long long l2_bytes);
+
 /// Parses TileConfig::canonical() text ("bm128_bn64_w8_s2[_qr]", "h_bm128_bn128_wg2_s2",
 /// "cpu_bm64_bn64"); throws InvalidArgument("config").
 TileConfig parse_config(const std::string& text);

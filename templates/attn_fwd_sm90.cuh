@@ -72,7 +72,7 @@ static_assert(kHeadDimPad % kPanelColsQK == 0 && kHeadDimVPad % kPanelColsV == 0
               "padded head dims must be whole panels");
 static_assert(!kBiasTma || kBlockN % kBiasPanelCols == 0, "bias panels must tile block_n");
 static_assert(kQBytes + kStages * (kKStageBytes + kVStageBytes + kBiasStageBytes) + 1024 +
-                      8 * (2 + 3 * kStages) ==
+                      8 * (6 + 3 * kStages) + 8 ==
                   kSmemBytes,
               "shared-memory layout disagrees with the generator's shared_memory_bytes");
 
@@ -113,23 +113,9 @@ struct TileWork {
   JITATTN_DEVICE bool empty() const { return m0 >= len_q || nb_end <= nb_begin; }
 };
 
-// Tile `linear` of the (tiles_m, tiles_h, tiles_b) grid. Query blocks vary fastest (CTAs running
-// together share K and V in L2); with a bias tile by TMA the batch varies fastest instead, so the
-// CTAs that share a batch-broadcast bias tile ([1, h, sq, sk], the common relative-position
-// layout) run together and read it once from DRAM, then from L2. Causal: the longest query
-// blocks first.
-JITATTN_DEVICE TileWork plan_tile(const AttnFwdParams& p, unsigned linear, unsigned tiles_m, unsigned tiles_h,
-                                  unsigned tiles_b) {
-  unsigned m_idx, h_idx, b_idx;
-  if constexpr (kBiasTma) {
-    b_idx = linear % tiles_b;
-    m_idx = (linear / tiles_b) % tiles_m;
-    h_idx = linear / (tiles_b * tiles_m);
-  } else {
-    m_idx = linear % tiles_m;
-    h_idx = (linear / tiles_m) % tiles_h;
-    b_idx = linear / (tiles_m * tiles_h);
-  }
+// The tile at query-block index m_idx (longest first when causal) of head h_idx, batch b_idx.
+JITATTN_DEVICE TileWork plan_tile(const AttnFwdParams& p, unsigned m_idx, unsigned h_idx, unsigned b_idx,
+                                  unsigned tiles_m) {
   TileWork w;
   w.m_block = kCausal ? static_cast<int>(tiles_m - 1 - m_idx) : static_cast<int>(m_idx);
   w.h = h_idx;
@@ -168,18 +154,82 @@ JITATTN_DEVICE TileWork plan_tile(const AttnFwdParams& p, unsigned linear, unsig
   return w;
 }
 
-// Calls body(TileWork) for this CTA's tiles: its own (the grid is the tile grid), or, persistent,
-// tiles blockIdx.x, blockIdx.x + gridDim.x, ... of the (tiles_m, tiles_h, tiles_b) grid.
-template <class Body>
-JITATTN_DEVICE void for_each_tile(const AttnFwdTmaParams& params, Body&& body) {
-  if constexpr (kPersistent) {
-    const unsigned n_work = params.tiles_m * params.tiles_h * params.tiles_b;
-    for (unsigned t = blockIdx.x; t < n_work; t += gridDim.x) {
-      body(plan_tile(params.p, t, params.tiles_m, params.tiles_h, params.tiles_b));
-    }
+// Tile `linear` of the launch grid (one tile per CTA). Query blocks vary fastest (CTAs running
+// together share K and V in L2); with a bias tile by TMA the batch varies fastest instead, so the
+// CTAs that share a batch-broadcast bias tile ([1, h, sq, sk], the common relative-position
+// layout) run together and read it once from DRAM, then from L2.
+JITATTN_DEVICE TileWork grid_tile(const AttnFwdParams& p, unsigned linear) {
+  const unsigned tm = gridDim.x, th = gridDim.y, tb = gridDim.z;
+  if constexpr (kBiasTma) {
+    return plan_tile(p, (linear / tb) % tm, linear / (tb * tm), linear % tb, tm);
   } else {
-    const unsigned linear = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
-    body(plan_tile(params.p, linear, gridDim.x, gridDim.y, gridDim.z));
+    return plan_tile(p, linear % tm, (linear / tm) % th, linear / (tm * th), tm);
+  }
+}
+
+// Tile `linear` of a persistent kernel's order: (head, batch) pairs in groups of tiles_group
+// whose K and V fit in L2; within a group the query blocks (longest first when causal), each for
+// every pair of the group (heads fastest, so GQA heads sharing K and V run together; batch
+// fastest with a bias tile by TMA). Tiles of similar length run together, which with the
+// dynamic claims below balances causal work across SMs.
+JITATTN_DEVICE TileWork persistent_tile(const AttnFwdTmaParams& params, unsigned linear) {
+  const unsigned tm = params.tiles_m, th = params.tiles_h, tb = params.tiles_b;
+  const unsigned per_group = params.tiles_group * tm;
+  const unsigned group = linear / per_group;
+  const unsigned first_pair = group * params.tiles_group;
+  const unsigned pairs = min(params.tiles_group, th * tb - first_pair);
+  const unsigned r = linear - group * per_group;
+  const unsigned pair = first_pair + r % pairs;
+  if constexpr (kBiasTma) {
+    return plan_tile(params.p, r / pairs, pair / tb, pair % tb, tm);
+  } else {
+    return plan_tile(params.p, r / pairs, pair % th, pair / th, tm);
+  }
+}
+
+// A persistent CTA's next tile: gridDim.x + a ticket of the launch's counter (tickets at or past
+// n_work - gridDim.x say stop, one per CTA). The CTA drawing the last ticket (n_work - 1) resets
+// the counter for the next launch on the stream: every other ticket was drawn before it.
+JITATTN_DEVICE unsigned claim_tile(unsigned* counter, unsigned n_work) {
+  const unsigned ticket = atomicAdd(counter, 1u);
+  if (ticket == n_work - 1) atomicExch(counter, 0u);
+  return gridDim.x + ticket;
+}
+
+// Calls body(TileWork) for each of this CTA's tiles: its own (the grid is the tile grid), or,
+// persistent, the tiles it claims. The producer thread claims each next tile one tile ahead and
+// hands the indices to the consumers through two shared-memory slots (full / empty mbarriers per
+// slot), ending with a stop index that both sides see.
+struct TileQueue {
+  u32 bar_full, bar_empty, slots;  // 2 mbarriers each, 2 u32 slots
+};
+template <bool kProducer, class Body>
+JITATTN_DEVICE void for_each_tile(const AttnFwdTmaParams& params, const TileQueue& q, Body&& body) {
+  if constexpr (!kPersistent) {
+    body(grid_tile(params.p, blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z)));
+  } else {
+    const unsigned n_work = params.tiles_m * params.tiles_h * params.tiles_b;
+    unsigned t = blockIdx.x;  // the host launches at most n_work CTAs
+    unsigned next = 0;
+    if (kProducer) next = claim_tile(params.tile_counter, n_work);
+    for (u32 u = 0;; ++u) {
+      const u32 j = u & 1u;
+      if (kProducer) {
+        if (u >= 2) mbar_wait(q.bar_empty + 8 * j, ((u >> 1) - 1) & 1u);
+        st_shared_u32(q.slots + 4 * j, t);
+        mbar_arrive(q.bar_full + 8 * j);
+      } else {
+        mbar_wait(q.bar_full + 8 * j, (u >> 1) & 1u);
+        t = ld_shared_u32(q.slots + 4 * j);
+        mbar_arrive(q.bar_empty + 8 * j);
+      }
+      if (t >= n_work) break;
+      body(persistent_tile(params, t));
+      if (kProducer) {
+        t = next;
+        if (t < n_work) next = claim_tile(params.tile_counter, n_work);
+      }
+    }
   }
 }
 
@@ -201,13 +251,18 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   const u32 sB = sV + kStages * kVStageBytes;        // kStages x (BLOCK_M, BLOCK_N) bias panels
   const u32 bar_q = sB + kStages * kBiasStageBytes;  // Q landed
   const u32 bar_q_empty = bar_q + 8;                 // persistent: every consumer is done with Q
-  const u32 bar_full_k = bar_q_empty + 8;            // kStages each
+  const TileQueue tiles{bar_q_empty + 8, bar_q_empty + 24, bar_q_empty + 40 + 24 * kStages};
+  const u32 bar_full_k = bar_q_empty + 40;           // kStages each
   const u32 bar_full_v = bar_full_k + 8 * kStages;
   const u32 bar_empty = bar_full_v + 8 * kStages;
 
   if (tid == 0) {
     mbar_init(bar_q, 1);
     mbar_init(bar_q_empty, 128 * kConsumers);
+    for (int j = 0; j < 2; ++j) {
+      mbar_init(tiles.bar_full + 8 * j, 1);
+      mbar_init(tiles.bar_empty + 8 * j, 128 * kConsumers);
+    }
 #pragma unroll
     for (int s = 0; s < kStages; ++s) {
       mbar_init(bar_full_k + 8 * s, 1);
@@ -233,7 +288,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     if (tid == 0) {
       int kv_base = 0;
       int q_count = 0;
-      for_each_tile(params, [&](const TileWork& w) {
+      for_each_tile<true>(params, tiles, [&](const TileWork& w) {
         if (w.rows_out <= 0 || w.empty()) return;
         if (q_count == 0) {
           // Only with work: a problem without keys has no K/V maps (the driver refuses to encode
@@ -296,7 +351,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     int kv_base = 0;
     int q_count = 0;
 
-    for_each_tile(params, [&](const TileWork& w) {
+    for_each_tile<false>(params, tiles, [&](const TileWork& w) {
       if (w.rows_out <= 0) return;
       const int b = w.b, h = w.h, m0 = w.m0, len_q = w.len_q, len_k = w.len_k, offset = w.offset;
       const int rows_out = w.rows_out, nb_begin = w.nb_begin;

@@ -24,8 +24,11 @@ struct AttnFwdTmaParams {
   TensorMapBytes tma_bias;
   AttnFwdParams p;
   // The tile grid (query blocks, heads, batch): the launch grid, or, persistent kernels
-  // (kPersistent), what their CTAs walk.
-  unsigned tiles_m, tiles_h, tiles_b;
+  // (kPersistent), what their CTAs claim, (head, batch) pairs in groups of tiles_group (K and V
+  // of a group fit in L2). tile_counter: the persistent kernels' claim counter, 0 at launch
+  // (the CTA taking the last ticket resets it; one counter per stream).
+  unsigned tiles_m, tiles_h, tiles_b, tiles_group;
+  unsigned* tile_counter;
 };
 
 // The Hopper-family backward's dK/dV kernel (attn_bwd_sm90.cuh): maps of Q and dO (boxes of

@@ -66,6 +66,9 @@ JITATTN_DEVICE u32 ld_shared_u32(u32 addr) {
   asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
   return v;
 }
+JITATTN_DEVICE void st_shared_u32(u32 addr, u32 v) {
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
 
 // ---- register reallocation between warpgroup roles (needs __launch_bounds__(threads, 1)) --------
 template <int N>

@@ -801,8 +801,9 @@ TEST(Sm90Config, WhyIllegalExplains) {
 
 TEST(Sm90Config, SharedMemoryPadsHeadDimsToWholeSwizzledPanels) {
   // d128: 128-byte panels. Q 128 x 256 B, per stage K and V 128 x 256 B each, + 1 KiB alignment
-  // slack + 8 mbarriers (Q full and empty, then full K, full V and empty per stage).
-  EXPECT_EQ(shared_memory_bytes(sm90_spec(), sm90_config(128, 2, 2)), 32768 + 2 * 65536 + 1024 + 64);
+  // slack + 12 mbarriers (Q full and empty, the tile queue's 2 full and 2 empty, then full K,
+  // full V and empty per stage) and the tile queue's 2 slots.
+  EXPECT_EQ(shared_memory_bytes(sm90_spec(), sm90_config(128, 2, 2)), 32768 + 2 * 65536 + 1024 + 96 + 8);
   // d72 pads to 80 = five 32-byte panels (16 columns each).
   const Sm90Layout l = sm90_layout(sm90_spec(72, 96));
   EXPECT_EQ(l.head_dim_pad, 80);
