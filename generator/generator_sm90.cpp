@@ -194,7 +194,7 @@ KernelSource generate_sm90_backward(const KernelSpec& spec, const TileConfig& cf
   s += fmt::format("constexpr bool kDqSplitN = {};\n", dq.split_n);
   s += fmt::format("constexpr int kDqN = {};\n", dq.n);
   s += fmt::format("constexpr bool kDropout = false;\n");
-  s += fmt::format("constexpr bool kDbias = false;\n");
+  s += fmt::format("constexpr bool kDbias = {};\n", spec.dbias);
   s += sm90_mask_constants(spec);
   s += fmt::format("constexpr bool kRawScores = {};\n", raw);
   s += fmt::format("constexpr bool kSoftcap = {};  // d(score)/d(Q.K) varies per score\n", spec.softcap > 0.0f);

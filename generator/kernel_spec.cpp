@@ -283,7 +283,6 @@ std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, con
   if (spec.deterministic) {
     return std::string("the sm90 backward sums dQ with atomics; deterministic mode is the mma.sync backward's");
   }
-  if (spec.dbias) return std::string("the sm90 backward writes no bias gradient (the mma.sync backward does)");
   if (cfg.split != 1) return std::string("column slices (_x) are an mma.sync backward option");
   if (cfg.q_in_regs || cfg.overlap || cfg.poly_exp || cfg.persistent) {
     return std::string("_qr, _ov, _pe and _ps are not options of the sm90 backward");
@@ -309,8 +308,13 @@ std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, con
   // and dP^T live at once). Fitted to NVRTC 13.0's spill reports over the compile grid
   // (tests/compile_grid_test.cpp): 208 is the most that compiled without spills throughout (d128
   // plain, causal, and causal bottom-right with a window and packed varlen sit on it; d120 with
-  // ALiBi, d88 with softcap and d64 at block_m 128 spilled). Head dims above 128 never fit beside
-  // both accumulators: the mma.sync backward takes them.
+  // ALiBi, d88 with softcap and d64 at block_m 128 spilled). dBias (the workspace row pointer,
+  // stride and bounds at the dS^T loop) needs no term of its own: every dBias variant the model
+  // allows compiled without spills (d112 with a bottom-right window and padded varlen, d96 with
+  // ALiBi, d64 with softcap and d32 with everything sit on 208), and those that spilled lay above
+  // it (d120 and d128 causal packed at 220, softcap from d88 at 240); so a bias tensor, with or
+  // without dBias, runs here up to d112. Head dims above 128 never fit beside both accumulators:
+  // the mma.sync backward takes them.
   const Sm90Layout l = sm90_layout(spec);
   if (l.head_dim_pad > 128 || l.head_dim_v_pad > 128) {
     return fmt::format("head dims {}/{} above 128: dK and dV of 64 keys would not fit beside S^T and dP^T in "
@@ -620,7 +624,7 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
 
 // The Hopper-family backward's default: two consumer warpgroups (128 keys per CTA, FA3's shape),
 // 64 query rows per step (128 spilled 44-48 bytes at d64 with NVRTC 13.0), two Q/dO stages. May
-// be illegal for the spec (head dims above 128, dropout, deterministic, dbias): check why_illegal.
+// be illegal for the spec (head dims above 128, dropout, deterministic, registers): check why_illegal.
 TileConfig default_backward_config_sm90(const KernelSpec& spec, const DeviceLimits& limits) {
   (void)spec;
   (void)limits;
@@ -632,9 +636,10 @@ TileConfig default_backward_config_sm90(const KernelSpec& spec, const DeviceLimi
 bool sm90_family_default(const KernelSpec& spec, const DeviceLimits& limits) {
   if (spec.target.cpu || spec.target.sm != 90 || limits.sm != 90) return false;
   if (spec.pass == Pass::backward) {
-    // A bias tensor stays on the mma.sync backward (per-element global loads inside the score
-    // loop; not measured on the sm90 backward yet).
-    if (spec.bias) return false;
+    // A bias tensor without its gradient stays on the mma.sync backward (per-element global
+    // loads inside the score loop; not measured on the sm90 backward yet). With dBias the
+    // Hopper backward is the default where it is legal (its registers allow it).
+    if (spec.bias && !spec.dbias) return false;
     return !why_illegal(spec, default_backward_config_sm90(spec, limits), limits).has_value();
   }
   // Bias tensors that cannot be tiled (key or query broadcast, unaligned rows) are read per

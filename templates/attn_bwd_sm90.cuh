@@ -14,6 +14,9 @@
 //   dQ += dS K                        dS^T to shared memory (double-buffered, 128-byte swizzle),
 //                                     wgmma with A transposed (M-major) and K MN-major, then
 //                                     red.global.add.v2.f32 into the fp32 dQ workspace.
+//   dBias (kDbias)                    dS^T before d(score)/d(Q.K) (dL/d(score)), from the
+//                                     registers by red.global.add.f32 into the fp32 dBias
+//                                     workspace (broadcast dims have stride 0: summed there).
 // The dQ product is split between the consumers when both see every key of the block (a named
 // barrier over them after dS^T is written): by query rows when block_m is 128, else by head-dim
 // panels when the padded head dim is two whole panels; otherwise each consumer adds its own 64
@@ -91,6 +94,9 @@ JITATTN_DEVICE void st_shared_u32(u32 addr, u32 v) {
 }
 JITATTN_DEVICE void red_add_v2(float* p, float a, float b) {
   asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(a), "f"(b) : "memory");
+}
+JITATTN_DEVICE void red_add(float* p, float v) {
+  asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(p), "f"(v) : "memory");
 }
 
 }  // namespace jitattn_kernel
@@ -303,6 +309,31 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       if (kWindow && p.window_left >= 0) need_mask |= kw0 < m0f + kBlockM - 1 + offset - p.window_left;
       const float* lse_s = lse_smem + s * kBlockM;
       const float* delta_s = delta_smem + s * kBlockM;
+      // dBias: dS^T's entries at (query m0 + c, key) of this head's plane of the fp32 workspace,
+      // strides 0 on broadcast dims. One red per score: adjacent keys are neighbouring lanes (g),
+      // so a warp's red covers 4 query rows x 8 keys, whole 32-byte sectors (a v2 would need a
+      // shuffle and an even row stride). Only positions inside the sequence: rows past len_q and
+      // keys past len_k are no scores of it (the workspace keeps its zeros there). Offsets from
+      // the row pointer are 32-bit (under block_m rows of a stride <= seqlen_k); the strides pass
+      // through asm so their per-element products are formed at the red, not hoisted (a tile's
+      // worth of registers).
+      float* dba_row = nullptr;  // (query m0 + 2t, key key_g)
+      int dba_rs = 0, dba_key8 = 0, dba_rows = 0, dba_keys = 0;
+      if constexpr (kDbias) {
+        dba_rs = static_cast<int>(bp.dba_row_stride);
+        dba_key8 = 8 * static_cast<int>(bp.dba_col_stride);  // 8 keys on: 8, or 0 broadcast
+        asm volatile("" : "+r"(dba_rs), "+r"(dba_key8));
+        dba_row = bp.dbias_accum + b * bp.dba_batch_stride + h * bp.dba_head_stride +
+                  static_cast<long long>(m0f + 2 * t) * dba_rs + keyf * (dba_key8 / 8);
+        dba_rows = len_q - (m0f + 2 * t);  // rows nt * 8 + e % 2 below this are in the sequence
+        dba_keys = len_k - keyf;           // key offsets (e / 2) * 8 below this
+      }
+      auto add_dbias = [&](int nt, int e, float ds) {
+        if constexpr (kDbias) {
+          const int r = nt * 8 + e % 2;
+          if (r < dba_rows && (e / 2) * 8 < dba_keys) red_add(dba_row + r * dba_rs + (e / 2) * dba_key8, ds);
+        }
+      };
       // ---- P^T in place (masks, score modifiers); with softcap, dS^T too ------------------------
 #pragma unroll
       for (int nt = 0; nt < kMT; ++nt) {
@@ -318,7 +349,9 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           if (need_mask && is_masked(p, qi, kj, len_q, len_k, offset)) pr = 0.0f;
           acc_s[4 * nt + e] = pr;
           if constexpr (kSoftcap) {
-            acc_dp[4 * nt + e] = pr * (acc_dp[4 * nt + e] - delta_s[c + (e % 2)]) * mod.grad_scale(raw_s);
+            const float ds = pr * (acc_dp[4 * nt + e] - delta_s[c + (e % 2)]);  // dL/d(score)
+            add_dbias(nt, e, ds);
+            acc_dp[4 * nt + e] = ds * mod.grad_scale(raw_s);
           }
         }
       }
@@ -331,8 +364,9 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           const int c = nt * 8 + 2 * t;
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            acc_dp[4 * nt + e] = acc_s[4 * nt + e] * (acc_dp[4 * nt + e] - delta_s[c + (e % 2)]) *
-                                 mod.grad_scale(0.0f);
+            const float ds = acc_s[4 * nt + e] * (acc_dp[4 * nt + e] - delta_s[c + (e % 2)]);  // dL/d(score)
+            add_dbias(nt, e, ds);
+            acc_dp[4 * nt + e] = ds * mod.grad_scale(0.0f);
           }
         }
       }

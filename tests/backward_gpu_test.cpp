@@ -182,6 +182,7 @@ std::string sm90_backward_default(const ProblemDesc& d) {
   s.mask = d.mask;
   s.window = d.window.has_value();
   s.bias = d.bias != "none";
+  s.dbias = d.dbias;
   s.alibi = d.alibi;
   s.softcap = d.softcap;
   s.varlen = d.varlen;
@@ -192,11 +193,12 @@ std::string sm90_backward_default(const ProblemDesc& d) {
 std::vector<Case> sm90_cases() {
   std::vector<Case> cs;
   // An explicit config is forced; else the family's default where it is legal and the runtime's
-  // default also picks it (no bias tensor), else the runtime's default (the mma.sync fallback).
+  // default also picks it (no bias tensor, or one with dBias), else the runtime's default (the
+  // mma.sync fallback).
   auto add = [&](std::string name, ProblemDesc p, std::string cfg = "") {
     const bool forced = !cfg.empty();
     if (!forced) cfg = sm90_backward_default(p);
-    const bool sm90 = forced || (!cfg.empty() && p.bias == "none");
+    const bool sm90 = forced || (!cfg.empty() && (p.bias == "none" || p.dbias));
     cs.push_back({std::move(name), p, false, sm90 ? cfg : std::string(), sm90 ? "sm_90a" : "sm_90"});
   };
   const test::AddCase add_plain = [&](std::string name, ProblemDesc p) { add(std::move(name), p); };
@@ -227,7 +229,7 @@ std::vector<Case> sm90_cases() {
     ProblemDesc p = base(64);
     p.alibi = true;
     p.softcap = 20.0f;
-    p.bias = "1hqk";  // an input only: the sm90 backward writes no dbias
+    p.bias = "1hqk";  // an input only (no dbias)
     p.mask = MaskKind::causal;
     p.window = Window{64, 0};
     p.varlen = VarlenKind::packed;
@@ -247,6 +249,82 @@ std::vector<Case> sm90_cases() {
     p.head_dim_v = dv;
     p.mask = MaskKind::causal;
     add(fmt::format("d{}_dv{}", d, dv), p);
+  }
+  // dBias (the score gradient by fp32 atomics; broadcast dims summed there), the default with
+  // a bias tensor that needs its gradient where registers allow (up to d112 without other
+  // modifiers; d128 runs the mma.sync fallback): the bias shapes of the mma.sync dbias cases,
+  // masks, GQA (a head-broadcast bias sums every head), varlen, both element types.
+  for (int d : {64, 96, 112, 128}) {
+    ProblemDesc p = base(d);
+    p.bias = "bhqk";
+    p.dbias = true;
+    add(fmt::format("dbias_bhqk_d{}", d), p);
+    p.mask = MaskKind::causal;
+    p.bias = "1hqk";
+    add(fmt::format("dbias_1hqk_causal_d{}", d), p);
+    p = base(d);
+    p.bias = "b1qk";
+    p.dbias = true;
+    p.heads_q = 6;
+    p.heads_kv = 2;
+    p.mask = MaskKind::causal_bottom_right;
+    add(fmt::format("dbias_b1qk_gqa_causal_br_d{}", d), p);
+    p = base(d, DType::f16);
+    p.bias = "bhqk";
+    p.dbias = true;
+    p.mask = MaskKind::causal;
+    p.varlen = VarlenKind::packed;
+    add(fmt::format("dbias_bhqk_f16_packed_causal_d{}", d), p);
+    p = base(d, DType::f16);
+    p.bias = "1hqk";
+    p.dbias = true;
+    p.varlen = VarlenKind::padded;
+    p.heads_q = 6;
+    p.heads_kv = 3;
+    add(fmt::format("dbias_1hqk_f16_padded_gqa_d{}", d), p);
+  }
+  {
+    for (const char* b : {"b11k", "bhq1", "bh1k", "111k"}) {
+      ProblemDesc p = base(64);
+      p.bias = b;
+      p.dbias = true;
+      add(fmt::format("dbias_{}_d64", b), p);
+    }
+    ProblemDesc p = base(64);
+    p.bias = "bhqk";
+    p.dbias = true;
+    p.softcap = 5.0f;
+    add("dbias_softcap_d64", p);
+    p = base(64);
+    p.bias = "b1qk";
+    p.dbias = true;
+    p.alibi = true;
+    p.mask = MaskKind::causal;
+    p.window = Window{64, 0};
+    add("dbias_alibi_causal_window_d64", p);
+    p = base(32);
+    p.bias = "bhqk";
+    p.dbias = true;
+    p.seqlen_q = 333;
+    p.seqlen_k = 457;
+    p.heads_q = 4;
+    p.heads_kv = 2;
+    p.mask = MaskKind::causal_bottom_right;
+    for (const char* cfg : {"h_bm128_bn128_wg2_s2", "h_bm128_bn64_wg1_s2", "h_bm64_bn64_wg1_s1",
+                            "h_bm64_bn128_wg2_s2_pp", "h_bm128_bn128_wg2_s3_pp"}) {
+      add(fmt::format("dbias_config_{}_d32", cfg), p, cfg);
+    }
+    p.bias = "1h1k";
+    add("dbias_1h1k_config_h_bm128_bn128_wg2_s2_d32", p, "h_bm128_bn128_wg2_s2");
+    for (int d : {64, 96}) {  // d128 with a bias tensor: registers (the mma.sync backward)
+      p = base(d);
+      p.bias = "b1qk";
+      p.dbias = true;
+      p.mask = MaskKind::causal;
+      p.heads_q = 4;
+      p.heads_kv = 2;
+      add(fmt::format("dbias_config_h_bm64_bn128_wg2_s2_pp_gqa_d{}", d), p, "h_bm64_bn128_wg2_s2_pp");
+    }
   }
   for (auto [sq, sk] : {std::pair{1, 1}, {1, 17}, {17, 1}, {17, 17}, {1000, 1000}, {100, 1000}, {1000, 100}}) {
     for (int d : {64, 128}) {
@@ -295,16 +373,17 @@ TEST_P(Sm90Features, MatchesReference) {
   harness::Runner runner(GetParam().desc);
   const harness::BackwardCheckResult r = runner.check_backward(engine(), opt);
   EXPECT_TRUE(r.pass) << harness::describe(GetParam().desc) << " config " << r.kernel.config << " seed " << r.seed
-                      << ": dq " << r.dq_err << " dk " << r.dk_err << " dv " << r.dv_err << " (tol "
-                      << r.tolerance << ")";
+                      << ": dq " << r.dq_err << " dk " << r.dk_err << " dv " << r.dv_err << " dbias "
+                      << r.dbias_err << " (tol " << r.tolerance << ")";
   EXPECT_EQ(r.kernel.target, GetParam().target) << r.kernel.name;
   EXPECT_EQ(r.kernel.spill_bytes, 0) << r.kernel.name;
 }
 INSTANTIATE_TEST_SUITE_P(BackwardSm90, Sm90Features, ::testing::ValuesIn(sm90_cases()),
                          [](const auto& info) { return info.param.name; });
 
-// On sm_90 the runtime's default backward is the Hopper family where it supports the spec, and
-// the mma.sync backward where it does not (dropout, deterministic, dbias, head dims above 128).
+// On sm_90 the runtime's default backward is the Hopper family where it supports the spec (a
+// bias tensor with dBias too), and the mma.sync backward where it does not (dropout,
+// deterministic, head dims above 128) or a bias tensor without dBias.
 TEST(BackwardSm90, DefaultFamily) {
   JITATTN_REQUIRE_SM90();
   ProblemDesc p = base(128);
@@ -323,6 +402,17 @@ TEST(BackwardSm90, DefaultFamily) {
   const auto rb = runner_big.check_backward(engine(), {});
   EXPECT_TRUE(rb.pass);
   EXPECT_EQ(rb.kernel.target, "sm_90") << rb.kernel.name;
+  ProblemDesc bias = base(96);
+  bias.bias = "1hqk";
+  harness::Runner runner_bias(bias);
+  const auto rn = runner_bias.check_backward(engine(), {});
+  EXPECT_TRUE(rn.pass);
+  EXPECT_EQ(rn.kernel.target, "sm_90") << rn.kernel.name;
+  bias.dbias = true;
+  harness::Runner runner_dbias(bias);
+  const auto rdb = runner_dbias.check_backward(engine(), {});
+  EXPECT_TRUE(rdb.pass) << "dbias " << rdb.dbias_err;
+  EXPECT_EQ(rdb.kernel.target, "sm_90a") << rdb.kernel.name;
 }
 
 // Random shapes: fresh sizes per run (the seed is printed with every failure).

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -21,6 +22,7 @@ namespace {
 struct Variant {
   std::string label;
   KernelSpec spec;
+  std::optional<TileConfig> config = std::nullopt;  // else the default config
 };
 
 // The modifier/mask sets crossed with every head dim. Each feature appears on its own and the
@@ -217,14 +219,16 @@ std::vector<Variant> wide_variants() {
 
 // The Hopper-family backward (templates/attn_bwd_sm90.cuh) at every head dim it takes (8..128),
 // plain and with every feature it supports (masks, window, varlen, ALiBi, softcap, a bias tensor
-// without dBias, fp16, unequal dims). default_config picks it for all of these but the bias
-// tensor (family_default_config is compiled, and the test checks the default's family).
+// with and without dBias, fp16, unequal dims). default_config picks it for all of these but the
+// bias tensor without dBias (family_default_config is compiled, and the test checks the default's
+// family). Broadcast bias dims and GQA are runtime strides and heads: the same kernel.
 std::vector<Variant> sm90_backward_variants() {
   struct Mods {
     const char* label;
     MaskKind mask;
     bool window, bias, alibi, softcap;
     VarlenKind varlen;
+    bool dbias = false;
   };
   const Mods mods[] = {
       {"plain", MaskKind::none, false, false, false, false, VarlenKind::none},
@@ -235,6 +239,12 @@ std::vector<Variant> sm90_backward_variants() {
       {"alibi_causal", MaskKind::causal, false, false, true, false, VarlenKind::none},
       {"softcap", MaskKind::none, false, false, false, true, VarlenKind::none},
       {"bias_window", MaskKind::none, true, true, false, false, VarlenKind::none},
+      {"dbias", MaskKind::none, false, true, false, false, VarlenKind::none, true},
+      {"dbias_causal_packed", MaskKind::causal, false, true, false, false, VarlenKind::packed, true},
+      {"dbias_causal_br_window_padded", MaskKind::causal_bottom_right, true, true, false, false, VarlenKind::padded, true},
+      {"dbias_softcap", MaskKind::none, false, true, false, true, VarlenKind::none, true},
+      {"dbias_everything", MaskKind::causal, true, true, true, true, VarlenKind::packed, true},
+      {"dbias_alibi_causal", MaskKind::causal, false, true, true, false, VarlenKind::none, true},
   };
   auto make = [](DType dt, int d, int dv, const Mods& m) {
     KernelSpec s;
@@ -246,6 +256,7 @@ std::vector<Variant> sm90_backward_variants() {
     s.mask = m.mask;
     s.window = m.window;
     s.bias = m.bias;
+    s.dbias = m.dbias;
     s.alibi = m.alibi;
     s.softcap = m.softcap ? 30.0f : 0.0f;
     s.varlen = m.varlen;
@@ -257,9 +268,35 @@ std::vector<Variant> sm90_backward_variants() {
     for (const Mods& m : mods) out.push_back(make(DType::bf16, d, d, m));
   }
   for (int d : {64, 128}) out.push_back(make(DType::f16, d, d, mods[4]));
+  for (int d : {64, 96, 128}) {
+    for (int i : {8, 9, 12}) out.push_back(make(DType::f16, d, d, mods[i]));
+  }
   for (auto [d, dv] : {std::pair{72, 40}, {128, 64}, {64, 128}, {8, 128}}) {
     out.push_back(make(DType::bf16, d, dv, mods[0]));
     out.push_back(make(DType::bf16, d, dv, mods[4]));
+    out.push_back(make(DType::bf16, d, dv, mods[12]));
+  }
+  // dBias under the other configs the GPU tests force: one consumer, block_m 128 (row-split dQ),
+  // the independent consumers (_pp), where the register model allows them.
+  for (const TileConfig& c : {sm90_backward_config(128, 2, 2), sm90_backward_config(128, 1, 2),
+                              sm90_backward_config(64, 1, 1), sm90_backward_config(64, 2, 2, true),
+                              sm90_backward_config(128, 2, 3, true)}) {
+    for (int d : {16, 32}) {
+      for (int i : {8, 9}) {
+        Variant v = make(DType::bf16, d, d, mods[i]);
+        v.label += "_" + c.canonical();
+        v.config = c;
+        out.push_back(std::move(v));
+      }
+    }
+  }
+  for (int d : {64, 96}) {
+    for (int i : {8, 9}) {
+      Variant v = make(DType::bf16, d, d, mods[i]);
+      v.config = sm90_backward_config(64, 2, 2, true);
+      v.label += "_" + v.config->canonical();
+      out.push_back(std::move(v));
+    }
   }
   return out;
 }
@@ -287,18 +324,21 @@ void compile_all_without_spills(const std::vector<Variant>& vs, bool sm90_family
       std::string failure;
       double ms = 0;
       try {
-        const TileConfig cfg = sm90_family ? family_default_config(v.spec, limits, Family::sm90)
-                                           : default_config(v.spec, limits);
+        const TileConfig cfg = v.config              ? *v.config
+                               : sm90_family ? family_default_config(v.spec, limits, Family::sm90)
+                                             : default_config(v.spec, limits);
         if (sm90_family && !cfg.hopper()) throw std::runtime_error("the sm90 family's default is not a Hopper config");
-        if (sm90_family && why_illegal(v.spec, cfg, limits)) {
+        // A forced config is never skipped: generate() below reports it if the generator refuses it.
+        if (sm90_family && !v.config && why_illegal(v.spec, cfg, limits)) {
           // Registers refuse it (modifiers at large head dims): the mma.sync backward is the
           // default then, and the backward grid above compiles it.
           if (default_config(v.spec, limits).hopper()) throw std::runtime_error("an illegal sm90 default");
           continue;
         }
-        if (sm90_family && default_config(v.spec, limits).hopper() == v.spec.bias) {
-          throw std::runtime_error(fmt::format("default_config picks {} (the sm90 family is the default without a bias tensor)",
-                                  default_config(v.spec, limits).canonical()));
+        if (sm90_family && !v.config && default_config(v.spec, limits).hopper() != (!v.spec.bias || v.spec.dbias)) {
+          throw std::runtime_error(fmt::format("default_config picks {} (the sm90 family is the default without a "
+                                               "bias tensor, or with its gradient)",
+                                               default_config(v.spec, limits).canonical()));
         }
         const KernelSource src = generate(v.spec, cfg, limits);
         const device::CompileResult compiled =

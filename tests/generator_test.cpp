@@ -222,6 +222,23 @@ TEST(Generator, Sm90BiasIsStagedOnlyWhenTiled) {
   EXPECT_TRUE(contains(src, "bias_row_stride = p.bias_row_stride"));
 }
 
+// The Hopper backward writes dBias when the spec asks for it (kDbias; the module's dBias
+// conversion kernel is there either way), and reads the bias per element in apply().
+TEST(Generator, Sm90BackwardBakesDbias) {
+  KernelSpec s = spec_for(90, 64);
+  s.pass = Pass::backward;
+  s.bias = true;
+  const DeviceLimits limits = limits_for_arch(90);
+  const TileConfig c = sm90_backward_config(64, 2, 2);
+  std::string src = generate(s, c, limits).source;
+  EXPECT_TRUE(contains(src, "constexpr bool kDbias = false;\n"));
+  s.dbias = true;
+  const KernelSource k = generate(s, c, limits);
+  EXPECT_TRUE(contains(k.source, "constexpr bool kDbias = true;\n"));
+  EXPECT_TRUE(contains(k.source, "#define JITATTN_BWD_DBIAS " + backward_kernel_name(k.name, BackwardKernel::dbias)));
+  EXPECT_TRUE(contains(k.source, "bias_row_stride = p.bias_row_stride"));
+}
+
 TEST(Generator, IllegalConfigThrowsInvalidArgumentWithTheReason) {
   const KernelSpec s = spec_for(80, 128);
   const DeviceLimits limits = limits_for_arch(80);

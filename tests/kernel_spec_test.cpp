@@ -828,6 +828,40 @@ TEST(Sm90Config, DefaultPicksTheFamilyOnSm90Only) {
   }
 }
 
+// The Hopper backward writes dBias: with a bias tensor that needs its gradient it is the
+// backward default wherever its register model allows (up to d112 without other modifiers), the
+// mma.sync backward above; a bias tensor without dBias stays on the mma.sync backward.
+TEST(Sm90Config, BackwardWithDbiasTakesTheFamilyWhereRegistersAllow) {
+  const DeviceLimits h = limits_for_arch(90);
+  for (int d = 8; d <= kMaxHeadDim; d += 8) {
+    KernelSpec s = sm90_spec(d, d);
+    s.pass = Pass::backward;
+    s.bias = s.dbias = true;
+    const TileConfig c = default_config(s, h);
+    EXPECT_EQ(c.hopper(), d <= 112) << d << " " << c.canonical();
+    EXPECT_EQ(why_illegal(s, c, h), std::nullopt) << d << " " << c.canonical();
+    if (d == 120 || d == 128) {  // both pad to 128
+      const auto why = why_illegal(s, family_default_config(s, h, Family::sm90), h);
+      EXPECT_NE(why.value_or("").find("registers"), std::string::npos) << why.value_or("legal");
+    }
+    s.mask = MaskKind::causal;
+    s.varlen = VarlenKind::packed;
+    EXPECT_EQ(default_config(s, h).hopper(), d <= 112) << d;
+    s.dbias = false;
+    EXPECT_FALSE(default_config(s, h).hopper()) << d;
+  }
+  // No longer refused as a feature: only registers decide.
+  KernelSpec s = sm90_spec(64, 64);
+  s.pass = Pass::backward;
+  s.bias = s.dbias = true;
+  for (const TileConfig& c : {sm90_backward_config(64, 1, 1), sm90_backward_config(64, 2, 3, true)}) {
+    EXPECT_EQ(why_illegal(s, c, h), std::nullopt) << c.canonical();
+  }
+  s.softcap = 30.0f;
+  s.alibi = true;
+  EXPECT_NE(why_illegal(s, sm90_backward_config(64, 2, 2), h).value_or("").find("registers"), std::string::npos);
+}
+
 // A tileable bias arrives by TMA in the Hopper family: its default there, a (block_m, block_n)
 // tile per stage in shared memory, panels of the widest swizzle that divides block_n.
 TEST(Sm90Config, TiledBiasTakesTheFamilyWithAStagedTile) {

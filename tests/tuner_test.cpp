@@ -38,11 +38,13 @@ TEST(SearchSpace, BackwardSpaceHoldsItsDefaultUnpruned) {
   for (int sm : {80, 90}) {
     const DeviceLimits limits = limits_for_arch(sm);
     for (int d = 8; d <= kMaxHeadDim; d += 8) {
-      for (bool heavy : {false, true}) {
+      for (int mode : {0, 1, 2}) {  // plain; causal, dropout and ALiBi; a bias tensor with dBias
+        const bool heavy = mode == 1;
         KernelSpec spec = spec_for(sm, d, heavy);
         spec.pass = Pass::backward;
         spec.lse = false;
         spec.dropout = spec.alibi = heavy;
+        spec.bias = spec.dbias = mode == 2;
         const TileConfig def = default_config(spec, limits);
         const std::vector<Candidate> cands = search_space(spec, limits);
         // mma.sync: block_m x warps x stages x split (8 column slices appended above head dim
