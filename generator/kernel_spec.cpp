@@ -323,8 +323,13 @@ std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, con
   const Sm90BwdDq dq = sm90_bwd_dq(spec, cfg);
   const int acc = l.head_dim_pad / 2 + l.head_dim_v_pad / 2;
   const int tiles = std::max(cfg.block_m + cfg.block_m / 4, dq.m_tiles * dq.n / 2);
+  // dBias: 8 more (the H200's NVRTC 13.0 spilled 24 bytes at d112 f16 with padded varlen and
+  // GQA, which this machine's compiled clean), and no one-consumer block_m 128 (it spilled 32).
+  if (spec.dbias && consumers == 1 && cfg.block_m == 128) {
+    return std::string("dBias with one consumer warpgroup and block_m 128 spills registers (32 bytes measured)");
+  }
   const int mods = 56 * int(spec.softcap > 0.0f) + 24 * int(spec.alibi) + 8 * int(spec.bias) +
-                   4 * int(spec.window) + 4 * int(spec.varlen != VarlenKind::none);
+                   8 * int(spec.dbias) + 4 * int(spec.window) + 4 * int(spec.varlen != VarlenKind::none);
   const int regs = acc + tiles + mods;
   if (regs > 208) {
     return fmt::format("~{} registers per consumer thread (dK + dV {}, S^T + dP^T and their fragments or dQ {}, "
@@ -386,6 +391,11 @@ std::optional<std::string> why_illegal_sm90(const KernelSpec& spec, const TileCo
     return fmt::format("stages {} unsupported: 1 to 4 (K/V TMA ring)", cfg.stages);
   }
   if (cfg.q_in_regs) return std::string("q_in_regs is an sm80-family option (wgmma reads Q from shared memory)");
+  if (cfg.persistent && sm90_bias_tma(spec)) {
+    // Measured (NVRTC 13.0, H200 run): the tile loop beside a bias tile's reads spills 8-16 bytes
+    // in every schedule with LSE and varlen or a window.
+    return std::string("persistent (_ps) with a bias tile by TMA spills registers: one tile per CTA there");
+  }
   if (cfg.pingpong && (!cfg.overlap || consumers != 2)) {
     return std::string("ping-pong (_pp) needs overlap (_ov) and 2 consumer warpgroups (one issue point "
                        "per tile, two warpgroups taking turns)");
@@ -602,10 +612,12 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
     // A bias tile by TMA costs registers only for its reads, but masks and varlen add to the
     // pressure; measured with NVRTC 13.0 under overlap + ping-pong at block_n 128 (d8-64 never
     // spilled), spills start at 4 such features for d72-96 (bias, causal, varlen, LSE) or at a
-    // window with LSE, and at 3, or a window, for d112-128.
+    // window with LSE, and at 3, or a window or LSE, for d112-128.
     const int pressure = modifiers + int(spec.mask != MaskKind::none) + int(spec.varlen != VarlenKind::none);
+    // At d112-128 LSE beside the bias also spills 4-8 bytes since the tile planning moved into
+    // the consumers (generator 5).
     overlap = dv <= 64 || (dv <= 96 && pressure <= 3 && !(spec.window && spec.lse)) ||
-              (dv <= 128 && pressure <= 2 && !spec.window);
+              (dv <= 128 && pressure <= 2 && !spec.window && !spec.lse);
   }
   TileConfig c = overlap ? sm90_config(128, 2, 3, /*overlap=*/true, /*pingpong=*/true)
                          : sm90_config(dv <= 128 ? 128 : 80, 2, dv <= 128 ? 3 : 2);

@@ -197,7 +197,8 @@ JITATTN_DEVICE unsigned claim_tile(unsigned* counter, unsigned n_work) {
 }
 
 // Calls body(TileWork) for each of this CTA's tiles: its own (the grid is the tile grid), or,
-// persistent, the tiles it claims. The producer thread claims each next tile one tile ahead and
+// persistent, the tiles it claims. The producer thread claims its next tile once it has issued
+// every load of the current one (greedy: the SM that frees up first takes the next tile) and
 // hands the indices to the consumers through two shared-memory slots (full / empty mbarriers per
 // slot), ending with a stop index that both sides see.
 struct TileQueue {
@@ -210,8 +211,6 @@ JITATTN_DEVICE void for_each_tile(const AttnFwdTmaParams& params, const TileQueu
   } else {
     const unsigned n_work = params.tiles_m * params.tiles_h * params.tiles_b;
     unsigned t = blockIdx.x;  // the host launches at most n_work CTAs
-    unsigned next = 0;
-    if (kProducer) next = claim_tile(params.tile_counter, n_work);
     for (u32 u = 0;; ++u) {
       const u32 j = u & 1u;
       if (kProducer) {
@@ -225,10 +224,7 @@ JITATTN_DEVICE void for_each_tile(const AttnFwdTmaParams& params, const TileQueu
       }
       if (t >= n_work) break;
       body(persistent_tile(params, t));
-      if (kProducer) {
-        t = next;
-        if (t < n_work) next = claim_tile(params.tile_counter, n_work);
-      }
+      if (kProducer) t = claim_tile(params.tile_counter, n_work);
     }
   }
 }

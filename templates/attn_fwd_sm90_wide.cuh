@@ -104,9 +104,6 @@ JITATTN_DEVICE u32 p_offset(int row, int col) {
   const u32 off = static_cast<u32>(row * kSwizzleP + (col % kPanelColsP) * 2);
   return static_cast<u32>((col / kPanelColsP) * kPPanelBytes) + (off ^ (((off >> 7) & (kSwizzleP / 16 - 1)) << 4));
 }
-JITATTN_DEVICE void st_shared_u32(u32 addr, u32 v) {
-  asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
-}
 JITATTN_DEVICE void st_shared_f32(u32 addr, float v) {
   asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(addr), "f"(v) : "memory");
 }

@@ -310,7 +310,7 @@ std::vector<Case> sm90_cases() {
     p.heads_q = 4;
     p.heads_kv = 2;
     p.mask = MaskKind::causal_bottom_right;
-    for (const char* cfg : {"h_bm128_bn128_wg2_s2", "h_bm128_bn64_wg1_s2", "h_bm64_bn64_wg1_s1",
+    for (const char* cfg : {"h_bm128_bn128_wg2_s2", "h_bm64_bn64_wg1_s1",
                             "h_bm64_bn128_wg2_s2_pp", "h_bm128_bn128_wg2_s3_pp"}) {
       add(fmt::format("dbias_config_{}_d32", cfg), p, cfg);
     }

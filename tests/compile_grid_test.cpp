@@ -276,10 +276,9 @@ std::vector<Variant> sm90_backward_variants() {
     out.push_back(make(DType::bf16, d, dv, mods[4]));
     out.push_back(make(DType::bf16, d, dv, mods[12]));
   }
-  // dBias under the other configs the GPU tests force: one consumer, block_m 128 (row-split dQ),
+  // dBias under the other configs the GPU tests force: block_m 128 (row-split dQ), one consumer,
   // the independent consumers (_pp), where the register model allows them.
-  for (const TileConfig& c : {sm90_backward_config(128, 2, 2), sm90_backward_config(128, 1, 2),
-                              sm90_backward_config(64, 1, 1), sm90_backward_config(64, 2, 2, true),
+  for (const TileConfig& c : {sm90_backward_config(128, 2, 2), sm90_backward_config(64, 1, 1), sm90_backward_config(64, 2, 2, true),
                               sm90_backward_config(128, 2, 3, true)}) {
     for (int d : {16, 32}) {
       for (int i : {8, 9}) {

@@ -225,9 +225,9 @@ std::vector<Case> feature_cases() {
   }
   // Persistent configs (_ps): one CTA per SM walks the tiles, so each problem here has several
   // times more tiles than an H100/H200 has SMs (132): the K/V ring's phases, Q's reload and the
-  // ping-pong turns run on across tiles of different lengths (causal, varlen), fully masked tiles
-  // (written as zeros, no loads) sit between tiles with work, and bias tiles go batch-fastest.
-  auto add_persistent = [&](const std::string& cfg, int d, bool with_bias) {
+  // ping-pong turns run on across tiles of different lengths (causal, GQA, ALiBi), and fully masked
+  // tiles (written as zeros, no loads) sit between tiles with work; packed and padded varlen.
+  auto add_persistent = [&](const std::string& cfg, int d) {
     ProblemDesc p = base(d);
     p.batch = 3;
     p.heads_q = 48;
@@ -245,37 +245,20 @@ std::vector<Case> feature_cases() {
     p.alibi = true;
     p.softcap = 30.0f;
     add(fmt::format("persistent_{}_alibi_softcap_d{}", cfg, d), p, cfg);
-    if (!with_bias) return;
     p = base(d);
     p.batch = 8;
     p.heads_q = p.heads_kv = 24;
     p.seqlen_q = p.seqlen_k = 264;
     p.varlen = VarlenKind::packed;
     p.mask = MaskKind::causal;
-    p.bias = "1hqk";
-    add(fmt::format("persistent_{}_packed_causal_bias_tma_d{}", cfg, d), p, cfg);
+    add(fmt::format("persistent_{}_packed_causal_d{}", cfg, d), p, cfg);
     p.varlen = VarlenKind::padded;
-    p.bias = "b1qk";
     p.window = Window{70, 10};
-    add(fmt::format("persistent_{}_padded_window_bias_tma_d{}", cfg, d), p, cfg);
+    add(fmt::format("persistent_{}_padded_window_d{}", cfg, d), p, cfg);
   };
   for (const char* cfg : {"h_bm128_bn128_wg2_s3_ov_pp_ps", "h_bm128_bn128_wg2_s2_ps", "h_bm192_bn64_wg3_s2_ov_ps",
                           "h_bm64_bn64_wg1_s2_ps", "h_bm128_bn64_wg2_s3_ov_ps", "h_bm128_bn80_wg2_s2_ps"}) {
-    add_persistent(cfg, 64, true);
-    // d128: a bias tile per stage leaves no room for 3 stages of bn128 (and spills 3 consumers).
-    const std::string c = cfg;
-    add_persistent(cfg, 128, c != "h_bm128_bn128_wg2_s3_ov_pp_ps" && c != "h_bm192_bn64_wg3_s2_ov_ps");
-  }
-  {
-    // The d128 bias default's schedule, persistent (its window + padded case would spill 8 bytes).
-    ProblemDesc p = base(128);
-    p.batch = 8;
-    p.heads_q = p.heads_kv = 24;
-    p.seqlen_q = p.seqlen_k = 264;
-    p.varlen = VarlenKind::packed;
-    p.mask = MaskKind::causal;
-    p.bias = "1hqk";
-    add("persistent_h_bm128_bn128_wg2_s2_ov_pp_ps_packed_causal_bias_tma_d128", p, "h_bm128_bn128_wg2_s2_ov_pp_ps");
+    for (int d : {64, 128}) add_persistent(cfg, d);
   }
   return cs;
 }
