@@ -128,8 +128,10 @@ jitattn_kernel::AttnFwdTmaParams make_tma_params(const AttentionArgs& args, cons
   tp.tiles_m = tiles[0];
   tp.tiles_h = tiles[1];
   tp.tiles_b = tiles[2];
-  tp.tiles_group = persistent_tile_group(problem, l2_bytes);
-  tp.tile_counter = counter;
+  if (counter != nullptr) {  // persistent: the claim order's (head, batch) groups
+    tp.tiles_group = persistent_tile_group(problem, l2_bytes);
+    tp.tile_counter = counter;
+  }
   const Sm90Layout l = sm90_layout(spec, cfg);
   tp.tma_q = encode_panels(args.q, problem.head_dim, static_cast<unsigned>(l.panel_cols_qk()),
                            static_cast<unsigned>(cfg.block_m), l.swizzle_qk);

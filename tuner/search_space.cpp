@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstdint>
+#include <initializer_list>
 
 #include "tuner/tuner.h"
 
@@ -185,32 +186,24 @@ std::vector<Candidate> search_space(const KernelSpec& spec, const DeviceLimits& 
     // Multiples of 16 that the measurements (bench/NOTES.md, "Hopper family") favour; the
     // polynomial exp (_pe) lost on every row measured, so it is not searched.
     static constexpr int kSm90BlockN[] = {64, 80, 96, 128, 160, 192};
-    for (int consumers : {1, 2, 3}) {
-      for (int bn : kSm90BlockN) {
-        for (int s : {2, 3}) {
-          for (int schedule : {0, 1, 2}) {  // serial, overlap, overlap + ping-pong
-            Candidate c;
-            c.config = sm90_config(bn, consumers, s, schedule >= 1, schedule == 2);
-            if (auto why = why_illegal(spec, c.config, limits)) c.pruned = std::move(*why);
-            out.push_back(std::move(c));
+    auto add_sm90 = [&](std::initializer_list<int> consumer_counts, bool persistent) {
+      for (int consumers : consumer_counts) {
+        for (int bn : kSm90BlockN) {
+          for (int s : {2, 3}) {
+            for (int schedule : {0, 1, 2}) {  // serial, overlap, overlap + ping-pong
+              Candidate c;
+              c.config = sm90_config(bn, consumers, s, schedule >= 1, schedule == 2);
+              c.config.persistent = persistent;
+              if (auto why = why_illegal(spec, c.config, limits)) c.pruned = std::move(*why);
+              out.push_back(std::move(c));
+            }
           }
         }
       }
-    }
+    };
+    add_sm90({1, 2, 3}, false);
     // Persistent twins (_ps) of the 2- and 3-consumer candidates, appended after them.
-    for (int consumers : {2, 3}) {
-      for (int bn : kSm90BlockN) {
-        for (int s : {2, 3}) {
-          for (int schedule : {0, 1, 2}) {
-            Candidate c;
-            c.config = sm90_config(bn, consumers, s, schedule >= 1, schedule == 2);
-            c.config.persistent = true;
-            if (auto why = why_illegal(spec, c.config, limits)) c.pruned = std::move(*why);
-            out.push_back(std::move(c));
-          }
-        }
-      }
-    }
+    add_sm90({2, 3}, true);
     // V head dims above 256: the two consumers split S's and O's columns (_x2); every block_n
     // the default may pick (multiples of 16 up to 128).
     if (spec.head_dim_v > 256) {
