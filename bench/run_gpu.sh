@@ -8,6 +8,8 @@
 #   bench/run_gpu.sh final-bench forward grid (3 seqlens) beside flash/cudnn, flex on the ALiBi row,
 #                                fwd+bwd at d64/96/128, head dims above 256; tables by bench/compare.py
 #                                (copy it into $B with the binaries)
+#   bench/run_gpu.sh bwd         backward_gpu_test, memcheck over it, racecheck/synccheck samples, fwd+bwd
+#                                beside flash and cudnn (BWD_ONLY_BENCH=1: the timings alone)
 #   bench/run_gpu.sh bias        sm90 tests, memcheck over the bias cases, bias/ALiBi rows beside
 #                                cudnn, efficient and FlexAttention
 #   bench/run_gpu.sh persistent  the sm90 forward tests, memcheck over the persistent (_ps) cases, then
@@ -131,6 +133,32 @@ PY
         --gtest_filter="${BWD_SAMPLE:-*Sm90*causal*d64*}" > "$OUT/${tool}_bwd.log" 2>&1
       echo "$tool bwd: $(grep -h -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/${tool}_bwd.log" | tr '\n' ' ') $(grep -c '^\[       OK \]' "$OUT/${tool}_bwd.log") ok"
     done
+    ;;
+  bwd)
+    # The backward after a change to it: backward_gpu_test (sharded), memcheck over it, racecheck
+    # and synccheck on a Hopper sample, then forward+backward at d64/96/128 (none, causal) beside
+    # flash and cudnn (peers.py in the same call); BWD_ONLY_BENCH=1: the timings alone.
+    export PATH=/usr/local/cuda/bin:$PATH
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+    if [ -z "${BWD_ONLY_BENCH:-}" ]; then
+      tshards 16 ${TEST_SECS:-100} "$OUT/backward_gpu_test.log" "$B/backward_gpu_test"
+      tshards 16 ${MEMCHECK_SECS:-90} "$OUT/memcheck_bwd.log" compute-sanitizer --tool memcheck --report-api-errors no \
+        --error-exitcode 99 "$B/backward_gpu_test"
+      grep -h "ERROR SUMMARY" "$OUT/memcheck_bwd.log" | sort | uniq -c
+      for tool in racecheck synccheck; do
+        timeout ${SAMPLE_SECS:-60} compute-sanitizer --tool $tool --report-api-errors no "$B/backward_gpu_test" \
+          --gtest_filter="${BWD_SAMPLE:-*Sm90*causal*d64*:*Sm90*packed*:*Sm90*bm128*}" > "$OUT/${tool}_bwd.log" 2>&1
+        echo "$tool bwd: $(grep -h -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/${tool}_bwd.log" | sort | uniq -c | tr '\n' ' ') $(grep -c '^\[       OK \]' "$OUT/${tool}_bwd.log") ok"
+      done
+    fi
+    for d in ${FB_DIMS:-64 96 128}; do
+      for m in none causal; do
+        "$B/jitattn" bench --fwd-bwd --tokens 16384 --width 2048 --seqlen-q 4096 --head-dim $d --mask $m --budget-ms 200 --json >> "$OUT/ours_fb.jsonl"
+      done
+    done
+    PYTHONUNBUFFERED=1 timeout 120 python3 "$B/peers.py" --hdims $(echo ${FB_DIMS:-64 96 128} | tr ' ' ,) --seqlens 4096 \
+      --masks none,causal --modes fwd_bwd --backends flash,cudnn --out "$OUT/peers_fb.jsonl" > "$OUT/peers_fb.log" 2>&1
+    python3 "$B/compare.py" --ours "$OUT/ours_fb.jsonl" --peers "$OUT/peers_fb.jsonl"
     ;;
   final-bench)
     # Forward grid (seqlens 1024/4096/16384, masks none/causal/alibi; the bias tensor at 4096 only:

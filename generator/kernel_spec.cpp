@@ -156,14 +156,17 @@ Sm90BwdDq sm90_bwd_dq(const KernelSpec& spec, const TileConfig& cfg) {
 int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
   if (spec.pass == Pass::backward && cfg.hopper()) {
     // templates/attn_bwd_sm90.cuh: K and V, `stages` x (Q, dO), two dS^T buffers (128-byte
-    // swizzled panels of 64 queries), LSE and delta per stage, 1 KiB alignment slack, mbarriers
-    // (K/V, then full and empty per stage).
+    // swizzled panels of 64 queries), each consumer's fp32 dQ tiles (panels of 64 rows by 32
+    // columns), LSE and delta per stage, 1 KiB alignment slack, mbarriers (K/V, then full and
+    // empty per stage).
     const Sm90Layout l = sm90_layout(spec);
     const int pq = l.head_dim_pad / l.panel_cols_qk(), pv = l.head_dim_v_pad / l.panel_cols_v();
     const int kv = pq * sm90_panel_bytes(cfg.block_n, l.swizzle_qk) + pv * sm90_panel_bytes(cfg.block_n, l.swizzle_v);
     const int qo = pq * sm90_panel_bytes(cfg.block_m, l.swizzle_qk) + pv * sm90_panel_bytes(cfg.block_m, l.swizzle_v);
     const int ds = (cfg.block_m / 64) * sm90_panel_bytes(cfg.block_n, 128);
-    return kv + cfg.stages * qo + 2 * ds + 8 * cfg.stages * cfg.block_m + 1024 + 8 * (1 + 2 * cfg.stages);
+    const Sm90BwdDq dq = sm90_bwd_dq(spec, cfg);
+    const int dq_tiles = cfg.consumer_warpgroups() * dq.m_tiles * ((dq.n + 31) / 32) * 64 * 128;
+    return kv + cfg.stages * qo + 2 * ds + dq_tiles + 8 * cfg.stages * cfg.block_m + 1024 + 8 * (1 + 2 * cfg.stages);
   }
   if (spec.pass == Pass::backward) {
     // dK/dV kernel: K and V of the CTA's keys, `stages` x (Q, dO) query tiles, dS^T (fast mode),
@@ -324,12 +327,14 @@ std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, con
   const int acc = l.head_dim_pad / 2 + l.head_dim_v_pad / 2;
   const int tiles = std::max(cfg.block_m + cfg.block_m / 4, dq.m_tiles * dq.n / 2);
   // dBias: 8 more (the H200's NVRTC 13.0 spilled 24 bytes at d112 f16 with padded varlen and
-  // GQA, which this machine's compiled clean), and no one-consumer block_m 128 (it spilled 32).
+  // GQA, which this machine's compiled clean), 4 more beside a causal mask (8 bytes spilled
+  // there at d112 once dQ went through shared memory), and no one-consumer block_m 128 (it
+  // spilled 32).
   if (spec.dbias && consumers == 1 && cfg.block_m == 128) {
     return std::string("dBias with one consumer warpgroup and block_m 128 spills registers (32 bytes measured)");
   }
   const int mods = 56 * int(spec.softcap > 0.0f) + 24 * int(spec.alibi) + 8 * int(spec.bias) +
-                   8 * int(spec.dbias) + 4 * int(spec.window) + 4 * int(spec.varlen != VarlenKind::none);
+                   (spec.dbias ? 8 + 4 * int(spec.mask != MaskKind::none) : 0) + 4 * int(spec.window) + 4 * int(spec.varlen != VarlenKind::none);
   const int regs = acc + tiles + mods;
   if (regs > 208) {
     return fmt::format("~{} registers per consumer thread (dK + dV {}, S^T + dP^T and their fragments or dQ {}, "

@@ -173,7 +173,8 @@ Sm90Layout sm90_layout(const KernelSpec& spec, const TileConfig& cfg);
 /// among its consumer warpgroups. all_keys: each consumer sums over every key of the CTA (a named
 /// barrier over the consumers after dS^T is written) and takes either one 64-row tile of the
 /// query block (split_m, block_m 128) or n head-dim columns (split_n: the padded head dim is two
-/// whole swizzled panels); otherwise each consumer adds its own 64 keys' share (twice the atomics).
+/// whole swizzled panels); otherwise each consumer adds its own 64 keys' share (twice the
+/// reduce-adds). Each consumer stages its dQ tiles in shared memory (fp32 panels of 32 columns).
 struct Sm90BwdDq {
   bool all_keys = false;
   bool split_m = false;

@@ -177,6 +177,16 @@ jitattn_kernel::AttnBwdTmaParams make_bwd_tma_params(const AttentionArgs& args, 
                              static_cast<unsigned>(cfg.block_m), l.swizzle_qk);
     tp.tma_do = encode_panels(grads.d_o, problem.head_dim_v, static_cast<unsigned>(l.panel_cols_v()),
                               static_cast<unsigned>(cfg.block_m), l.swizzle_v);
+    // The fp32 dQ workspace (runtime/plan backward_workspace: rows, heads_q, head_dim; packed
+    // varlen: total rows, batch 1): 64-row boxes of 32 columns, 128-byte swizzle, as the kernel stages them.
+    const bool packed = problem.varlen == VarlenKind::packed;
+    const auto rows = static_cast<uint64_t>(packed ? problem.total_q : problem.seqlen_q);
+    const auto batch = static_cast<uint64_t>(packed ? 1 : problem.batch);
+    const auto heads = static_cast<uint64_t>(problem.heads_q), d = static_cast<uint64_t>(problem.head_dim);
+    const CUtensorMap map = device::encode_tensor_map(device::TmaElement::float32, params.dq_accum,
+                                                      {d, rows, heads, batch}, {heads * d * 4, d * 4, rows * heads * d * 4},
+                                                      32, 64, 128);
+    std::memcpy(&tp.tma_dq, &map, sizeof(tp.tma_dq));
   }
   if (problem.seqlen_k > 0 && problem.total_k > 0) {
     tp.tma_k = encode_panels(args.k, problem.head_dim, static_cast<unsigned>(l.panel_cols_qk()),

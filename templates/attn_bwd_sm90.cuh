@@ -1,4 +1,4 @@
-// Backward attention, Hopper family (sm_90a): the dK/dV kernel (dQ by fp32 atomics) with wgmma,
+// Backward attention, Hopper family (sm_90a): the dK/dV kernel (dQ added by TMA reduce-add) with wgmma,
 // TMA and warp specialisation; the preprocess (delta) and dQ conversion kernels are
 // templates/attn_bwd_common.cuh's.
 //
@@ -12,15 +12,19 @@
 //   dV += P^T dO, dK += dS^T Q        wgmma, A from registers (the accumulators repacked),
 //                                     B (dO, Q) MN-major in shared memory
 //   dQ += dS K                        dS^T to shared memory (double-buffered, 128-byte swizzle),
-//                                     wgmma with A transposed (M-major) and K MN-major, then
-//                                     red.global.add.v2.f32 into the fp32 dQ workspace.
+//                                     wgmma with A transposed (M-major) and K MN-major; the fp32
+//                                     product into the warpgroup's shared-memory dQ tile (panels
+//                                     of 32 columns, 128-byte swizzle), which one thread adds into
+//                                     the fp32 dQ workspace by TMA reduce-add (bulk tensor copies:
+//                                     the L2 adds whole lines, the consumers issue no atomics).
 //   dBias (kDbias)                    dS^T before d(score)/d(Q.K) (dL/d(score)), from the
 //                                     registers by red.global.add.f32 into the fp32 dBias
 //                                     workspace (broadcast dims have stride 0: summed there).
 // The dQ product is split between the consumers when both see every key of the block (a named
 // barrier over them after dS^T is written): by query rows when block_m is 128, else by head-dim
 // panels when the padded head dim is two whole panels; otherwise each consumer adds its own 64
-// keys' share (kDqAllKeys false, a barrier per warpgroup).
+// keys' share (kDqAllKeys false, a barrier per warpgroup). A warpgroup's dQ tile is free again
+// once its last reduce has read it: the issuing thread waits for that before the dS^T barrier.
 //
 // Expects, from the generator: JITATTN_BF16, JITATTN_BWD_MAIN, namespace cfg with the
 // compile-time constants, struct ScoreMod (with grad_scale), and wgmma_s / wgmma_dv / wgmma_dk /
@@ -58,6 +62,9 @@ constexpr int kDKRegs = kHeadDimPad / 2;  // dK floats per thread: (64 keys, HEA
 constexpr int kDVRegs = kHeadDimVPad / 2;
 constexpr int kDqKeys = kDqAllKeys ? kBlockN : 64;    // keys one consumer's dQ product sums over
 constexpr int kDqMTiles = kDqSplitM ? 1 : kBlockM / 64;  // 64-row tiles of dQ per consumer
+constexpr int kDqPanels = (kDqN + 31) / 32;             // fp32 panels of 32 columns per dQ tile
+constexpr int kDqPanelBytes = 64 * 128;                 // (64 rows, 32 fp32 columns)
+constexpr int kDqBytes = kDqMTiles * kDqPanels * kDqPanelBytes;  // one consumer's dQ tiles
 
 static_assert(kConsumers == 1 || kConsumers == 2, "1 or 2 consumer warpgroups");
 static_assert(kBlockN == 64 * kConsumers, "block_n must be 64 keys per consumer warpgroup");
@@ -68,7 +75,7 @@ static_assert(!kDqSplitM || (kDqAllKeys && kBlockM == 64 * kConsumers), "dQ row 
 static_assert(!kDqSplitN || (kDqAllKeys && kDqN * kConsumers == kHeadDimPad && kDqN % kPanelColsQK == 0),
               "dQ column split: whole head-dim panels each");
 static_assert(kKBytes + kVBytes + kStages * (kQStageBytes + kOStageBytes) + 2 * kDSBytes +
-                      8 * kStages * kBlockM + 1024 + 8 * (1 + 2 * kStages) ==
+                      kConsumers * kDqBytes + 8 * kStages * kBlockM + 1024 + 8 * (1 + 2 * kStages) ==
                   kSmemBytes,
               "shared-memory layout disagrees with the generator's shared_memory_bytes");
 
@@ -89,8 +96,33 @@ JITATTN_DEVICE u64 desc_mnmajor(u32 tile, int panel, int k0, int col0) {
 JITATTN_DEVICE void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
-JITATTN_DEVICE void red_add_v2(float* p, float a, float b) {
-  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(a), "f"(b) : "memory");
+JITATTN_DEVICE void st_shared_v2(u32 addr, float a, float b) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(a), "f"(b) : "memory");
+}
+// Adds the (32, 64) fp32 box at `src` into the tensor at coordinates (c0, c1, c2, c3): a bulk
+// tensor reduce-add, tracked by the issuing thread's bulk groups.
+JITATTN_DEVICE void tma_reduce_add_4d(const void* tensor_map, u32 src, int c0, int c1, int c2, int c3) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+          reinterpret_cast<u64>(tensor_map)),
+      "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+// threadIdx.x read anew (no register holds it across the loops).
+JITATTN_DEVICE int tid_fresh() {
+  int t;
+  asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(t));
+  return t;
+}
+JITATTN_DEVICE void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until the thread's bulk groups have read their shared-memory sources (kRead) or are done.
+template <bool kRead>
+JITATTN_DEVICE void bulk_wait_all() {
+  if constexpr (kRead) {
+    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+  } else {
+    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+  }
 }
 JITATTN_DEVICE void red_add(float* p, float v) {
   asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(p), "f"(v) : "memory");
@@ -132,7 +164,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   const int mb_count = (n0 < len_k && m_end > m_begin) ? (m_end + kBlockM - 1) / kBlockM - mb_begin : 0;
   const int iterations = mb_count * p.group;
 
-  // ---- shared memory: K, V, the Q / dO ring, two dS^T buffers, LSE / delta, mbarriers ----------
+  // ---- shared memory: K, V, the Q / dO ring, two dS^T buffers, the consumers' dQ tiles,
+  // LSE / delta, mbarriers ------------------------------------------------------------------------
   const u32 raw = smem_addr(smem_raw);
   const u32 base = (raw + 1023u) & ~1023u;
   const u32 sK = base;                               // (BLOCK_N, HEAD_DIM_PAD) panels
@@ -140,7 +173,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   const u32 sQ = sV + kVBytes;                       // kStages x (BLOCK_M, HEAD_DIM_PAD)
   const u32 sdO = sQ + kStages * kQStageBytes;       // kStages x (BLOCK_M, HEAD_DIM_V_PAD)
   const u32 sdS = sdO + kStages * kOStageBytes;      // 2 x (BLOCK_N, BLOCK_M): dS^T
-  const u32 sStats = sdS + 2 * kDSBytes;             // kStages x BLOCK_M LSE, then as many delta
+  const u32 sDQ = sdS + 2 * kDSBytes;                // kConsumers x kDqBytes: fp32 dQ panels
+  const u32 sStats = sDQ + kConsumers * kDqBytes;    // kStages x BLOCK_M LSE, then as many delta
   float* lse_smem = reinterpret_cast<float*>(smem_raw + (sStats - raw));
   float* delta_smem = lse_smem + kStages * kBlockM;
   const u32 bar_kv = sStats + 8 * kStages * kBlockM;
@@ -285,6 +319,9 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       }
       wgmma_commit();
       pass_turn(false);
+      // This block's LSE (columns c, c + 1 of n8 group nt) read while the products run.
+      const float* lse_s = lse_smem + s * kBlockM;
+      const float* delta_s = delta_smem + s * kBlockM;
       // Softcap's d(score)/d(Q.K) needs the raw score beside dP^T: wait for both first.
       if constexpr (kSoftcap) {
         wgmma_wait<0>();
@@ -304,8 +341,6 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       if (kCausal) need_mask |= kw0 + 63 > m0f + offset;
       if (kWindow && p.window_right >= 0) need_mask |= kw0 + 63 > m0f + offset + p.window_right;
       if (kWindow && p.window_left >= 0) need_mask |= kw0 < m0f + kBlockM - 1 + offset - p.window_left;
-      const float* lse_s = lse_smem + s * kBlockM;
-      const float* delta_s = delta_smem + s * kBlockM;
       // dBias: dS^T's entries at (query m0 + c, key) of this head's plane of the fp32 workspace,
       // strides 0 on broadcast dims. One red per score: adjacent keys are neighbouring lanes (g),
       // so a warp's red covers 4 query rows x 8 keys, whole 32-byte sectors (a v2 would need a
@@ -356,12 +391,15 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         // ---- dS^T = P^T (dP^T - delta) * scale ---------------------------------------------------
         wgmma_wait<0>();
         fence_regs(acc_dp);
+        float2 delta_r[kMT];
+#pragma unroll
+        for (int nt = 0; nt < kMT; ++nt) delta_r[nt] = *reinterpret_cast<const float2*>(delta_s + nt * 8 + 2 * t);
 #pragma unroll
         for (int nt = 0; nt < kMT; ++nt) {
-          const int c = nt * 8 + 2 * t;
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const float ds = acc_s[4 * nt + e] * (acc_dp[4 * nt + e] - delta_s[c + (e % 2)]);  // dL/d(score)
+            const float delta = e % 2 ? delta_r[nt].y : delta_r[nt].x;
+            const float ds = acc_s[4 * nt + e] * (acc_dp[4 * nt + e] - delta);  // dL/d(score)
             add_dbias(nt, e, ds);
             acc_dp[4 * nt + e] = ds * mod.grad_scale(0.0f);
           }
@@ -414,6 +452,9 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       wgmma_commit();
 
       // ---- dQ += dS K ----------------------------------------------------------------------------
+      // The issuing thread's (the warpgroup's first) reduce-adds of the last block have read this warpgroup's dQ tile
+      // before it arrives; past the barrier every thread may overwrite the tile.
+      if (tid_fresh() % 128 == 0) bulk_wait_all<true>();
       if constexpr (kDqAllKeys) {
         named_bar_sync(1, 128 * kConsumers);  // every consumer's dS^T rows are written
       } else {
@@ -447,25 +488,55 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       wgmma_wait<0>();
 #pragma unroll
       for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
+      // This warpgroup's dQ tiles, and this thread's place in them: row warp * 16 + g of the
+      // first panel, chunk (t / 2) ^ g, the pair's 8 bytes in it. Formed here from a thread index
+      // the compiler cannot keep from the start (no register held across the block loop).
+      const int tidf = tid_fresh();
+      const u32 sDQw = sDQ + (tidf / 128 - 1) * kDqBytes;
+      const int lg = (tidf % 32) / 4, lt = tidf % 4;
+      const u32 dq_lane = sDQw + ((tidf % 128) / 32 * 16 + lg) * 128 + (((lt / 2) ^ lg) << 4) + (lt % 2) * 8;
+      // The product into the dQ tile, 128-byte swizzled fp32 panels (16-byte chunk ^ row % 8):
+      // accumulator pair (row warp * 16 + g + 8 hf, columns 8 nt + 2t, + 1) goes to chunk
+      // (2 (nt % 4) + t / 2) ^ g of its row, i.e. to dq_lane ^ (2 (nt % 4) << 4) plus constant
+      // offsets: one address register for every store. Per store, a warp's 8 rows take 16
+      // distinct (row, chunk) pairs: conflict-free.
 #pragma unroll
       for (int i = 0; i < kDqMTiles; ++i) {
-        const int mt = kDqSplitM ? wg : i;
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
-          const int qi = m0 + mt * 64 + warp * 16 + g + 8 * hf;
-          if (qi < len_q) {
-            const long long row = kPacked ? ex.row_q0 + qi : static_cast<long long>(b) * p.seqlen_q + qi;
-            float* dst = bp.dq_accum + (row * p.heads_q + h) * kHeadDim + dq_col0 + 2 * t;
 #pragma unroll
-            for (int nt = 0; nt < kDqN / 8; ++nt) {
-              if (kHeadDimPad == kHeadDim || dq_col0 + nt * 8 < kHeadDim) {
-                red_add_v2(dst + nt * 8, acc_dq[i][4 * nt + 2 * hf], acc_dq[i][4 * nt + 2 * hf + 1]);
-              }
-            }
+          for (int nt = 0; nt < kDqN / 8; ++nt) {
+            st_shared_v2((dq_lane ^ ((2 * (nt % 4)) << 4)) + (i * kDqPanels + nt / 4) * kDqPanelBytes + hf * 8 * 128,
+                         acc_dq[i][4 * nt + 2 * hf], acc_dq[i][4 * nt + 2 * hf + 1]);
           }
         }
       }
+      fence_proxy_async();  // the stores, before the reduce (async proxy) reads them
+      // Warp 0 waits for the warpgroup's stores, the other warps go on.
+      if (warp == 0) {
+        named_bar_sync(5 + wg, 128);
+      } else {
+        named_bar_arrive(5 + wg, 128);
+      }
+      if (tidf % 128 == 0) {  // the warpgroup's dQ reduce-adds
+        // Rows past the sequence carry zeros (their P is 0): a batch's are clipped by the map,
+        // packed varlen's land on the next sequence's rows unchanged; tiles wholly past it are
+        // skipped. Columns past the head dim are clipped.
+#pragma unroll
+        for (int i = 0; i < kDqMTiles; ++i) {
+          const int mt = kDqSplitM ? wg : i;
+          if (m0 + mt * 64 < len_q) {
+#pragma unroll
+            for (int pnl = 0; pnl < kDqPanels; ++pnl) {
+              tma_reduce_add_4d(&params.tma_dq, sDQw + (i * kDqPanels + pnl) * kDqPanelBytes, dq_col0 + pnl * 32,
+                                row_q0 + m0 + mt * 64, h, tma_b);
+            }
+          }
+        }
+        bulk_commit();
+      }
     }
+    if (tid_fresh() % 128 == 0) bulk_wait_all<false>();  // every reduce done before the CTA's memory goes
 
     // ---- epilogue: dK (scaled through grad_scale) and dV --------------------------------------
     elem_t* gdK = static_cast<elem_t*>(bp.dk) + (kPacked ? 0 : b * bp.dk_batch_stride) +

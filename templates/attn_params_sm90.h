@@ -38,6 +38,8 @@ struct AttnBwdTmaParams {
   TensorMapBytes tma_k;   // dims (head_dim, seqlen_k, heads_kv, batch), box (panel cols, block_n)
   TensorMapBytes tma_v;   // dims (head_dim_v, seqlen_k, heads_kv, batch), box (panel cols, block_n)
   TensorMapBytes tma_do;  // dims (head_dim_v, seqlen_q, heads_q, batch), box (panel cols, block_m)
+  TensorMapBytes tma_dq;  // fp32 dQ workspace, dims (head_dim, seqlen_q, heads_q, batch), box (32, 64):
+                          // the target of the kernel's reduce-adds
   AttnBwdParams p;
 };
 

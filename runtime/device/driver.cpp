@@ -367,13 +367,14 @@ void DeviceBuffer::fill_async(uint8_t byte, CUstream stream) {
 
 // ---- launch ----
 
-CUtensorMap encode_tensor_map_16bit(const void* base, std::array<uint64_t, 4> dims,
-                                    std::array<uint64_t, 3> strides_bytes, unsigned box_cols,
-                                    unsigned box_rows, int swizzle_bytes) {
+CUtensorMap encode_tensor_map(TmaElement element, const void* base, std::array<uint64_t, 4> dims,
+                              std::array<uint64_t, 3> strides_bytes, unsigned box_cols, unsigned box_rows,
+                              int swizzle_bytes) {
   const Driver& d = driver();
+  const uint64_t element_bytes = element == TmaElement::float32 ? 4 : 2;
   // A dim of size 1 is never stepped along; give it a legal stride (a multiple of 16 no smaller
   // than the one before), since the user's stride there may be anything (even 0).
-  uint64_t prev = dims[0] * 2;
+  uint64_t prev = dims[0] * element_bytes;
   for (size_t i = 0; i < 3; ++i) {
     if (dims[i + 1] == 1) strides_bytes[i] = std::max<uint64_t>((prev + 15) / 16 * 16, 16);
     prev = strides_bytes[i] * dims[i + 1];
@@ -385,13 +386,14 @@ CUtensorMap encode_tensor_map_16bit(const void* base, std::array<uint64_t, 4> di
   const CUtensorMapSwizzle swizzle = swizzle_bytes == 128  ? CU_TENSOR_MAP_SWIZZLE_128B
                                      : swizzle_bytes == 64 ? CU_TENSOR_MAP_SWIZZLE_64B
                                                            : CU_TENSOR_MAP_SWIZZLE_32B;
+  // For 16-bit copies the data type only sets the element size (copies move bits, never
+  // convert); a reduce-add adds in the map's type.
+  const CUtensorMapDataType type =
+      element == TmaElement::float32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   CUtensorMap map{};
-  // The data type only sets the element size here (copies move bits, never convert).
-  JITATTN_CU_CHECK(d.cuTensorMapEncodeTiled(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void*>(base),
-                                            global_dim, global_strides, box, element_strides,
-                                            CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
-                                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
+  JITATTN_CU_CHECK(d.cuTensorMapEncodeTiled(&map, type, 4, const_cast<void*>(base), global_dim, global_strides, box,
+                                            element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+                                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
   return map;
 }
 

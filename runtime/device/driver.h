@@ -179,13 +179,23 @@ class DeviceBuffer {
 void launch(CUfunction f, std::array<unsigned, 3> grid, std::array<unsigned, 3> block,
             unsigned shared_bytes, CUstream stream, void** params);
 
-/// A TMA tensor map (sm_90+) of a 4-d tensor of 16-bit elements: dims innermost first (elements),
-/// strides of dims 1..3 in bytes (multiples of 16; a dim of size 1 may carry any stride), a box
-/// of (box_cols, box_rows, 1, 1) with `swizzle_bytes` (32, 64 or 128; box_cols * 2 must equal it)
-/// swizzling, and zero fill outside the tensor. Host-only (no device work). Throws CudaError.
-CUtensorMap encode_tensor_map_16bit(const void* base, std::array<uint64_t, 4> dims,
-                                    std::array<uint64_t, 3> strides_bytes, unsigned box_cols,
-                                    unsigned box_rows, int swizzle_bytes);
+/// Element type of a TMA tensor map: 16-bit (f16 / bf16: the copies move bits) or fp32 (the
+/// type a reduce-add into the tensor adds in).
+enum class TmaElement { bits16, float32 };
+
+/// A TMA tensor map (sm_90+) of a 4-d tensor: dims innermost first (elements), strides of dims
+/// 1..3 in bytes (multiples of 16; a dim of size 1 may carry any stride), a box of (box_cols,
+/// box_rows, 1, 1) with `swizzle_bytes` (32, 64 or 128; box_cols times the element size must
+/// equal it) swizzling, and zero fill outside the tensor. Host-only (no device work). Throws
+/// CudaError.
+CUtensorMap encode_tensor_map(TmaElement element, const void* base, std::array<uint64_t, 4> dims,
+                              std::array<uint64_t, 3> strides_bytes, unsigned box_cols, unsigned box_rows,
+                              int swizzle_bytes);
+inline CUtensorMap encode_tensor_map_16bit(const void* base, std::array<uint64_t, 4> dims,
+                                           std::array<uint64_t, 3> strides_bytes, unsigned box_cols,
+                                           unsigned box_rows, int swizzle_bytes) {
+  return encode_tensor_map(TmaElement::bits16, base, dims, strides_bytes, box_cols, box_rows, swizzle_bytes);
+}
 
 /// Times work on one stream with a pair of CUDA events (created in the current context).
 class EventTimer {
