@@ -192,6 +192,8 @@ KernelSource generate_sm90_backward(const KernelSpec& spec, const TileConfig& cf
   s += fmt::format("constexpr bool kTurns = {};\n", cfg.pingpong);
   s += fmt::format("constexpr bool kDqSplitM = {};\n", dq.split_m);
   s += fmt::format("constexpr bool kDqSplitN = {};\n", dq.split_n);
+  s += fmt::format("constexpr bool kDqAlternate = {};\n", dq.alternate);
+  s += fmt::format("constexpr bool kLseAhead = {};\n", sm90_bwd_lse_ahead(spec, cfg));
   s += fmt::format("constexpr int kDqN = {};\n", dq.n);
   s += fmt::format("constexpr bool kDropout = false;\n");
   s += fmt::format("constexpr bool kDbias = {};\n", spec.dbias);

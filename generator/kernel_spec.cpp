@@ -133,6 +133,27 @@ namespace {
 int sm90_panel_bytes(int rows, int swizzle) { return (rows * swizzle + 1023) / 1024 * 1024; }
 }  // namespace
 
+namespace {
+// The score modifiers' share of the Hopper backward's register model (why_illegal's comment).
+int sm90_bwd_modifier_registers(const KernelSpec& spec) {
+  return 56 * int(spec.softcap > 0.0f) + 24 * int(spec.alibi) + 8 * int(spec.bias) +
+         (spec.dbias ? 8 + 4 * int(spec.mask != MaskKind::none) : 0) + 4 * int(spec.window) +
+         4 * int(spec.varlen != VarlenKind::none);
+}
+}  // namespace
+
+int sm90_bwd_registers(const KernelSpec& spec, const TileConfig& cfg) {
+  const Sm90Layout l = sm90_layout(spec);
+  const Sm90BwdDq dq = sm90_bwd_dq(spec, cfg);
+  const int acc = l.head_dim_pad / 2 + l.head_dim_v_pad / 2;
+  const int tiles = std::max(cfg.block_m + cfg.block_m / 4, dq.m_tiles * dq.n / 2);
+  return acc + tiles + sm90_bwd_modifier_registers(spec);
+}
+
+bool sm90_bwd_lse_ahead(const KernelSpec& spec, const TileConfig& cfg) {
+  return sm90_bwd_registers(spec, cfg) + cfg.block_m / 4 <= kSm90BwdRegisterBudget;
+}
+
 Sm90BwdDq sm90_bwd_dq(const KernelSpec& spec, const TileConfig& cfg) {
   const Sm90Layout l = sm90_layout(spec);
   const int consumers = cfg.consumer_warpgroups();
@@ -147,6 +168,8 @@ Sm90BwdDq sm90_bwd_dq(const KernelSpec& spec, const TileConfig& cfg) {
   } else if (consumers == 2 && (l.head_dim_pad / 2) % l.panel_cols_qk() == 0) {
     q.all_keys = q.split_n = true;
     q.n = l.head_dim_pad / 2;
+  } else if (consumers == 2) {
+    q.all_keys = q.alternate = true;  // the whole product, by one consumer per block in turn
   } else if (consumers == 1) {
     q.all_keys = true;  // its own keys are all the CTA's
   }
@@ -323,9 +346,8 @@ std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, con
     return fmt::format("head dims {}/{} above 128: dK and dV of 64 keys would not fit beside S^T and dP^T in "
                        "registers (the mma.sync backward takes them)", spec.head_dim, spec.head_dim_v);
   }
-  const Sm90BwdDq dq = sm90_bwd_dq(spec, cfg);
   const int acc = l.head_dim_pad / 2 + l.head_dim_v_pad / 2;
-  const int tiles = std::max(cfg.block_m + cfg.block_m / 4, dq.m_tiles * dq.n / 2);
+  const int tiles = sm90_bwd_registers(spec, cfg) - acc - sm90_bwd_modifier_registers(spec);
   // dBias: 8 more (the H200's NVRTC 13.0 spilled 24 bytes at d112 f16 with padded varlen and
   // GQA, which this machine's compiled clean), 4 more beside a causal mask (8 bytes spilled
   // there at d112 once dQ went through shared memory), and no one-consumer block_m 128 (it
@@ -333,13 +355,12 @@ std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, con
   if (spec.dbias && consumers == 1 && cfg.block_m == 128) {
     return std::string("dBias with one consumer warpgroup and block_m 128 spills registers (32 bytes measured)");
   }
-  const int mods = 56 * int(spec.softcap > 0.0f) + 24 * int(spec.alibi) + 8 * int(spec.bias) +
-                   (spec.dbias ? 8 + 4 * int(spec.mask != MaskKind::none) : 0) + 4 * int(spec.window) + 4 * int(spec.varlen != VarlenKind::none);
-  const int regs = acc + tiles + mods;
-  if (regs > 208) {
+  const int mods = sm90_bwd_modifier_registers(spec);
+  const int regs = sm90_bwd_registers(spec, cfg);
+  if (regs > kSm90BwdRegisterBudget) {
     return fmt::format("~{} registers per consumer thread (dK + dV {}, S^T + dP^T and their fragments or dQ {}, "
-                       "modifiers {}) exceed the 208 of this model that compile without spills under setmaxnreg 240",
-                       regs, acc, tiles, mods);
+                       "modifiers {}) exceed the {} of this model that compile without spills under setmaxnreg 240",
+                       regs, acc, tiles, mods, kSm90BwdRegisterBudget);
   }
   if (cfg.warps * 32 > limits.max_threads_per_block) {
     return fmt::format("{} threads exceed the device's {}", cfg.warps * 32, limits.max_threads_per_block);

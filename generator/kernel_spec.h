@@ -173,16 +173,27 @@ Sm90Layout sm90_layout(const KernelSpec& spec, const TileConfig& cfg);
 /// among its consumer warpgroups. all_keys: each consumer sums over every key of the CTA (a named
 /// barrier over the consumers after dS^T is written) and takes either one 64-row tile of the
 /// query block (split_m, block_m 128) or n head-dim columns (split_n: the padded head dim is two
-/// whole swizzled panels); otherwise each consumer adds its own 64 keys' share (twice the
-/// reduce-adds). Each consumer stages its dQ tiles in shared memory (fp32 panels of 32 columns).
+/// whole swizzled panels) or, neither fitting, the whole product on alternate query blocks
+/// (alternate: consumer it % 2 takes block it); with independent consumers (_pp) each adds its
+/// own 64 keys' share (twice the reduce-adds). Each consumer stages its dQ tiles in shared memory
+/// (fp32 panels of 32 columns).
 struct Sm90BwdDq {
   bool all_keys = false;
   bool split_m = false;
   bool split_n = false;
+  bool alternate = false;
   int n = 0;        ///< dQ columns per consumer (wgmma N)
   int m_tiles = 1;  ///< 64-row dQ tiles per consumer
 };
 Sm90BwdDq sm90_bwd_dq(const KernelSpec& spec, const TileConfig& cfg);
+
+/// The Hopper backward's register model (why_illegal): estimated registers per consumer thread,
+/// legal up to kSm90BwdRegisterBudget (what compiled without spills under setmaxnreg 240).
+inline constexpr int kSm90BwdRegisterBudget = 208;
+int sm90_bwd_registers(const KernelSpec& spec, const TileConfig& cfg);
+/// Whether the Hopper backward reads a block's LSE into registers while S^T runs (block_m / 4
+/// more registers: where the model has room for them).
+bool sm90_bwd_lse_ahead(const KernelSpec& spec, const TileConfig& cfg);
 
 /// A Hopper-family backward config: block_m query rows per step, 64 keys per consumer warpgroup.
 inline TileConfig sm90_backward_config(int block_m, int consumers, int stages, bool independent = false) {

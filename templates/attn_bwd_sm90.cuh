@@ -22,8 +22,9 @@
 //                                     workspace (broadcast dims have stride 0: summed there).
 // The dQ product is split between the consumers when both see every key of the block (a named
 // barrier over them after dS^T is written): by query rows when block_m is 128, else by head-dim
-// panels when the padded head dim is two whole panels; otherwise each consumer adds its own 64
-// keys' share (kDqAllKeys false, a barrier per warpgroup). A warpgroup's dQ tile is free again
+// panels when the padded head dim is two whole panels, else by alternating blocks (kDqAlternate:
+// consumer it % 2 computes block it's whole dQ); the independent consumers of _pp each add their
+// own 64 keys' share (kDqAllKeys false, a barrier per warpgroup). A warpgroup's dQ tile is free again
 // once its last reduce has read it: the issuing thread waits for that before the dS^T barrier.
 //
 // Expects, from the generator: JITATTN_BF16, JITATTN_BWD_MAIN, namespace cfg with the
@@ -71,6 +72,8 @@ static_assert(kBlockN == 64 * kConsumers, "block_n must be 64 keys per consumer 
 static_assert(kBlockM == 64 || kBlockM == 128, "block_m: 64 or 128 query rows per step");
 static_assert(kStages >= 1 && kStages <= 4, "stages: 1 to 4");
 static_assert(!kTurns || (kConsumers == 2 && !kDqAllKeys), "turns (_pp): 2 independent consumers");
+static_assert(!kDqAlternate || (kConsumers == 2 && kDqAllKeys && !kDqSplitM && !kDqSplitN),
+              "alternating dQ: two consumers, each the whole product on its blocks");
 static_assert(!kDqSplitM || (kDqAllKeys && kBlockM == 64 * kConsumers), "dQ row split: one 64-row tile each");
 static_assert(!kDqSplitN || (kDqAllKeys && kDqN * kConsumers == kHeadDimPad && kDqN % kPanelColsQK == 0),
               "dQ column split: whole head-dim panels each");
@@ -319,9 +322,14 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       }
       wgmma_commit();
       pass_turn(false);
-      // This block's LSE (columns c, c + 1 of n8 group nt) read while the products run.
       const float* lse_s = lse_smem + s * kBlockM;
       const float* delta_s = delta_smem + s * kBlockM;
+      // kLseAhead: this block's LSE (columns c, c + 1 of n8 group nt) read while the products run.
+      float2 lse_r[kMT];
+      if constexpr (kLseAhead) {
+#pragma unroll
+        for (int nt = 0; nt < kMT; ++nt) lse_r[nt] = *reinterpret_cast<const float2*>(lse_s + nt * 8 + 2 * t);
+      }
       // Softcap's d(score)/d(Q.K) needs the raw score beside dP^T: wait for both first.
       if constexpr (kSoftcap) {
         wgmma_wait<0>();
@@ -375,7 +383,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           const int kj = keyf + (e / 2) * 8;
           const int qi = m0f + c + (e % 2);
           const float raw_s = acc_s[4 * nt + e];
-          const float lse = lse_s[c + (e % 2)];
+          const float lse = kLseAhead ? (e % 2 ? lse_r[nt].y : lse_r[nt].x) : lse_s[c + (e % 2)];
           const float x = kRawScores ? fmaf(raw_s, kExpScale, -lse) : mod.apply(raw_s, qi, kj) - lse;
           float pr = fast_exp2(x);
           if (need_mask && is_masked(p, qi, kj, len_q, len_k, offset)) pr = 0.0f;
@@ -452,8 +460,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       wgmma_commit();
 
       // ---- dQ += dS K ----------------------------------------------------------------------------
-      // The issuing thread's (the warpgroup's first) reduce-adds of the last block have read this warpgroup's dQ tile
-      // before it arrives; past the barrier every thread may overwrite the tile.
+      // The issuing thread's (the warpgroup's first) reduce-adds of earlier blocks have read this
+      // warpgroup's dQ tile before it arrives; past the barrier every thread may overwrite it.
       if (tid_fresh() % 128 == 0) bulk_wait_all<true>();
       if constexpr (kDqAllKeys) {
         named_bar_sync(1, 128 * kConsumers);  // every consumer's dS^T rows are written
@@ -470,6 +478,9 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         fence_regs(da[kk]);
       }
       mbar_arrive(bar_empty + 8 * s);  // stage s is free
+      // kDqAlternate: consumer it % 2 takes this block's whole product; the other goes on to the
+      // next block (its S^T and dP^T run beside this dQ on the tensor cores).
+      if (kDqAlternate && (it & 1) != wg) continue;
       float acc_dq[kDqMTiles][kDqN / 2];  // (64 queries, DQ_N) per tile
 #pragma unroll
       for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
