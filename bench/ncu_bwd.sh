@@ -1,7 +1,7 @@
 #!/bin/bash
 # ncu over the backward: our Hopper dK/dV kernel (full set, and its SASS with stall samples per
 # instruction as CSV) beside cudnn's backward kernels, seqlen 4096, 16k tokens, width 2048.
-# Usage (GPU machine, repo root, binaries in $B): bench/ncu_bwd.sh  (env DIMS, MASKS, OUT)
+# Usage (GPU machine, repo root, binaries in $B): bench/ncu_bwd.sh  (env DIMS, MASKS, OUT, OURS_ONLY)
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PATH=/usr/local/cuda/bin:$PATH
 B=${B:-.devcarry}; OUT=${OUT:-/tmp/out}
@@ -13,6 +13,7 @@ for d in ${DIMS:-128 64}; do
     ncu --import "$OUT/ours_d${d}_$m.ncu-rep" --print-details all > "$OUT/ours_d${d}_$m.txt" 2>&1; cat "$OUT/run.log" >> "$OUT/ours_d${d}_$m.txt"
     ncu --import "$OUT/ours_d${d}_$m.ncu-rep" --page source --csv --print-source sass > "$OUT/ours_d${d}_${m}_sass.csv" 2>&1
     rm -f "$OUT/ours_d${d}_$m.ncu-rep"
+    [ -n "${OURS_ONLY:-}" ] && continue  # OURS_ONLY=1: our kernel alone
     ncu --clock-control none --set full --profile-from-start off -o "$OUT/cudnn_d${d}_$m" -f \
       python3 "$B/cudnn_bwd_one.py" $d cudnn $m > "$OUT/run.log" 2>&1
     ncu --import "$OUT/cudnn_d${d}_$m.ncu-rep" --print-details all > "$OUT/cudnn_d${d}_$m.txt" 2>&1; cat "$OUT/run.log" >> "$OUT/cudnn_d${d}_$m.txt"; rm -f "$OUT/run.log"

@@ -463,7 +463,16 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       // The issuing thread's (the warpgroup's first) reduce-adds of earlier blocks have read this
       // warpgroup's dQ tile before it arrives; past the barrier every thread may overwrite it.
       if (tid_fresh() % 128 == 0) bulk_wait_all<true>();
-      if constexpr (kDqAllKeys) {
+      if constexpr (kDqAlternate) {
+        // Only block it's dQ consumer waits for the other's dS^T; the other arrives and goes on.
+        // Barriers 1 and 2 by the block's parity: a consumer's arrivals for two blocks never meet
+        // in one barrier (it waits on the other block's, where its dQ is, in between).
+        if ((it & 1) == wg) {
+          named_bar_sync(1 + (it & 1), 256);
+        } else {
+          named_bar_arrive(1 + (it & 1), 256);
+        }
+      } else if constexpr (kDqAllKeys) {
         named_bar_sync(1, 128 * kConsumers);  // every consumer's dS^T rows are written
       } else {
         named_bar_sync(1 + wg, 128);
@@ -479,7 +488,9 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       }
       mbar_arrive(bar_empty + 8 * s);  // stage s is free
       // kDqAlternate: consumer it % 2 takes this block's whole product; the other goes on to the
-      // next block (its S^T and dP^T run beside this dQ on the tensor cores).
+      // next block (its S^T and dP^T run beside this dQ on the tensor cores). Its dS^T buffer is
+      // written again two blocks on, past its own wait on the next block's barrier, which this
+      // consumer reaches only once this dQ is done.
       if (kDqAlternate && (it & 1) != wg) continue;
       float acc_dq[kDqMTiles][kDqN / 2];  // (64 queries, DQ_N) per tile
 #pragma unroll
