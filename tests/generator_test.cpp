@@ -239,6 +239,52 @@ TEST(Generator, Sm90BackwardBakesDbias) {
   EXPECT_TRUE(contains(k.source, "bias_row_stride = p.bias_row_stride"));
 }
 
+// How the Hopper backward shares dQ among its consumers, and what that costs in shared memory:
+// d128 splits the head dim (two 64-column halves), d64 and d96 (no two whole panels) alternate
+// blocks, block_m 128 splits rows, _pp adds each consumer's own keys' share. Each consumer stages
+// its dQ tiles as fp32 panels of 64 rows by 32 columns.
+TEST(Generator, Sm90BackwardDqSharingAndItsSharedMemory) {
+  const DeviceLimits limits = limits_for_arch(90);
+  auto spec = [](int d) {
+    KernelSpec s = spec_for(90, d);
+    s.pass = Pass::backward;
+    return s;
+  };
+  const TileConfig c = sm90_backward_config(64, 2, 2);
+  const Sm90BwdDq d128 = sm90_bwd_dq(spec(128), c);
+  EXPECT_TRUE(d128.all_keys && d128.split_n && !d128.alternate);
+  EXPECT_EQ(d128.n, 64);
+  for (int d : {64, 80, 96}) {
+    const Sm90BwdDq q = sm90_bwd_dq(spec(d), c);
+    EXPECT_TRUE(q.all_keys && q.alternate && !q.split_n && !q.split_m) << d;
+    EXPECT_EQ(q.n, sm90_layout(spec(d)).head_dim_pad) << d;
+  }
+  const Sm90BwdDq rows = sm90_bwd_dq(spec(64), sm90_backward_config(128, 2, 2));
+  EXPECT_TRUE(rows.split_m && !rows.alternate);
+  const Sm90BwdDq own = sm90_bwd_dq(spec(64), sm90_backward_config(64, 2, 2, true));
+  EXPECT_TRUE(!own.all_keys && !own.alternate);
+
+  // Shared memory at block_m 64, 2 stages: K and V (128 rows), 2 x (Q and dO of 64 rows), two
+  // dS^T buffers of (128 keys, 64 queries), the dQ tiles (2 consumers x 2 fp32 panels of 8 KiB:
+  // d128's 64-column halves, d64's whole 64), LSE and delta, 1 KiB slack, 5 mbarriers.
+  EXPECT_EQ(shared_memory_bytes(spec(128), c), 2 * 32768 + 2 * 32768 + 2 * 16384 + 2 * 2 * 8192 + 1024 + 1024 + 40);
+  EXPECT_EQ(shared_memory_bytes(spec(64), c), 2 * 16384 + 2 * 16384 + 2 * 16384 + 2 * 2 * 8192 + 1024 + 1024 + 40);
+
+  // The generated module carries the choice, and reads LSE ahead only where the register model
+  // has block_m / 4 registers to spare (d64, not d128).
+  const std::string s64 = generate(spec(64), c, limits).source;
+  EXPECT_TRUE(contains(s64, "constexpr bool kDqAlternate = true;\n"));
+  EXPECT_TRUE(contains(s64, "constexpr bool kLseAhead = true;\n"));
+  const std::string s128 = generate(spec(128), c, limits).source;
+  EXPECT_TRUE(contains(s128, "constexpr bool kDqAlternate = false;\n"));
+  EXPECT_TRUE(contains(s128, "constexpr bool kDqSplitN = true;\n"));
+  EXPECT_TRUE(contains(s128, "constexpr bool kLseAhead = false;\n"));
+  EXPECT_TRUE(sm90_bwd_lse_ahead(spec(64), c));
+  EXPECT_FALSE(sm90_bwd_lse_ahead(spec(128), c));
+  EXPECT_LE(sm90_bwd_registers(spec(128), c), kSm90BwdRegisterBudget);
+  EXPECT_GT(sm90_bwd_registers(spec(128), c) + c.block_m / 4, kSm90BwdRegisterBudget);
+}
+
 TEST(Generator, IllegalConfigThrowsInvalidArgumentWithTheReason) {
   const KernelSpec s = spec_for(80, 128);
   const DeviceLimits limits = limits_for_arch(80);
