@@ -47,21 +47,21 @@ std::vector<Candidate> backward_search_space(const KernelSpec& spec, const Devic
   static constexpr int kStages[] = {1, 2};
   static constexpr int kSplit[] = {1, 2, 4};
   std::vector<Candidate> out;
+  auto add = [&](const TileConfig& cfg) {
+    Candidate c;
+    c.config = cfg;
+    if (auto why = why_illegal(spec, c.config, limits)) {
+      c.pruned = std::move(*why);
+    } else if (const int regs = backward_accumulator_registers(spec, c.config);
+               regs > kAccumulatorRegisterCeiling) {
+      c.pruned = fmt::format("static model: ~{} accumulator registers of {} (would spill)", regs, kMaxRegisters);
+    }
+    out.push_back(std::move(c));
+  };
   for (int bm : kBlockM) {
     for (int w : kWarps) {
       for (int s : kStages) {
-        for (int x : kSplit) {
-          Candidate c;
-          c.config = TileConfig{bm, 16 * w, w, s, false, x};
-          if (auto why = why_illegal(spec, c.config, limits)) {
-            c.pruned = std::move(*why);
-          } else if (const int regs = backward_accumulator_registers(spec, c.config);
-                     regs > kAccumulatorRegisterCeiling) {
-            c.pruned = fmt::format("static model: ~{} accumulator registers of {} (would spill)",
-                                   regs, kMaxRegisters);
-          }
-          out.push_back(std::move(c));
-        }
+        for (int x : kSplit) add(TileConfig{bm, 16 * w, w, s, false, x});
       }
     }
   }
@@ -69,18 +69,7 @@ std::vector<Candidate> backward_search_space(const KernelSpec& spec, const Devic
   if (std::max(spec.head_dim, spec.head_dim_v) > 256) {
     for (int bm : kBlockM) {
       for (int w : kWarps) {
-        for (int s : kStages) {
-          Candidate c;
-          c.config = TileConfig{bm, 16 * w, w, s, false, 8};
-          if (auto why = why_illegal(spec, c.config, limits)) {
-            c.pruned = std::move(*why);
-          } else if (const int regs = backward_accumulator_registers(spec, c.config);
-                     regs > kAccumulatorRegisterCeiling) {
-            c.pruned = fmt::format("static model: ~{} accumulator registers of {} (would spill)",
-                                   regs, kMaxRegisters);
-          }
-          out.push_back(std::move(c));
-        }
+        for (int s : kStages) add(TileConfig{bm, 16 * w, w, s, false, 8});
       }
     }
   }
