@@ -15,7 +15,7 @@ for d in ${DIMS:-128 64}; do
     rm -f "$OUT/ours_d${d}_$m.ncu-rep"
     [ -n "${OURS_ONLY:-}" ] && continue  # OURS_ONLY=1: our kernel alone
     ncu --clock-control none --set full --profile-from-start off -o "$OUT/cudnn_d${d}_$m" -f \
-      python3 "$B/cudnn_bwd_one.py" $d cudnn $m > "$OUT/run.log" 2>&1
+      python3 "$B/peer_one.py" $d cudnn $m > "$OUT/run.log" 2>&1
     ncu --import "$OUT/cudnn_d${d}_$m.ncu-rep" --print-details all > "$OUT/cudnn_d${d}_$m.txt" 2>&1; cat "$OUT/run.log" >> "$OUT/cudnn_d${d}_$m.txt"; rm -f "$OUT/run.log"
     rm -f "$OUT/cudnn_d${d}_$m.ncu-rep"
     grep -E "attn_bwd|cudnn|Duration|Compute \(SM\) Throughput|Issue Slots Busy" "$OUT/ours_d${d}_$m.txt" "$OUT/cudnn_d${d}_$m.txt" | head -40

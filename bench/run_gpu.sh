@@ -14,6 +14,11 @@
 #                                cudnn, efficient and FlexAttention
 #   bench/run_gpu.sh persistent  the sm90 forward tests, memcheck over the persistent (_ps) cases, then
 #                                each default config beside its _ps twin on the forward grid (ab.jsonl)
+#   bench/run_gpu.sh fwd         after a forward change: the forward grid beside cudnn (clean GPU
+#                                first), forward_sm90_gpu_test, memcheck/racecheck/synccheck on Hopper samples
+#                                (split K/V release, overlap at d256, persistent); FWD_TESTS=0 skips tests
+#   bench/run_gpu.sh tune-sweep  jitattn tune over the whole search space of each ROWS entry
+#                                (d:mask:seqlen, bench shape) into a fresh cache; the 8 fastest per row
 #   bench/run_gpu.sh all         every GPU test binary (forward, backward, sm90 family, SASS), memcheck
 #                                over all of them (sharded, time-limited), then bench beside peers
 #                                (forward grid; forward+backward at d128) -- one device call
@@ -237,6 +242,42 @@ for l in open('$OUT/ours.jsonl'):
       JITATTN_CACHE=off "$B/jitattn" bench $line --json --budget-ms 200 | python3 -c "import json,sys; j=json.load(sys.stdin); print('default', j['config'], j['config_source'], j['tflops'])"
     done
     "$B/jitattn" cache ls | tail -n 5
+    ;;
+  fwd)
+    export PATH=/usr/local/cuda/bin:$PATH
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+    HD=${HDIMS:-64,80,96,128,256}
+    GRID="--hdims $HD --seqlens ${SEQLENS:-1024,4096,16384}"
+    timeout 200 "$B/jitattn" bench --grid $GRID --masks ${MASKS:-none,causal} --budget-ms 120 --json > "$OUT/ours.jsonl" 2> "$OUT/ours.err"
+    PYTHONUNBUFFERED=1 timeout 200 python3 "$B/peers.py" $GRID --masks ${MASKS:-none,causal} --modes fwd --backends ${PEER_BACKENDS:-cudnn} \
+      --out "$OUT/peers.jsonl" > "$OUT/peers.log" 2>&1
+    python3 "$B/compare.py" --ours "$OUT/ours.jsonl" --peers "$OUT/peers.jsonl"
+    [ "${FWD_TESTS:-1}" = 0 ] && exit 0
+    tshards 16 ${TEST_SECS:-150} "$OUT/forward_sm90_gpu_test.log" "$B/forward_sm90_gpu_test"
+    for tool in memcheck racecheck synccheck; do
+      timeout ${SAMPLE_SECS:-60} compute-sanitizer --tool $tool --report-api-errors no "$B/forward_sm90_gpu_test" \
+        --gtest_filter="${FWD_SAMPLE:-*HeadDims*d256_bf16*:*window_both_sides_d256*:*persistent_h_bm128_bn128_wg2_s3_ov_pp_ps_gqa_causal_br_d64*}" \
+        > "$OUT/${tool}_sm90.log" 2>&1
+      echo "$tool sm90 fwd: $(grep -h -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/${tool}_sm90.log" | tr '\n' ' ') $(grep -c '^\[       OK \]' "$OUT/${tool}_sm90.log") ok"
+    done
+    ;;
+  tune-sweep)
+    export JITATTN_CACHE="$OUT/sweep.db"; rm -f "$JITATTN_CACHE"
+    for row in ${ROWS:-64:none:4096 128:none:4096 256:none:4096}; do
+      IFS=: read -r d m s <<< "$row"
+      timeout ${TUNE_SECS:-150} "$B/jitattn" tune --tokens 16384 --width 2048 --seqlen-q $s --head-dim $d --mask $m \
+        --budget ${BUDGET:-20} ${TUNE_FLAGS:-} 2>&1 | grep -v '^tuning \[' | tail -n 3
+    done
+    "$B/jitattn" cache ls --json | python3 -c "
+import json, sys
+rows = {}
+for l in sys.stdin:
+    j = json.loads(l)
+    if j.get('status') == 'ok': rows.setdefault(j['spec'], []).append((j['median_ms'], j['config'], j['samples']))
+for spec, rs in rows.items():
+    rs.sort(); print(spec)
+    for ms, c, n in rs[:8]: print(f'  {c:36s} {ms:.4f} ms  ({n} samples, {rs[0][0] / ms:.3f} of the best)')
+"
     ;;
   bench)
     GRID="--hdims ${HDIMS:-64,80,96,128,256} --seqlens ${SEQLENS:-4096}"

@@ -218,9 +218,10 @@ int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
       exchange = (cfg.block_n * 2 / swizzle_p) * sm90_panel_bytes(cfg.block_m, swizzle_p) + 512 + 8 * cfg.stages;
     }
     // + 1 KiB to align the dynamic shared-memory base, + the mbarriers, 8 bytes each: Q full, then
-    // full K, full V and empty per stage; outside the column split also Q empty, the tile queue's
-    // two full and two empty barriers and its two 4-byte slots (templates/attn_fwd_sm90.cuh).
-    const int barriers = 8 * (1 + 3 * cfg.stages) + (cfg.split > 1 ? 0 : 8 * 5 + 8);
+    // full K, full V and empty per stage; outside the column split also a second empty per stage
+    // (K and V released apart), Q empty, the tile queue's two full and two empty barriers and its
+    // two 4-byte slots (templates/attn_fwd_sm90.cuh).
+    const int barriers = 8 * (1 + 3 * cfg.stages) + (cfg.split > 1 ? 0 : 8 * cfg.stages + 8 * 5 + 8);
     return q + cfg.stages * (k + v + bias) + exchange + 1024 + barriers;
   }
   const int q = cfg.block_m * padded_stride(spec.head_dim);
@@ -625,15 +626,18 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
   const int dv = sm90_layout(spec).head_dim_v_pad;
   // Two consumer warpgroups (128 query rows). Measured on the H200 (bench/NOTES.md, "Hopper
   // family"), bf16 seqlen 4096: up to head dim 128, overlap + ping-pong with 3 stages wins (d128
-  // 594 TFLOP/s vs 548 serial; d64 432 vs 405); at d256 the serial schedule does (592 vs 522 with
-  // overlap + ping-pong, whose S, P and O registers all live at once spill with modifiers there),
-  // with block_n 80 (616 vs 601 with 64; causal 539 vs 511).
+  // 594 TFLOP/s vs 548 serial; d64 432 vs 405). Above 128, block_n 80 with 2 stages (616 vs 601
+  // with 64 at d256, serial), and overlap without ping-pong since K and V are released apart
+  // (d256 seqlen 4096 723 vs 657 serial, 16384 793 vs 675 TFLOP/s, bench/NOTES.md
+  // "Session 6"); before that a consumer under overlap held K past its S = Q K^T and 2 stages
+  // starved it (522 vs 592).
   // Above head dim 96 a bias tensor (its hoisted global loads), or three or more modifiers (bias,
   // ALiBi, softcap, window, LSE), keep enough live to spill under overlap (NVRTC 13.0: 24-168
   // bytes at d104-128): serial schedule there.
   const int modifiers = int(spec.bias) + int(spec.alibi) + int(spec.softcap > 0.0f) + int(spec.window) +
                         int(spec.lse);
-  bool overlap = dv <= 96 || (dv <= 128 && !spec.bias && modifiers < 3);
+  // Above 208 a window's bounds spill 16-108 bytes under overlap (causal_br_window, d216-256).
+  bool overlap = dv <= 96 || (!spec.bias && modifiers < 3 && !(spec.window && dv > 208));
   if (sm90_bias_tma(spec)) {
     // A bias tile by TMA costs registers only for its reads, but masks and varlen add to the
     // pressure; measured with NVRTC 13.0 under overlap + ping-pong at block_n 128 (d8-64 never
@@ -645,8 +649,9 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
     overlap = dv <= 64 || (dv <= 96 && pressure <= 3 && !(spec.window && spec.lse)) ||
               (dv <= 128 && pressure <= 2 && !spec.window && !spec.lse);
   }
-  TileConfig c = overlap ? sm90_config(128, 2, 3, /*overlap=*/true, /*pingpong=*/true)
-                         : sm90_config(dv <= 128 ? 128 : 80, 2, dv <= 128 ? 3 : 2);
+  TileConfig c = dv > 128 ? sm90_config(80, 2, 2, overlap, /*pingpong=*/false)
+                 : overlap ? sm90_config(128, 2, 3, /*overlap=*/true, /*pingpong=*/true)
+                           : sm90_config(128, 2, 3);
   // Shrink until it fits: stages, then block_n.
   while (why_illegal(spec, c, limits)) {
     if (c.stages > 2) {

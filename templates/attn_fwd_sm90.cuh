@@ -1,10 +1,12 @@
 // Forward attention, Hopper family (sm_90a): wgmma, TMA and warp specialisation.
 //
 // One CTA computes kBlockM = 64 * kConsumers query rows of one (batch, head). Warpgroup 0 is the
-// producer: one thread issues TMA bulk tensor copies of Q (once) and of the K and V tiles into a
-// kStages-deep shared-memory ring, each stage completing on its own "full" mbarrier (K and V
-// apart, so S = Q K^T starts before V has landed); the consumers release a stage on its "empty"
-// mbarrier. Warpgroups 1..kConsumers are consumers, 64 query rows each: S = Q K^T with wgmma from
+// producer: one thread issues TMA bulk tensor copies of Q (once) and of the K tiles, a second one
+// those of the V tiles, into a kStages-deep shared-memory ring, each stage completing on its own
+// "full" mbarrier (K and V apart, so S = Q K^T starts before V has landed). The consumers release
+// K and V apart on their "empty" mbarriers (K once S = Q K^T has completed, V once P V has), so
+// under overlap K of tile j + kStages - 1 loads while P V of tile j - 1 still reads V.
+// Warpgroups 1..kConsumers are consumers, 64 query rows each: S = Q K^T with wgmma from
 // shared memory (both operands K-major), score modifiers and masks (the generator's ScoreMod),
 // online softmax in fp32 in the exp2 domain, then O += P V with wgmma taking P from registers (the
 // S accumulators repacked, no trip through shared memory) and V as an MN-major operand. The
@@ -72,7 +74,7 @@ static_assert(kHeadDimPad % kPanelColsQK == 0 && kHeadDimVPad % kPanelColsV == 0
               "padded head dims must be whole panels");
 static_assert(!kBiasTma || kBlockN % kBiasPanelCols == 0, "bias panels must tile block_n");
 static_assert(kQBytes + kStages * (kKStageBytes + kVStageBytes + kBiasStageBytes) + 1024 +
-                      8 * (6 + 3 * kStages) + 8 ==
+                      8 * (6 + 4 * kStages) + 8 ==
                   kSmemBytes,
               "shared-memory layout disagrees with the generator's shared_memory_bytes");
 
@@ -247,23 +249,25 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   const u32 sB = sV + kStages * kVStageBytes;        // kStages x (BLOCK_M, BLOCK_N) bias panels
   const u32 bar_q = sB + kStages * kBiasStageBytes;  // Q landed
   const u32 bar_q_empty = bar_q + 8;                 // persistent: every consumer is done with Q
-  const TileQueue tiles{bar_q_empty + 8, bar_q_empty + 24, bar_q_empty + 40 + 24 * kStages};
+  const TileQueue tiles{bar_q_empty + 8, bar_q_empty + 24, bar_q_empty + 40 + 32 * kStages};
   const u32 bar_full_k = bar_q_empty + 40;           // kStages each
   const u32 bar_full_v = bar_full_k + 8 * kStages;
-  const u32 bar_empty = bar_full_v + 8 * kStages;
+  const u32 bar_empty_k = bar_full_v + 8 * kStages;  // K (and the bias tile) read
+  const u32 bar_empty_v = bar_empty_k + 8 * kStages;  // V read
 
   if (tid == 0) {
     mbar_init(bar_q, 1);
     mbar_init(bar_q_empty, 128 * kConsumers);
     for (int j = 0; j < 2; ++j) {
       mbar_init(tiles.bar_full + 8 * j, 1);
-      mbar_init(tiles.bar_empty + 8 * j, 128 * kConsumers);
+      mbar_init(tiles.bar_empty + 8 * j, 128 * kConsumers + 1);  // the consumers and the V thread
     }
 #pragma unroll
     for (int s = 0; s < kStages; ++s) {
       mbar_init(bar_full_k + 8 * s, 1);
       mbar_init(bar_full_v + 8 * s, 1);
-      mbar_init(bar_empty + 8 * s, 128 * kConsumers);
+      mbar_init(bar_empty_k + 8 * s, 128 * kConsumers);
+      mbar_init(bar_empty_v + 8 * s, 128 * kConsumers);
     }
     mbar_init_fence();
   }
@@ -279,7 +283,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
 
   const int warpgroup = tid / 128;
   if (warpgroup == 0) {
-    // ---- producer: one thread drives the TMA unit -------------------------------------------
+    // ---- producer: one thread loads Q and K (and bias tiles), another V --------------------------
     setmaxnreg_dec<kProducerRegs>();
     if (tid == 0) {
       int kv_base = 0;
@@ -290,7 +294,6 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           // Only with work: a problem without keys has no K/V maps (the driver refuses to encode
           // an empty tensor), and then every tile is empty.
           tma_prefetch_descriptor(&params.tma_k);
-          tma_prefetch_descriptor(&params.tma_v);
           if constexpr (kBiasTma) tma_prefetch_descriptor(&params.tma_bias);
         }
         if (kPersistent && q_count > 0) mbar_wait(bar_q_empty, static_cast<u32>(q_count - 1) & 1u);
@@ -304,7 +307,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         const int n_tiles = w.nb_end - w.nb_begin;
         for (int it = 0; it < n_tiles; ++it) {
           const int s = stage_of(kv_base + it);
-          if (kv_base + it >= kStages) mbar_wait(bar_empty + 8 * s, phase_of(kv_base + it) ^ 1u);  // stage free
+          if (kv_base + it >= kStages) mbar_wait(bar_empty_k + 8 * s, phase_of(kv_base + it) ^ 1u);  // K slot free
           const int n0 = (w.nb_begin + it) * kBlockN;
           // The bias tile completes on K's barrier: the softmax that reads it follows S = Q K^T.
           mbar_arrive_expect_tx(bar_full_k + 8 * s, kKTxBytes + kBiasTxBytes);
@@ -324,14 +327,29 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
                           bar_full_k + 8 * s, n0 + pnl * kBiasPanelCols, w.m0, bias_h, bias_b);
             }
           }
+        }
+        kv_base += n_tiles;
+      });
+    } else if (tid == 32) {
+      // V by a second thread (warp 1), so neither thread's loop outgrows the producer's 24
+      // registers: it follows the same tiles (reading the persistent queue like a consumer) and
+      // waits on V's own empty barriers.
+      int kv_base = 0;
+      for_each_tile<false>(params, tiles, [&](const TileWork& w) {
+        if (w.rows_out <= 0 || w.empty()) return;
+        if (kv_base == 0) tma_prefetch_descriptor(&params.tma_v);
+        // Few live values (the loop runs in 24 registers): the ring count, its end, the key row.
+        const int end = kv_base + w.nb_end - w.nb_begin;
+        for (int row = w.row_k0 + w.nb_begin * kBlockN; kv_base < end; ++kv_base, row += kBlockN) {
+          const int s = stage_of(kv_base);
+          if (kv_base >= kStages) mbar_wait(bar_empty_v + 8 * s, phase_of(kv_base) ^ 1u);  // V slot free
           mbar_arrive_expect_tx(bar_full_v + 8 * s, kVTxBytes);
 #pragma unroll
           for (int pnl = 0; pnl < kPanelsV; ++pnl) {
             tma_load_4d(sV + s * kVStageBytes + pnl * kVPanelBytes, &params.tma_v, bar_full_v + 8 * s,
-                        pnl * kPanelColsV, w.row_k0 + n0, w.kvh, w.tma_b);
+                        pnl * kPanelColsV, row, w.kvh, w.tma_b);
           }
         }
-        kv_base += n_tiles;
       });
     }
   } else {
@@ -520,6 +538,11 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       auto release_q = [&] {
         if constexpr (kPersistent) mbar_arrive(bar_q_empty);
       };
+      // This thread is done with stage s's K once its S = Q K^T has completed; a bias tile by TMA
+      // shares K's slot and barriers and is read by the softmax, so then only after it.
+      auto release_k = [&](int s, bool after_softmax) {
+        if (after_softmax == kBiasTma) mbar_arrive(bar_empty_k + 8 * s);
+      };
 
       mbar_wait(bar_q, static_cast<u32>(q_count) & 1u);
       ++q_count;
@@ -535,8 +558,10 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           wgmma_wait<0>();
           fence_regs(acc_s);
           if (it == n_tiles - 1) release_q();
+          release_k(s, false);
           float correction[2];
           softmax_tile(acc_s, (nb_begin + it) * kBlockN, s, correction);
+          release_k(s, true);
           rescale_o(correction);
           u32 pa[kBlockN / 16][4];  // (64, 16) A fragments of P per k16 step
           pack_p(acc_s, pa);
@@ -547,7 +572,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           wgmma_wait<0>();
           fence_regs(acc_o);
           fence_p(pa);
-          mbar_arrive(bar_empty + 8 * s);  // this thread is done with stage s
+          mbar_arrive(bar_empty_v + 8 * s);  // this thread is done with stage s's V
         }
       } else {
         // Intra-warpgroup overlap: S of tile it and P V of tile it-1 are issued back to back; the
@@ -565,7 +590,9 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         wgmma_wait<0>();
         fence_regs(acc_s);
         if (n_tiles == 1) release_q();
+        release_k(s0, false);
         softmax_tile(acc_s, nb_begin * kBlockN, s0, correction);  // O is 0: no rescale
+        release_k(s0, true);
         pack_p(acc_s, pa);
         for (int it = 1; it < n_tiles; ++it) {
           const int s = stage_of(kv_base + it);
@@ -585,11 +612,13 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           wgmma_wait<1>();  // S of tile it is done; P V of tile it-1 may still run
           fence_regs(acc_s);
           if (it == n_tiles - 1) release_q();
+          release_k(s, false);
           softmax_tile(acc_s, (nb_begin + it) * kBlockN, s, correction);
+          release_k(s, true);
           wgmma_wait<0>();
           fence_regs(acc_o);
           fence_p(pa);
-          mbar_arrive(bar_empty + 8 * sp);  // this thread is done with stage sp
+          mbar_arrive(bar_empty_v + 8 * sp);  // this thread is done with stage sp's V
           rescale_o(correction);
           pack_p(acc_s, pa);
         }
@@ -604,7 +633,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         wgmma_wait<0>();
         fence_regs(acc_o);
         fence_p(pa);
-        mbar_arrive(bar_empty + 8 * sl);
+        mbar_arrive(bar_empty_v + 8 * sl);
       }
       kv_base += n_tiles;
 

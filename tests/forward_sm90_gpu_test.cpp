@@ -254,6 +254,10 @@ std::vector<Case> feature_cases() {
     add(fmt::format("persistent_{}_packed_causal_d{}", cfg, d), p, cfg);
     p.varlen = VarlenKind::padded;
     p.window = Window{70, 10};
+    // LSE beside a window and padded varlen spills 12 bytes under overlap + ping-pong at d128
+    // (NVRTC 13.0, since V has its own producer thread); the tuner drops such candidates by their
+    // ptxas report, so that case runs without LSE (packed_causal above keeps it).
+    if (cfg.find("_ov_pp_ps") != std::string::npos && d == 128) p.lse = false;
     add(fmt::format("persistent_{}_padded_window_d{}", cfg, d), p, cfg);
   };
   for (const char* cfg : {"h_bm128_bn128_wg2_s3_ov_pp_ps", "h_bm128_bn128_wg2_s2_ps", "h_bm192_bn64_wg3_s2_ov_ps",
