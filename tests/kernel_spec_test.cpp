@@ -807,9 +807,11 @@ TEST(Sm90Config, WhyIllegalExplains) {
 
 TEST(Sm90Config, SharedMemoryPadsHeadDimsToWholeSwizzledPanels) {
   // d128: 128-byte panels. Q 128 x 256 B, per stage K and V 128 x 256 B each, + 1 KiB alignment
-  // slack + 12 mbarriers (Q full and empty, the tile queue's 2 full and 2 empty, then full K,
-  // full V and empty per stage) and the tile queue's 2 slots.
-  EXPECT_EQ(shared_memory_bytes(sm90_spec(), sm90_config(128, 2, 2)), 32768 + 2 * 65536 + 1024 + 96 + 8);
+  // slack + 14 mbarriers (Q full and empty, the tile queue's 2 full and 2 empty, then full K,
+  // full V, empty K and empty V per stage) and the tile queue's 2 slots.
+  EXPECT_EQ(shared_memory_bytes(sm90_spec(), sm90_config(128, 2, 2)), 32768 + 2 * 65536 + 1024 + 112 + 8);
+  EXPECT_EQ(shared_memory_bytes(sm90_spec(), sm90_config(128, 2, 3)),
+            shared_memory_bytes(sm90_spec(), sm90_config(128, 2, 2)) + 65536 + 32);
   // d72 pads to 80 = five 32-byte panels (16 columns each).
   const Sm90Layout l = sm90_layout(sm90_spec(72, 96));
   EXPECT_EQ(l.head_dim_pad, 80);
@@ -832,6 +834,33 @@ TEST(Sm90Config, DefaultPicksTheFamilyOnSm90Only) {
     s.target.sm = 80;
     EXPECT_FALSE(default_config(s, limits_for_arch(80)).hopper()) << d;
   }
+}
+
+// Above head dim 128 the default overlaps (block_n 80, 2 stages, no ping-pong): K and V are
+// released apart, so 2 stages keep the producer ahead (bench/NOTES.md, "Session 6"). Serial where
+// overlap would spill: a window above 208, a bias tensor, three or more modifiers.
+TEST(Sm90Config, DefaultOverlapsAboveHeadDim128WhereItFits) {
+  const DeviceLimits h = limits_for_arch(90);
+  for (int d = 136; d <= 256; d += 8) {
+    KernelSpec s = sm90_spec(d, d);
+    s.mask = MaskKind::causal;
+    s.lse = true;
+    TileConfig c = default_config(s, h);
+    EXPECT_TRUE(c.overlap && !c.pingpong) << d << " " << c.canonical();
+    EXPECT_EQ(c.block_m, 128) << d;
+    EXPECT_LE(c.block_n, 80) << d;
+    EXPECT_EQ(c.stages, 2) << d;
+    s.window = true;
+    EXPECT_EQ(default_config(s, h).overlap, d <= 208) << d;
+    s.window = false;
+    s.alibi = true;
+    s.softcap = 30.0f;  // with LSE: three modifiers
+    EXPECT_FALSE(default_config(s, h).overlap) << d;
+  }
+  // Up to 128 unchanged: overlap + ping-pong, 3 stages.
+  const TileConfig c128 = default_config(sm90_spec(128, 128), h);
+  EXPECT_TRUE(c128.overlap && c128.pingpong) << c128.canonical();
+  EXPECT_EQ(c128.stages, 3);
 }
 
 // The Hopper backward writes dBias: with a bias tensor that needs its gradient it is the
