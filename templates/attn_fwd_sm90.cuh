@@ -5,7 +5,8 @@
 // those of the V tiles, into a kStages-deep shared-memory ring, each stage completing on its own
 // "full" mbarrier (K and V apart, so S = Q K^T starts before V has landed). The consumers release
 // K and V apart on their "empty" mbarriers (K once S = Q K^T has completed, V once P V has), so
-// under overlap K of tile j + kStages - 1 loads while P V of tile j - 1 still reads V.
+// under overlap K of tile j + kStages loads once S of tile j is done, while P V of tile j - 1
+// still reads V.
 // Warpgroups 1..kConsumers are consumers, 64 query rows each: S = Q K^T with wgmma from
 // shared memory (both operands K-major), score modifiers and masks (the generator's ScoreMod),
 // online softmax in fp32 in the exp2 domain, then O += P V with wgmma taking P from registers (the
