@@ -336,29 +336,24 @@ std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, con
   // (tests/compile_grid_test.cpp): 208 is the most that compiled without spills throughout (d128
   // plain, causal, and causal bottom-right with a window and packed varlen sit on it; d120 with
   // ALiBi, d88 with softcap and d64 at block_m 128 spilled). dBias (the workspace row pointer,
-  // stride and bounds at the dS^T loop) needs no term of its own: every dBias variant the model
-  // allows compiled without spills (d112 with a bottom-right window and padded varlen, d96 with
-  // ALiBi, d64 with softcap and d32 with everything sit on 208), and those that spilled lay above
-  // it (d120 and d128 causal packed at 220, softcap from d88 at 240); so a bias tensor, with or
-  // without dBias, runs here up to d112. Head dims above 128 never fit beside both accumulators:
-  // the mma.sync backward takes them.
+  // stride and bounds at the dS^T loop) counts 8 more (the H200's NVRTC 13.0 spilled 24 bytes at
+  // d112 f16 with padded varlen and GQA, which this machine's compiled clean), 4 more beside a
+  // mask (8 bytes spilled there at d112 once dQ went through shared memory), and refuses one
+  // consumer with block_m 128 (it spilled 32). Head dims above 128 never fit beside both
+  // accumulators: the mma.sync backward takes them.
   const Sm90Layout l = sm90_layout(spec);
   if (l.head_dim_pad > 128 || l.head_dim_v_pad > 128) {
     return fmt::format("head dims {}/{} above 128: dK and dV of 64 keys would not fit beside S^T and dP^T in "
                        "registers (the mma.sync backward takes them)", spec.head_dim, spec.head_dim_v);
   }
-  const int acc = l.head_dim_pad / 2 + l.head_dim_v_pad / 2;
-  const int tiles = sm90_bwd_registers(spec, cfg) - acc - sm90_bwd_modifier_registers(spec);
-  // dBias: 8 more (the H200's NVRTC 13.0 spilled 24 bytes at d112 f16 with padded varlen and
-  // GQA, which this machine's compiled clean), 4 more beside a causal mask (8 bytes spilled
-  // there at d112 once dQ went through shared memory), and no one-consumer block_m 128 (it
-  // spilled 32).
   if (spec.dbias && consumers == 1 && cfg.block_m == 128) {
     return std::string("dBias with one consumer warpgroup and block_m 128 spills registers (32 bytes measured)");
   }
-  const int mods = sm90_bwd_modifier_registers(spec);
   const int regs = sm90_bwd_registers(spec, cfg);
   if (regs > kSm90BwdRegisterBudget) {
+    const int acc = l.head_dim_pad / 2 + l.head_dim_v_pad / 2;
+    const int mods = sm90_bwd_modifier_registers(spec);
+    const int tiles = regs - acc - mods;
     return fmt::format("~{} registers per consumer thread (dK + dV {}, S^T + dP^T and their fragments or dQ {}, "
                        "modifiers {}) exceed the {} of this model that compile without spills under setmaxnreg 240",
                        regs, acc, tiles, mods, kSm90BwdRegisterBudget);
