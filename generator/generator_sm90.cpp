@@ -194,6 +194,7 @@ KernelSource generate_sm90_backward(const KernelSpec& spec, const TileConfig& cf
   s += fmt::format("constexpr bool kDqSplitN = {};\n", dq.split_n);
   s += fmt::format("constexpr bool kDqAlternate = {};\n", dq.alternate);
   s += fmt::format("constexpr bool kLseAhead = {};\n", sm90_bwd_lse_ahead(spec, cfg));
+  s += fmt::format("constexpr bool kDqEarly = {};\n", sm90_bwd_dq_early(spec, cfg));
   s += fmt::format("constexpr int kDqN = {};\n", dq.n);
   s += fmt::format("constexpr bool kDropout = false;\n");
   s += fmt::format("constexpr bool kDbias = {};\n", spec.dbias);

@@ -154,6 +154,23 @@ bool sm90_bwd_lse_ahead(const KernelSpec& spec, const TileConfig& cfg) {
   return sm90_bwd_registers(spec, cfg) + cfg.block_m / 4 <= kSm90BwdRegisterBudget;
 }
 
+// Fitted like the model itself (compile grid, NVRTC 13.0): with dV in flight beside the dQ
+// product and P^T's fragments, a causal mask at d120/d128 spilled 4 bytes (20 reloaded) where the
+// plain kernel did not; 12 registers for a mask keeps those on the serial order (d112 and below
+// compiled clean with it). Not with alternating dQ consumers (d64-d96): the stage is freed only
+// once the late dV is done, after the whole block's dQ, and the other consumer, running ahead,
+// waits for its reload (H200: fwd+bwd 17% slower at d64 and d96).
+bool sm90_bwd_dq_early(const KernelSpec& spec, const TileConfig& cfg) {
+  const Sm90Layout l = sm90_layout(spec);
+  const Sm90BwdDq dq = sm90_bwd_dq(spec, cfg);
+  if (dq.alternate) return false;
+  const int acc = l.head_dim_pad / 2 + l.head_dim_v_pad / 2;
+  const int issue = dq.m_tiles * dq.n / 2 + cfg.block_m / 4;  // dQ accumulators beside P^T's fragments
+  const int mask = spec.mask != MaskKind::none ? 12 : 0;
+  return sm90_bwd_registers(spec, cfg) + mask <= kSm90BwdRegisterBudget &&
+         acc + issue + sm90_bwd_modifier_registers(spec) <= kSm90BwdRegisterBudget;
+}
+
 Sm90BwdDq sm90_bwd_dq(const KernelSpec& spec, const TileConfig& cfg) {
   const Sm90Layout l = sm90_layout(spec);
   const int consumers = cfg.consumer_warpgroups();
@@ -647,6 +664,17 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
   TileConfig c = dv > 128 ? sm90_config(80, 2, 2, overlap, /*pingpong=*/false)
                  : overlap ? sm90_config(128, 2, 3, /*overlap=*/true, /*pingpong=*/true)
                            : sm90_config(128, 2, 3);
+  // Up to head dim 64 with a causal mask: three consumers (192 query rows, block_n 96) under
+  // overlap, persistent (the tile queue balances the causal rows' unequal work). H200, seqlen
+  // 1024 / 4096 / 16384: 286 / 424 / 517 TFLOP/s vs 263 / 384 / 449 for the two-consumer
+  // ping-pong (bench/NOTES.md, "d64: configs that beat the default"). Not beside a window,
+  // varlen or a bias (it spilled 4-48 bytes with padded varlen + window + LSE at d64-96).
+  if (dv <= 64 && spec.mask != MaskKind::none && overlap && !spec.window && !spec.bias &&
+      spec.varlen == VarlenKind::none) {
+    TileConfig p = sm90_config(96, 3, 3, /*overlap=*/true);
+    p.persistent = true;
+    if (!why_illegal(spec, p, limits)) return p;
+  }
   // Shrink until it fits: stages, then block_n.
   while (why_illegal(spec, c, limits)) {
     if (c.stages > 2) {

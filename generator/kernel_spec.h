@@ -194,6 +194,9 @@ int sm90_bwd_registers(const KernelSpec& spec, const TileConfig& cfg);
 /// Whether the Hopper backward reads a block's LSE into registers while S^T runs (block_m / 4
 /// more registers: where the model has room for them).
 bool sm90_bwd_lse_ahead(const KernelSpec& spec, const TileConfig& cfg);
+/// Whether the Hopper backward's dQ consumer issues dQ before dV and writes the dQ product out
+/// while dV runs (P^T's fragments stay live beside the dQ accumulators: where the model has room).
+bool sm90_bwd_dq_early(const KernelSpec& spec, const TileConfig& cfg);
 
 /// A Hopper-family backward config: block_m query rows per step, 64 keys per consumer warpgroup.
 inline TileConfig sm90_backward_config(int block_m, int consumers, int stages, bool independent = false) {

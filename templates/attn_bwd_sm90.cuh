@@ -26,6 +26,10 @@
 // consumer it % 2 computes block it's whole dQ); the independent consumers of _pp each add their
 // own 64 keys' share (kDqAllKeys false, a barrier per warpgroup). A warpgroup's dQ tile is free again
 // once its last reduce has read it: the issuing thread waits for that before the dS^T barrier.
+// Order of the second batch: dK is issued before the dS^T barrier (the tensor cores run it while
+// the consumer waits); with kDqEarly (the register model has room for P^T beside the dQ
+// accumulators) the block's dQ consumer issues dQ, then dV, and writes the dQ product out while
+// dV runs; otherwise dV goes with dK and dQ is issued once both are done.
 //
 // Expects, from the generator: JITATTN_BF16, JITATTN_BWD_MAIN, namespace cfg with the
 // compile-time constants, struct ScoreMod (with grad_scale), and wgmma_s / wgmma_dv / wgmma_dk /
@@ -437,9 +441,15 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
                         da[kk][i]);
         }
       }
-      fence_proxy_async();  // the generic-proxy stores, before wgmma (async proxy) reads them
 
-      // ---- dV += P^T dO, dK += dS^T Q ------------------------------------------------------------
+      // ---- dK += dS^T Q, dV += P^T dO, dQ += dS K ------------------------------------------------
+      // dK (and dV, unless it goes after dQ) are issued before the dS^T barrier, so the tensor
+      // cores run them while this consumer waits for the other's dS^T. kDqEarly (where the
+      // register model has room for P^T beside the dQ accumulators): this block's dQ consumer
+      // waits for dK after the barrier, issues dQ, then dV, and writes the dQ product out while
+      // dV runs. (dV late rather than dK: the other way round spilled 8 bytes at d128.)
+      const bool dq_mine = !kDqAlternate || (it & 1) == wg;
+      const bool dv_late = kDqEarly && dq_mine;
       fence_regs(acc_dv);
       fence_regs(acc_dk);
 #pragma unroll
@@ -447,19 +457,37 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         fence_regs(pa[kk]);
         fence_regs(da[kk]);
       }
+      auto issue_dv = [&] {
+#pragma unroll
+        for (int kk = 0; kk < kBlockM / 16; ++kk) {
+          wgmma_dv(acc_dv, pa[kk], desc_mnmajor<kSwizzleV>(tO, kOPanelBytes, kk * 16, 0));
+        }
+        wgmma_commit();
+      };
+      // dK and dV done: their A fragments may die (dS^T's already did under dv_late, once dK was
+      // waited on at the barrier), and stage s is free.
+      auto finish_dk_dv = [&] {
+        wgmma_wait<0>();
+        fence_regs(acc_dv);
+        fence_regs(acc_dk);
+#pragma unroll
+        for (int kk = 0; kk < kBlockM / 16; ++kk) {
+          fence_regs(pa[kk]);
+          if (!dv_late) fence_regs(da[kk]);
+        }
+        mbar_arrive(bar_empty + 8 * s);
+      };
       my_turn();
       wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk) {
-        wgmma_dv(acc_dv, pa[kk], desc_mnmajor<kSwizzleV>(tO, kOPanelBytes, kk * 16, 0));
-      }
 #pragma unroll
       for (int kk = 0; kk < kBlockM / 16; ++kk) {
         wgmma_dk(acc_dk, da[kk], desc_mnmajor<kSwizzleQK>(tQ, kQPanelBytes, kk * 16, 0));
       }
       wgmma_commit();
+      if (!dv_late) issue_dv();
+      fence_proxy_async();  // the dS^T stores (generic proxy), before dQ's wgmma (async proxy) reads them
 
-      // ---- dQ += dS K ----------------------------------------------------------------------------
+      // ---- the dS^T barrier ------------------------------------------------------------------------
       // The issuing thread's (the warpgroup's first) reduce-adds of earlier blocks have read this
       // warpgroup's dQ tile before it arrives; past the barrier every thread may overwrite it.
       if (tid_fresh() % 128 == 0) bulk_wait_all<true>();
@@ -467,7 +495,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         // Only block it's dQ consumer waits for the other's dS^T; the other arrives and goes on.
         // Barriers 1 and 2 by the block's parity: a consumer's arrivals for two blocks never meet
         // in one barrier (it waits on the other block's, where its dQ is, in between).
-        if ((it & 1) == wg) {
+        if (dq_mine) {
           named_bar_sync(1 + (it & 1), 256);
         } else {
           named_bar_arrive(1 + (it & 1), 256);
@@ -477,21 +505,21 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       } else {
         named_bar_sync(1 + wg, 128);
       }
-      // dV and dK first: their A fragments die before the dQ accumulators live (registers).
-      wgmma_wait<0>();
-      fence_regs(acc_dv);
-      fence_regs(acc_dk);
+      // Without kDqEarly, dK and dV first: their A fragments die before the dQ accumulators live.
+      // With it, dK (issued before the barrier, done by now or nearly): dS^T's fragments die.
+      if (!dv_late) {
+        finish_dk_dv();
+      } else {
+        wgmma_wait<0>();
+        fence_regs(acc_dk);
 #pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk) {
-        fence_regs(pa[kk]);
-        fence_regs(da[kk]);
+        for (int kk = 0; kk < kBlockM / 16; ++kk) fence_regs(da[kk]);
       }
-      mbar_arrive(bar_empty + 8 * s);  // stage s is free
       // kDqAlternate: consumer it % 2 takes this block's whole product; the other goes on to the
       // next block (its S^T and dP^T run beside this dQ on the tensor cores). Its dS^T buffer is
       // written again two blocks on, past its own wait on the next block's barrier, which this
       // consumer reaches only once this dQ is done.
-      if (kDqAlternate && (it & 1) != wg) continue;
+      if (!dq_mine) continue;
       float acc_dq[kDqMTiles][kDqN / 2];  // (64 queries, DQ_N) per tile
 #pragma unroll
       for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
@@ -506,8 +534,13 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         }
       }
       wgmma_commit();
+      if (dv_late) issue_dv();
       pass_turn(it == iterations - 1);
-      wgmma_wait<0>();
+      if (dv_late) {
+        wgmma_wait<1>();  // dQ is done; dV may still run
+      } else {
+        wgmma_wait<0>();
+      }
 #pragma unroll
       for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
       // This warpgroup's dQ tiles, and this thread's place in them: row warp * 16 + g of the
@@ -557,6 +590,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         }
         bulk_commit();
       }
+      if (dv_late) finish_dk_dv();
     }
     if (tid_fresh() % 128 == 0) bulk_wait_all<false>();  // every reduce done before the CTA's memory goes
 

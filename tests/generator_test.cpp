@@ -283,6 +283,21 @@ TEST(Generator, Sm90BackwardDqSharingAndItsSharedMemory) {
   EXPECT_FALSE(sm90_bwd_lse_ahead(spec(128), c));
   EXPECT_LE(sm90_bwd_registers(spec(128), c), kSm90BwdRegisterBudget);
   EXPECT_GT(sm90_bwd_registers(spec(128), c) + c.block_m / 4, kSm90BwdRegisterBudget);
+
+  // dQ before dV (its product written out while dV runs) where the model has room for P^T's
+  // fragments beside the dQ accumulators and both consumers compute dQ every block: d128 plain and
+  // d32 at block_m 128 (rows split); not d128 causal (it spilled), nor alternating consumers (d64:
+  // the late dV holds the stage), nor a kernel the model refuses outright (ALiBi at d128).
+  EXPECT_TRUE(contains(s128, "constexpr bool kDqEarly = true;\n"));
+  EXPECT_TRUE(contains(s64, "constexpr bool kDqEarly = false;\n"));
+  KernelSpec causal = spec(128);
+  causal.mask = MaskKind::causal;
+  EXPECT_FALSE(sm90_bwd_dq_early(causal, c));
+  causal.head_dim = causal.head_dim_v = 32;
+  EXPECT_TRUE(sm90_bwd_dq_early(causal, sm90_backward_config(128, 2, 2)));
+  KernelSpec alibi = spec(128);
+  alibi.alibi = true;
+  EXPECT_FALSE(sm90_bwd_dq_early(alibi, c));
 }
 
 TEST(Generator, IllegalConfigThrowsInvalidArgumentWithTheReason) {

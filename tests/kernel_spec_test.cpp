@@ -863,6 +863,31 @@ TEST(Sm90Config, DefaultOverlapsAboveHeadDim128WhereItFits) {
   EXPECT_EQ(c128.stages, 3);
 }
 
+// Up to head dim 64 a causal mask takes three persistent consumers under overlap; beside a
+// window, varlen or a bias tensor (spill-prone), and without a mask, the two-consumer ping-pong.
+TEST(Sm90Config, CausalUpToHeadDim64TakesThreePersistentConsumers) {
+  const DeviceLimits h = limits_for_arch(90);
+  for (int d = 8; d <= 64; d += 8) {
+    KernelSpec s = sm90_spec(d, d);
+    s.mask = MaskKind::causal;
+    s.lse = true;
+    EXPECT_EQ(default_config(s, h).canonical(), "h_bm192_bn96_wg3_s3_ov_ps") << d;
+    s.mask = MaskKind::causal_bottom_right;
+    EXPECT_EQ(default_config(s, h).canonical(), "h_bm192_bn96_wg3_s3_ov_ps") << d;
+    s.window = true;
+    EXPECT_EQ(default_config(s, h).canonical(), "h_bm128_bn128_wg2_s3_ov_pp") << d;
+    s.window = false;
+    s.varlen = VarlenKind::padded;
+    EXPECT_EQ(default_config(s, h).canonical(), "h_bm128_bn128_wg2_s3_ov_pp") << d;
+    s.varlen = VarlenKind::none;
+    s.mask = MaskKind::none;
+    EXPECT_EQ(default_config(s, h).canonical(), "h_bm128_bn128_wg2_s3_ov_pp") << d;
+  }
+  KernelSpec s72 = sm90_spec(72, 72);
+  s72.mask = MaskKind::causal;
+  EXPECT_EQ(default_config(s72, h).canonical(), "h_bm128_bn128_wg2_s3_ov_pp");
+}
+
 // The Hopper backward writes dBias: with a bias tensor that needs its gradient it is the
 // backward default wherever its register model allows (up to d112 without other modifiers), the
 // mma.sync backward above; a bias tensor without dBias stays on the mma.sync backward.
