@@ -689,8 +689,10 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
 }
 
 // The Hopper-family backward's default: two consumer warpgroups (128 keys per CTA, FA3's shape),
-// 64 query rows per step (128 spilled 44-48 bytes at d64 with NVRTC 13.0), two Q/dO stages. May
-// be illegal for the spec (head dims above 128, dropout, deterministic, registers): check why_illegal.
+// 64 query rows per step (128 spilled 44-48 bytes at d64 with NVRTC 13.0), two Q/dO stages (three
+// read 1.03x at d128 in jitattn tune's fast mode but 0.99-1.01x in fwd+bwd A/B, H200, session 7).
+// May be illegal for the spec (head dims above 128, dropout, deterministic, registers): check
+// why_illegal.
 TileConfig default_backward_config_sm90(const KernelSpec& spec, const DeviceLimits& limits) {
   (void)spec;
   (void)limits;

@@ -23,7 +23,9 @@
 // The dQ product is split between the consumers when both see every key of the block (a named
 // barrier over them after dS^T is written): by query rows when block_m is 128, else by head-dim
 // panels when the padded head dim is two whole panels, else by alternating blocks (kDqAlternate:
-// consumer it % 2 computes block it's whole dQ); the independent consumers of _pp each add their
+// consumer it % 2 computes block it's whole dQ, one block late, so the other's half of dS^T is
+// long written; barriers 7/8 tell the other when that dS^T buffer is free again for the block
+// after next); the independent consumers of _pp each add their
 // own 64 keys' share (kDqAllKeys false, a barrier per warpgroup). A warpgroup's dQ tile is free again
 // once its last reduce has read it: the issuing thread waits for that before the dS^T barrier.
 // Order of the second batch: dK is issued before the dS^T barrier (the tensor cores run it while
@@ -297,6 +299,91 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     if constexpr (kTurns) {
       if (wg == 1 && iterations > 0) named_bar_arrive(3, 256);
     }
+    // dV += P^T dO (A: P^T's fragments pa_, B: the dO stage at tO_).
+    auto issue_dv = [&](u32 tO_, u32 (&pa_)[kBlockM / 16][4]) {
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk) {
+        wgmma_dv(acc_dv, pa_[kk], desc_mnmajor<kSwizzleV>(tO_, kOPanelBytes, kk * 16, 0));
+      }
+      wgmma_commit();
+    };
+    // dQ += dS K for the block whose dS^T is in tS_ (query rows m0_, head h_): the product, its
+    // fp32 tile in shared memory, the warpgroup's reduce-adds. dv_late_: dV (tO_, pa_) is issued
+    // behind the product, and only the product is waited on before the stores. last: the
+    // consumer's last block (ping-pong's hand-over).
+    auto dq_product = [&](u32 tS_, int m0_, int h_, bool dv_late_, bool last, u32 tO_, u32 (&pa_)[kBlockM / 16][4]) {
+      float acc_dq[kDqMTiles][kDqN / 2];  // (64 queries, DQ_N) per tile
+#pragma unroll
+      for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
+      wgmma_fence();
+#pragma unroll
+      for (int i = 0; i < kDqMTiles; ++i) {
+        const int mt = kDqSplitM ? wg : i;
+#pragma unroll
+        for (int kk = 0; kk < kDqKeys / 16; ++kk) {
+          wgmma_dq(acc_dq[i], desc_mnmajor<128>(tS_, kDSPanelBytes, dq_key0 + kk * 16, mt * 64),
+                   desc_mnmajor<kSwizzleQK>(sK, kKPanelBytes, dq_key0 + kk * 16, dq_col0), kk > 0 ? 1 : 0);
+        }
+      }
+      wgmma_commit();
+      if (dv_late_) issue_dv(tO_, pa_);
+      pass_turn(last);
+      if (dv_late_) {
+        wgmma_wait<1>();  // dQ is done; dV may still run
+      } else {
+        wgmma_wait<0>();
+      }
+#pragma unroll
+      for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
+      // This warpgroup's dQ tiles, and this thread's place in them: row warp * 16 + g of the
+      // first panel, chunk (t / 2) ^ g, the pair's 8 bytes in it. Formed here from a thread index
+      // the compiler cannot keep from the start (no register held across the block loop).
+      const int tidf = tid_fresh();
+      const u32 sDQw = sDQ + (tidf / 128 - 1) * kDqBytes;
+      const int lg = (tidf % 32) / 4, lt = tidf % 4;
+      const u32 dq_lane = sDQw + ((tidf % 128) / 32 * 16 + lg) * 128 + (((lt / 2) ^ lg) << 4) + (lt % 2) * 8;
+      // The product into the dQ tile, 128-byte swizzled fp32 panels (16-byte chunk ^ row % 8):
+      // accumulator pair (row warp * 16 + g + 8 hf, columns 8 nt + 2t, + 1) goes to chunk
+      // (2 (nt % 4) + t / 2) ^ g of its row, i.e. to dq_lane ^ (2 (nt % 4) << 4) plus constant
+      // offsets: one address register for every store. Per store, a warp's 8 rows take 16
+      // distinct (row, chunk) pairs: conflict-free.
+#pragma unroll
+      for (int i = 0; i < kDqMTiles; ++i) {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+#pragma unroll
+          for (int nt = 0; nt < kDqN / 8; ++nt) {
+            st_shared_v2((dq_lane ^ ((2 * (nt % 4)) << 4)) + (i * kDqPanels + nt / 4) * kDqPanelBytes + hf * 8 * 128,
+                         acc_dq[i][4 * nt + 2 * hf], acc_dq[i][4 * nt + 2 * hf + 1]);
+          }
+        }
+      }
+      fence_proxy_async();  // the stores, before the reduce (async proxy) reads them
+      // Warp 0 waits for the warpgroup's stores, the other warps go on.
+      if (warp == 0) {
+        named_bar_sync(5 + wg, 128);
+      } else {
+        named_bar_arrive(5 + wg, 128);
+      }
+      if (tidf % 128 == 0) {  // the warpgroup's dQ reduce-adds
+        // Rows past the sequence carry zeros (their P is 0): a batch's are clipped by the map,
+        // packed varlen's land on the next sequence's rows unchanged; tiles wholly past it are
+        // skipped. Columns past the head dim are clipped.
+#pragma unroll
+        for (int i = 0; i < kDqMTiles; ++i) {
+          const int mt = kDqSplitM ? wg : i;
+          if (m0_ + mt * 64 < len_q) {
+#pragma unroll
+            for (int pnl = 0; pnl < kDqPanels; ++pnl) {
+              tma_reduce_add_4d(&params.tma_dq, sDQw + (i * kDqPanels + pnl) * kDqPanelBytes, dq_col0 + pnl * 32,
+                                row_q0 + m0_ + mt * 64, h_, tma_b);
+            }
+          }
+        }
+        bulk_commit();
+      }
+    };
+    int dq_m0 = 0, dq_h = 0;  // kDqAlternate: the previous block's rows and head (its dQ is lagged)
     int h = hk * p.group, mb = mb_begin;  // query head and block of iteration it
     for (int it = 0; it < iterations; ++it, (++mb == mb_begin + mb_count) ? (mb = mb_begin, ++h) : 0) {
       const int s = it % kStages;
@@ -428,6 +515,11 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           da[kk][i] = pack2(acc_dp[8 * kk + 2 * i], acc_dp[8 * kk + 2 * i + 1]);
         }
       }
+      // kDqAlternate: buffer it % 2 held block it - 2's dS^T; if that dQ was the other consumer's,
+      // wait until its product has read it.
+      if constexpr (kDqAlternate) {
+        if (it >= 2 && (it & 1) != wg) named_bar_sync(7 + (it & 1), 256);
+      }
       // dS^T into shared memory, 128-byte swizzle (16-byte chunk index ^ row % 8): fragment i
       // holds row g + 8 (i % 2), columns 16 kk + 8 (i / 2) + 2t, 2t + 1.
 #pragma unroll
@@ -448,8 +540,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       // register model has room for P^T beside the dQ accumulators): this block's dQ consumer
       // waits for dK after the barrier, issues dQ, then dV, and writes the dQ product out while
       // dV runs. (dV late rather than dK: the other way round spilled 8 bytes at d128.)
-      const bool dq_mine = !kDqAlternate || (it & 1) == wg;
-      const bool dv_late = kDqEarly && dq_mine;
+      const bool dv_late = kDqEarly;  // never beside kDqAlternate (the generator's choice)
       fence_regs(acc_dv);
       fence_regs(acc_dk);
 #pragma unroll
@@ -457,13 +548,6 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         fence_regs(pa[kk]);
         fence_regs(da[kk]);
       }
-      auto issue_dv = [&] {
-#pragma unroll
-        for (int kk = 0; kk < kBlockM / 16; ++kk) {
-          wgmma_dv(acc_dv, pa[kk], desc_mnmajor<kSwizzleV>(tO, kOPanelBytes, kk * 16, 0));
-        }
-        wgmma_commit();
-      };
       // dK and dV done: their A fragments may die (dS^T's already did under dv_late, once dK was
       // waited on at the barrier), and stage s is free.
       auto finish_dk_dv = [&] {
@@ -484,7 +568,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         wgmma_dk(acc_dk, da[kk], desc_mnmajor<kSwizzleQK>(tQ, kQPanelBytes, kk * 16, 0));
       }
       wgmma_commit();
-      if (!dv_late) issue_dv();
+      if (!dv_late) issue_dv(tO, pa);
       fence_proxy_async();  // the dS^T stores (generic proxy), before dQ's wgmma (async proxy) reads them
 
       // ---- the dS^T barrier ------------------------------------------------------------------------
@@ -492,14 +576,10 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       // warpgroup's dQ tile before it arrives; past the barrier every thread may overwrite it.
       if (tid_fresh() % 128 == 0) bulk_wait_all<true>();
       if constexpr (kDqAlternate) {
-        // Only block it's dQ consumer waits for the other's dS^T; the other arrives and goes on.
-        // Barriers 1 and 2 by the block's parity: a consumer's arrivals for two blocks never meet
-        // in one barrier (it waits on the other block's, where its dQ is, in between).
-        if (dq_mine) {
-          named_bar_sync(1 + (it & 1), 256);
-        } else {
-          named_bar_arrive(1 + (it & 1), 256);
-        }
+        // Block it's dQ is consumer it % 2's, one block later: the other arrives with its half of
+        // dS^T (barriers 1 and 2 by the block's parity: its next arrival there, two blocks on,
+        // follows its wait for that dQ to have read the buffer).
+        if ((it & 1) != wg) named_bar_arrive(1 + (it & 1), 256);
       } else if constexpr (kDqAllKeys) {
         named_bar_sync(1, 128 * kConsumers);  // every consumer's dS^T rows are written
       } else {
@@ -515,82 +595,28 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
 #pragma unroll
         for (int kk = 0; kk < kBlockM / 16; ++kk) fence_regs(da[kk]);
       }
-      // kDqAlternate: consumer it % 2 takes this block's whole product; the other goes on to the
-      // next block (its S^T and dP^T run beside this dQ on the tensor cores). Its dS^T buffer is
-      // written again two blocks on, past its own wait on the next block's barrier, which this
-      // consumer reaches only once this dQ is done.
-      if (!dq_mine) continue;
-      float acc_dq[kDqMTiles][kDqN / 2];  // (64 queries, DQ_N) per tile
-#pragma unroll
-      for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
-      wgmma_fence();
-#pragma unroll
-      for (int i = 0; i < kDqMTiles; ++i) {
-        const int mt = kDqSplitM ? wg : i;
-#pragma unroll
-        for (int kk = 0; kk < kDqKeys / 16; ++kk) {
-          wgmma_dq(acc_dq[i], desc_mnmajor<128>(tS, kDSPanelBytes, dq_key0 + kk * 16, mt * 64),
-                   desc_mnmajor<kSwizzleQK>(sK, kKPanelBytes, dq_key0 + kk * 16, dq_col0), kk > 0 ? 1 : 0);
+      if constexpr (kDqAlternate) {
+        // dQ of the previous block (lagged one block), by its consumer: the other wrote its half
+        // of that dS^T a whole block ago, so the barrier rarely waits. Once the product has read
+        // the buffer, the other may write the block after next's dS^T into it (barrier 7 + parity).
+        if (it >= 1 && ((it - 1) & 1) == wg) {
+          named_bar_sync(1 + ((it - 1) & 1), 256);
+          dq_product(sdS + ((it - 1) & 1) * kDSBytes, dq_m0, dq_h, false, false, tO, pa);
+          if (it + 1 < iterations) named_bar_arrive(7 + ((it - 1) & 1), 256);
         }
+        dq_m0 = m0;
+        dq_h = h;
+        continue;
       }
-      wgmma_commit();
-      if (dv_late) issue_dv();
-      pass_turn(it == iterations - 1);
-      if (dv_late) {
-        wgmma_wait<1>();  // dQ is done; dV may still run
-      } else {
-        wgmma_wait<0>();
-      }
-#pragma unroll
-      for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
-      // This warpgroup's dQ tiles, and this thread's place in them: row warp * 16 + g of the
-      // first panel, chunk (t / 2) ^ g, the pair's 8 bytes in it. Formed here from a thread index
-      // the compiler cannot keep from the start (no register held across the block loop).
-      const int tidf = tid_fresh();
-      const u32 sDQw = sDQ + (tidf / 128 - 1) * kDqBytes;
-      const int lg = (tidf % 32) / 4, lt = tidf % 4;
-      const u32 dq_lane = sDQw + ((tidf % 128) / 32 * 16 + lg) * 128 + (((lt / 2) ^ lg) << 4) + (lt % 2) * 8;
-      // The product into the dQ tile, 128-byte swizzled fp32 panels (16-byte chunk ^ row % 8):
-      // accumulator pair (row warp * 16 + g + 8 hf, columns 8 nt + 2t, + 1) goes to chunk
-      // (2 (nt % 4) + t / 2) ^ g of its row, i.e. to dq_lane ^ (2 (nt % 4) << 4) plus constant
-      // offsets: one address register for every store. Per store, a warp's 8 rows take 16
-      // distinct (row, chunk) pairs: conflict-free.
-#pragma unroll
-      for (int i = 0; i < kDqMTiles; ++i) {
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-#pragma unroll
-          for (int nt = 0; nt < kDqN / 8; ++nt) {
-            st_shared_v2((dq_lane ^ ((2 * (nt % 4)) << 4)) + (i * kDqPanels + nt / 4) * kDqPanelBytes + hf * 8 * 128,
-                         acc_dq[i][4 * nt + 2 * hf], acc_dq[i][4 * nt + 2 * hf + 1]);
-          }
-        }
-      }
-      fence_proxy_async();  // the stores, before the reduce (async proxy) reads them
-      // Warp 0 waits for the warpgroup's stores, the other warps go on.
-      if (warp == 0) {
-        named_bar_sync(5 + wg, 128);
-      } else {
-        named_bar_arrive(5 + wg, 128);
-      }
-      if (tidf % 128 == 0) {  // the warpgroup's dQ reduce-adds
-        // Rows past the sequence carry zeros (their P is 0): a batch's are clipped by the map,
-        // packed varlen's land on the next sequence's rows unchanged; tiles wholly past it are
-        // skipped. Columns past the head dim are clipped.
-#pragma unroll
-        for (int i = 0; i < kDqMTiles; ++i) {
-          const int mt = kDqSplitM ? wg : i;
-          if (m0 + mt * 64 < len_q) {
-#pragma unroll
-            for (int pnl = 0; pnl < kDqPanels; ++pnl) {
-              tma_reduce_add_4d(&params.tma_dq, sDQw + (i * kDqPanels + pnl) * kDqPanelBytes, dq_col0 + pnl * 32,
-                                row_q0 + m0 + mt * 64, h, tma_b);
-            }
-          }
-        }
-        bulk_commit();
-      }
+      dq_product(tS, m0, h, dv_late, it == iterations - 1, tO, pa);
       if (dv_late) finish_dk_dv();
+    }
+    if constexpr (kDqAlternate) {  // the last block's lagged dQ
+      if (iterations > 0 && ((iterations - 1) & 1) == wg) {
+        named_bar_sync(1 + ((iterations - 1) & 1), 256);
+        u32 no_pa[kBlockM / 16][4];  // no dV here
+        dq_product(sdS + ((iterations - 1) & 1) * kDSBytes, dq_m0, dq_h, false, false, sdO, no_pa);
+      }
     }
     if (tid_fresh() % 128 == 0) bulk_wait_all<false>();  // every reduce done before the CTA's memory goes
 
