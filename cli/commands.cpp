@@ -106,11 +106,14 @@ struct BuiltKernel {
   KernelSource source;
 };
 
-// `sm` 0 means the CPU backend (--arch cpu).
-BuiltKernel build_kernel(const harness::ProblemDesc& desc, const std::string& config, int sm) {
+// `sm` 0 means the CPU backend (--arch cpu). `backward`: the backward pass's module (the spec the
+// runtime's backward builds), `deterministic` its deterministic mode.
+BuiltKernel build_kernel(const harness::ProblemDesc& desc, const std::string& config, int sm,
+                         bool backward = false, bool deterministic = false) {
   BuiltKernel k;
   const bool cpu = sm == 0;
-  k.spec = make_spec(problem_without_device(desc), Target{sm, cpu});
+  const Problem problem = problem_without_device(desc);
+  k.spec = backward ? make_backward_spec(problem, Target{sm, cpu}, deterministic) : make_spec(problem, Target{sm, cpu});
   const DeviceLimits limits = cpu ? limits_for_cpu() : limits_for_arch(sm);
   k.config = config.empty() ? default_config(k.spec, limits) : parse_config(config);
   if (auto why = why_illegal(k.spec, k.config, limits)) {
@@ -240,7 +243,7 @@ int run_info(const InfoOptions& o) {
 int run_gen(const GenOptions& o) {
   bool arch_specific = false;
   const int sm = o.arch == "cpu" ? 0 : parse_arch(o.arch, &arch_specific);
-  const BuiltKernel k = build_kernel(problem_desc(o.problem), o.problem.config, sm);
+  const BuiltKernel k = build_kernel(problem_desc(o.problem), o.problem.config, sm, o.backward, o.deterministic);
   fmt::print("{}", k.source.source);
   return 0;
 }
@@ -248,13 +251,13 @@ int run_gen(const GenOptions& o) {
 // --arch cpu: the in-process clang compile of the CPU kernel (object size, compile time).
 int compile_cpu_kernel(const CompileOptions& o) {
   const harness::ProblemDesc desc = problem_desc(o.problem);
-  const BuiltKernel k = build_kernel(desc, o.problem.config, 0);
+  const BuiltKernel k = build_kernel(desc, o.problem.config, 0, o.backward, o.deterministic);
   const device::CpuCompileResult r = device::compile_cpu(k.source.source, k.source.name);
   const std::string target = device::host_cpu().arch_key();
   if (o.json) {
     JsonObject j;
-    j.add("kernel", k.source.name).add("spec", k.spec.canonical()).add("config", k.config.canonical())
-        .add("arch", target).add("problem", harness::describe(desc)).add("llvm_version", device::llvm_version())
+    j.add("kernel", k.source.name).add("pass", o.backward ? "backward" : "forward")
+        .add("spec", k.spec.canonical()).add("config", k.config.canonical()).add("arch", target).add("problem", harness::describe(desc)).add("llvm_version", device::llvm_version())
         .add("object_bytes", r.object.size()).add("compile_ms", r.compile_ms);
     fmt::print("{}\n", j.str());
     return 0;
@@ -273,14 +276,14 @@ int run_compile(const CompileOptions& o) {
   bool arch_specific = false;
   const int sm = parse_arch(o.arch, &arch_specific);
   const harness::ProblemDesc desc = problem_desc(o.problem);
-  const BuiltKernel k = build_kernel(desc, o.problem.config, sm);
+  const BuiltKernel k = build_kernel(desc, o.problem.config, sm, o.backward, o.deterministic);
   const device::CompileResult r =
       device::compile_to_cubin(k.source.source, k.source.name, sm, arch_specific || k.source.arch_specific);
   const std::string arch = fmt::format("sm_{}{}", sm, arch_specific || k.source.arch_specific ? "a" : "");
   if (o.json) {
     JsonObject j;
-    j.add("kernel", k.source.name).add("spec", k.spec.canonical()).add("config", k.config.canonical())
-        .add("arch", arch).add("problem", harness::describe(desc)).add("registers", r.registers)
+    j.add("kernel", k.source.name).add("pass", o.backward ? "backward" : "forward")
+        .add("spec", k.spec.canonical()).add("config", k.config.canonical()).add("arch", arch).add("problem", harness::describe(desc)).add("registers", r.registers)
         .add("spill_store_bytes", r.spill_store_bytes).add("spill_load_bytes", r.spill_load_bytes)
         .add("stack_frame_bytes", r.stack_frame_bytes).add("shared_bytes", k.source.shared_bytes)
         .add("static_shared_bytes", r.static_shared_bytes).add("threads", k.source.threads)

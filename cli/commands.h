@@ -22,12 +22,16 @@ struct InfoOptions {
 struct GenOptions {
   ProblemFlags problem;
   std::string arch = "sm_90";
+  bool backward = false;       ///< the backward kernel's module instead of the forward's
+  bool deterministic = false;  ///< backward: deterministic mode
 };
 
 struct CompileOptions {
   ProblemFlags problem;
   std::string arch = "sm_90";
   bool json = false;
+  bool backward = false;
+  bool deterministic = false;
 };
 
 struct CheckOptions {

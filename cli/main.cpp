@@ -57,12 +57,16 @@ int main(int argc, char** argv) {
   CLI::App* gen = app.add_subcommand("gen", "print the generated CUDA source (no GPU needed)");
   add_problem_flags(gen, &o.gen.problem);
   add_arch_flag(gen, &o.gen.arch);
+  gen->add_flag("--backward", o.gen.backward, "the backward pass's kernels (dK/dV main kernel and its helpers)");
+  gen->add_flag("--deterministic", o.gen.deterministic, "backward: deterministic mode");
 
   CLI::App* compile = app.add_subcommand(
       "compile", "generate and compile to a cubin, print the ptxas report (no GPU needed)");
   add_problem_flags(compile, &o.compile.problem);
   add_arch_flag(compile, &o.compile.arch);
   compile->add_flag("--json", o.compile.json, "one JSON object");
+  compile->add_flag("--backward", o.compile.backward, "the backward pass's module (dK/dV main kernel's report)");
+  compile->add_flag("--deterministic", o.compile.deterministic, "backward: deterministic mode");
 
   CLI::App* check = app.add_subcommand("check", "run once and compare with the float64 reference");
   add_problem_flags(check, &o.check.problem);

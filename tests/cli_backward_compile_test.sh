@@ -1,0 +1,29 @@
+#!/bin/bash
+# `jitattn gen/compile --backward` (NVRTC only, no GPU): the backward pass's module as the runtime
+# builds it: the Hopper family's dK/dV kernel on sm_90 (wgmma, no spills), the mma.sync family
+# for deterministic mode and on sm_80, and the forward unchanged without the flag.
+# Usage: cli_backward_compile_test.sh path/to/jitattn
+set -euo pipefail
+bin=$1
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$bin" compile --backward --head-dim 128 --mask causal --json > "$work/h.json"
+"$bin" compile --backward --deterministic --head-dim 96 --json > "$work/det.json"
+"$bin" compile --backward --arch sm_80 --head-dim 64 --json > "$work/a.json"
+"$bin" compile --head-dim 128 --mask causal --json > "$work/fwd.json"
+python3 - "$work" <<'PY' || { cat "$work"/*.json; echo "FAIL: compile --backward"; exit 1; }
+import json, sys
+d = sys.argv[1]
+h, det, a, fwd = (json.load(open(f"{d}/{n}.json")) for n in ("h", "det", "a", "fwd"))
+assert h["pass"] == "backward" and h["kernel"].startswith("attn_bwd_sm90_bf16_d128_causal_"), h
+assert h["spec"].startswith("bwd sm90") and h["arch"] == "sm_90a" and h["config"].startswith("h_"), h
+assert h["spill_store_bytes"] == 0 and h["spill_load_bytes"] == 0 and h["threads"] == 384, h
+assert det["kernel"].startswith("attn_bwd_sm90_bf16_d96_det_") and not det["config"].startswith("h_"), det
+assert "det=1" in det["spec"] and det["arch"] == "sm_90", det
+assert a["kernel"].startswith("attn_bwd_sm80_") and a["arch"] == "sm_80", a
+assert fwd["pass"] == "forward" and fwd["kernel"].startswith("attn_fwd_"), fwd
+PY
+"$bin" gen --backward --head-dim 64 > "$work/bwd.cu"
+grep -q "constexpr bool kDqAlternate = true;" "$work/bwd.cu" || { echo "FAIL: gen --backward d64"; exit 1; }
+grep -q "JITATTN_BWD_MAIN" "$work/bwd.cu" || { echo "FAIL: gen --backward has no backward kernel"; exit 1; }
+echo "PASS"
