@@ -19,6 +19,9 @@
 #                                (split K/V release, overlap at d256, persistent); FWD_TESTS=0 skips tests
 #   bench/run_gpu.sh tune-sweep  jitattn tune over the whole search space of each ROWS entry
 #                                (d:mask:seqlen, bench shape) into a fresh cache; the 8 fastest per row
+#   bench/run_gpu.sh ab          the previous binary ($B/jitattn_old) against the new ($B/jitattn), alternated,
+#                                PASSES times over ROWS (d:mask:seqlen) and MODES (--fwd-bwd, --backward, fwd);
+#                                each binary with its own cache file, so a second pass reuses its kernels
 #   bench/run_gpu.sh all         every GPU test binary (forward, backward, sm90 family, SASS), memcheck
 #                                over all of them (sharded, time-limited), then bench beside peers
 #                                (forward grid; forward+backward at d128) -- one device call
@@ -47,6 +50,22 @@ tshards() {  # tshards N SECONDS LOG CMD... : like shards, each shard under a ti
   grep -E -A3 "^\[  FAILED  \] .*\(|ERROR SUMMARY: [1-9]|Failure" "$log" | head -20
 }
 case "${1:-tests}" in
+  ab)
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+    for pass in $(seq 1 ${PASSES:-2}); do
+      for row in ${ROWS:-64:none:4096 64:causal:4096 128:none:4096 128:causal:4096}; do
+        IFS=: read -r d m s <<< "$row"
+        for mode in ${MODES:---fwd-bwd}; do
+          flag=$mode; [ "$mode" = fwd ] && flag=
+          for bin in jitattn_old jitattn; do
+            JITATTN_CACHE="$OUT/ab_$bin.db" timeout 120 "$B/$bin" bench $flag --tokens 16384 --width 2048 --seqlen-q $s \
+              --head-dim $d --mask $m --budget-ms ${BUDGET_MS:-250} --json 2>> "$OUT/ab.err" |
+              python3 -c "import json,sys; j=json.load(sys.stdin); print('pass $pass $mode d$d $m $s $bin', j['config'], round(j['tflops'], 1))"
+          done
+        done
+      done
+    done | tee "$OUT/ab.txt"
+    ;;
   all)
     export PATH=/usr/local/cuda/bin:$PATH
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
