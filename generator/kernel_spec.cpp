@@ -154,21 +154,18 @@ bool sm90_bwd_lse_ahead(const KernelSpec& spec, const TileConfig& cfg) {
   return sm90_bwd_registers(spec, cfg) + cfg.block_m / 4 <= kSm90BwdRegisterBudget;
 }
 
-// Fitted like the model itself (compile grid, NVRTC 13.0): with dV in flight beside the dQ
-// product and P^T's fragments, a causal mask at d120/d128 spilled 4 bytes (20 reloaded) where the
-// plain kernel did not; 12 registers for a mask keeps those on the serial order (d112 and below
-// compiled clean with it). Not with alternating dQ consumers (d64-d96): the stage is freed only
-// once the late dV is done, after the whole block's dQ, and the other consumer, running ahead,
-// waits for its reload (H200: fwd+bwd 17% slower at d64 and d96).
+// The dQ accumulators beside P^T's fragments (dQ + block_m / 4 per thread) never exceed the
+// S^T phase's block_m + block_m / 4 (dQ is at most block_m: n <= 128 columns per 64-row tile), so
+// the model's own bound covers the early order. Fitted like the model (compile grid, NVRTC 13.0):
+// with dV in flight beside the dQ product, a causal mask at d120/d128 spilled 4 bytes (20
+// reloaded) where the plain kernel did not; 12 registers for a mask keep those on the serial
+// order (d112 and below compiled clean with it). Not with alternating dQ consumers (d64-d96): the
+// stage is freed only once the late dV is done, after the whole block's dQ, and the other
+// consumer, running ahead, waits for its reload (H200: fwd+bwd 17% slower at d64 and d96).
 bool sm90_bwd_dq_early(const KernelSpec& spec, const TileConfig& cfg) {
-  const Sm90Layout l = sm90_layout(spec);
-  const Sm90BwdDq dq = sm90_bwd_dq(spec, cfg);
-  if (dq.alternate) return false;
-  const int acc = l.head_dim_pad / 2 + l.head_dim_v_pad / 2;
-  const int issue = dq.m_tiles * dq.n / 2 + cfg.block_m / 4;  // dQ accumulators beside P^T's fragments
+  if (sm90_bwd_dq(spec, cfg).alternate) return false;
   const int mask = spec.mask != MaskKind::none ? 12 : 0;
-  return sm90_bwd_registers(spec, cfg) + mask <= kSm90BwdRegisterBudget &&
-         acc + issue + sm90_bwd_modifier_registers(spec) <= kSm90BwdRegisterBudget;
+  return sm90_bwd_registers(spec, cfg) + mask <= kSm90BwdRegisterBudget;
 }
 
 Sm90BwdDq sm90_bwd_dq(const KernelSpec& spec, const TileConfig& cfg) {
@@ -669,8 +666,7 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
   // 1024 / 4096 / 16384: 286 / 424 / 517 TFLOP/s vs 263 / 384 / 449 for the two-consumer
   // ping-pong (bench/NOTES.md, "d64: configs that beat the default"). Not beside a window,
   // varlen or a bias (it spilled 4-48 bytes with padded varlen + window + LSE at d64-96).
-  if (dv <= 64 && spec.mask != MaskKind::none && overlap && !spec.window && !spec.bias &&
-      spec.varlen == VarlenKind::none) {
+  if (dv <= 64 && spec.mask != MaskKind::none && !spec.window && !spec.bias && spec.varlen == VarlenKind::none) {
     TileConfig p = sm90_config(96, 3, 3, /*overlap=*/true);
     p.persistent = true;
     if (!why_illegal(spec, p, limits)) return p;
