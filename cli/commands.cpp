@@ -115,7 +115,7 @@ BuiltKernel build_kernel(const harness::ProblemDesc& desc, const std::string& co
   const Problem problem = problem_without_device(desc);
   k.spec = backward ? make_backward_spec(problem, Target{sm, cpu}, deterministic) : make_spec(problem, Target{sm, cpu});
   const DeviceLimits limits = cpu ? limits_for_cpu() : limits_for_arch(sm);
-  k.config = config.empty() ? default_config(k.spec, limits) : parse_config(config);
+  k.config = config.empty() ? default_config(k.spec, limits, ShapeHint{problem.seqlen_k}) : parse_config(config);
   if (auto why = why_illegal(k.spec, k.config, limits)) {
     throw Unsupported(fmt::format("config {} is illegal for this problem on {}: {}", k.config.canonical(),
                                   cpu ? std::string("the CPU") : fmt::format("sm_{}", sm), *why));

@@ -188,7 +188,7 @@ bool tune_one(harness::ProblemDesc desc, const TuneOptions& o, std::ostream& out
     out << "  no config passed verification: " << best.reason << "\n";
     return false;
   }
-  const std::string def = default_config(spec, limits).canonical();
+  const std::string def = default_config(spec, limits, ShapeHint{problem.seqlen_k}).canonical();
   double default_ms = 0;
   for (const auto& r : store.all_results(filter)) {
     if (r.config == def && r.status == cache::ResultStatus::ok) default_ms = r.median_ms;

@@ -448,7 +448,10 @@ std::optional<std::string> why_illegal_sm90(const KernelSpec& spec, const TileCo
   const Sm90Layout l = sm90_layout(spec, cfg);
   const int o_regs = l.head_dim_v_pad / cfg.split / 2;
   const int regs = o_regs + (cfg.split > 1 ? cfg.block_n / 4 : cfg.block_n / 2 + cfg.block_n / 4);
-  const int budget = consumers == 3 ? 120 : 200;
+  // Three consumers at block_n 128 (FA3's d64 tile, O + S + P = 128) compiled without spills
+  // (NVRTC 13.0) plain, causal, with LSE, varlen or ALiBi; a window spilled 68-92 bytes and
+  // softcap 20 and a bias tensor 124-320 there, so those keep 120.
+  const int budget = consumers == 3 ? (spec.window || spec.softcap > 0.0f || spec.bias ? 120 : 128) : 200;
   if (regs > budget) {
     return fmt::format("~{} accumulator registers per consumer thread (O {} + S {} + P {}) exceed "
                        "the {} that fit under setmaxnreg {} without spills{}",
@@ -618,7 +621,7 @@ TileConfig default_backward_config(const KernelSpec& spec, const DeviceLimits& l
   return c;
 }
 
-TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limits) {
+TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limits, ShapeHint shape = {}) {
   if (spec.head_dim_v > 256) {
     // O of 64 rows x dv > 256 does not fit one warpgroup's registers: the two consumers share
     // the query block and own half of S's and of O's columns each (attn_fwd_sm90_wide.cuh).
@@ -671,6 +674,17 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
     p.persistent = true;
     if (!why_illegal(spec, p, limits)) return p;
   }
+  // Up to head dim 64 without a mask: three consumers with block_n 128 (FA3's d64 tile) under
+  // overlap, persistent up to 2048 keys, where a tile's prologue and epilogue weigh most. H200,
+  // seqlen 1024 / 4096 / 16384: 358 / 468 / 540 TFLOP/s, persistent 391 / 461 / 487, against
+  // 372 / 444 / 473 for the two-consumer ping-pong and cudnn's 393 / 469 / 495 (bench/NOTES.md,
+  // "Session 8"). Not beside a window, softcap or bias tensor (the register model's 120).
+  if (dv <= 64 && spec.head_dim <= 64 && spec.mask == MaskKind::none && !spec.window && !spec.bias &&
+      spec.softcap <= 0.0f) {
+    TileConfig p = sm90_config(128, 3, 3, /*overlap=*/true);
+    p.persistent = shape.seqlen_k > 0 && shape.seqlen_k <= 2048;
+    if (!why_illegal(spec, p, limits)) return p;
+  }
   // Shrink until it fits: stages, then block_n.
   while (why_illegal(spec, c, limits)) {
     if (c.stages > 2) {
@@ -714,22 +728,23 @@ bool sm90_family_default(const KernelSpec& spec, const DeviceLimits& limits) {
   return !why_illegal(spec, default_config_sm90(spec, limits), limits).has_value();
 }
 
-TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits) {
+TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits, ShapeHint shape) {
   if (spec.target.cpu) return default_config_cpu(spec);
   if (spec.pass == Pass::backward) {
     return sm90_family_default(spec, limits) ? default_backward_config_sm90(spec, limits)
                                              : default_backward_config(spec, limits);
   }
-  if (sm90_family_default(spec, limits)) return default_config_sm90(spec, limits);
+  if (sm90_family_default(spec, limits)) return default_config_sm90(spec, limits, shape);
   return family_default_config(spec, limits, Family::sm80);
 }
 
-TileConfig family_default_config(const KernelSpec& spec, const DeviceLimits& limits, Family family) {
+TileConfig family_default_config(const KernelSpec& spec, const DeviceLimits& limits, Family family,
+                                 ShapeHint shape) {
   if (spec.target.cpu) return default_config_cpu(spec);
   if (spec.pass == Pass::backward) {
     return family == Family::sm90 ? default_backward_config_sm90(spec, limits) : default_backward_config(spec, limits);
   }
-  if (family == Family::sm90) return default_config_sm90(spec, limits);
+  if (family == Family::sm90) return default_config_sm90(spec, limits, shape);
   // Register budget per thread decides (255 max, no spills; measured with NVRTC 13.0, see
   // bench/NOTES.md): the O accumulator holds rows_per_warp * head_dim_v / 32 floats and S
   // rows_per_warp * block_n / 32. 32 rows per warp (fewer K/V shared-memory reads per FLOP) fits

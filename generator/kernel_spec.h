@@ -241,13 +241,22 @@ DeviceLimits limits_for_cpu();
 std::optional<std::string> why_illegal(const KernelSpec& spec, const TileConfig& cfg,
                                        const DeviceLimits& limits);
 
+/// What the default may know of the problem beyond its spec (the spec holds what the kernel's
+/// source depends on; the shape is a runtime parameter). Zero: unknown. The runtime passes the
+/// problem's, and picks one config per spec and tuning bucket (tuner::shape_bucket: power-of-two
+/// ceilings of the sequence lengths), so the thresholds below sit on powers of two.
+struct ShapeHint {
+  int64_t seqlen_k = 0;  ///< keys per sequence (varlen: the longest)
+};
+
 /// The heuristic default config for a spec on a device (always legal): the Hopper family's on
 /// sm_90 where it supports the spec (sm90_family_default), else the mma.sync family's.
-TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits);
+TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits, ShapeHint shape = {});
 
 /// The default config of one family (GPU specs; the CPU default for CPU specs). The sm90 family's
 /// may be illegal for the spec: check why_illegal.
-TileConfig family_default_config(const KernelSpec& spec, const DeviceLimits& limits, Family family);
+TileConfig family_default_config(const KernelSpec& spec, const DeviceLimits& limits, Family family,
+                                 ShapeHint shape = {});
 
 /// Whether default_config picks the Hopper family for this spec on this device (sm_90, and no
 /// bias tensor: the family has no staged bias tiles yet; backward: also no dropout,

@@ -353,7 +353,7 @@ struct Engine::Impl {
       std::lock_guard lock(dev.mu);
       if (auto it = dev.choices.find(key); it != dev.choices.end()) return it->second;
     }
-    ConfigChoice c{default_config(spec, dev.backend.limits), "default", "no cache"};
+    ConfigChoice c{default_config(spec, dev.backend.limits, ShapeHint{problem.seqlen_k}), "default", "no cache"};
     // A spec whose default does not fit (the fast-mode backward at d = dv = 512 on sm_86/89) has
     // no config on this device: refused before anything is looked up, compiled or launched.
     if (auto why = why_illegal(spec, c.config, dev.backend.limits)) {

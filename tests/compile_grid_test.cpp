@@ -25,6 +25,7 @@ struct Variant {
   std::string label;
   KernelSpec spec;
   std::optional<TileConfig> config = std::nullopt;  // else the default config
+  ShapeHint shape = {};                              // the default's view of the problem
 };
 
 // The modifier/mask sets crossed with every head dim. Each feature appears on its own and the
@@ -80,6 +81,13 @@ std::vector<Variant> variants() {
           s.varlen = m.varlen;
           s.scale = 1.0f / std::sqrt(float(d));
           out.push_back({fmt::format("sm{}_{}_d{}_{}", sm, dtype_name(dt), d, m.label), s});
+          // Where the default depends on the key count (persistent tiles for short rows), the
+          // short rows' default too.
+          const ShapeHint short_keys{1024};
+          if (!(default_config(s, limits_for_arch(sm), short_keys) == default_config(s, limits_for_arch(sm)))) {
+            out.push_back({fmt::format("sm{}_{}_d{}_{}_sk1024", sm, dtype_name(dt), d, m.label), s, std::nullopt,
+                           short_keys});
+          }
         }
       }
     }
@@ -334,7 +342,7 @@ void compile_all_without_spills(std::vector<Variant> vs, bool sm90_family = fals
       try {
         const TileConfig cfg = v.config              ? *v.config
                                : sm90_family ? family_default_config(v.spec, limits, Family::sm90)
-                                             : default_config(v.spec, limits);
+                                             : default_config(v.spec, limits, v.shape);
         if (sm90_family && !cfg.hopper()) throw std::runtime_error("the sm90 family's default is not a Hopper config");
         // A forced config is never skipped: generate() below reports it if the generator refuses it.
         if (sm90_family && !v.config && why_illegal(v.spec, cfg, limits)) {

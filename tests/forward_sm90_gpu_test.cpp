@@ -264,6 +264,53 @@ std::vector<Case> feature_cases() {
                           "h_bm64_bn64_wg1_s2_ps", "h_bm128_bn64_wg2_s3_ov_ps", "h_bm128_bn80_wg2_s2_ps"}) {
     for (int d : {64, 128}) add_persistent(cfg, d);
   }
+  // A causal grid's launch order in groups of (head, batch) pairs (runtime/plan.h
+  // causal_pair_group): 48 pairs of 9 query blocks (block_m 128) take groups of 16, 3 groups;
+  // GQA heads of a group share K and V; bottom-right with fewer keys leaves rows with none.
+  for (int d : {64, 128}) {
+    ProblemDesc p = base(d);
+    p.batch = 4;
+    p.heads_q = p.heads_kv = 12;
+    p.seqlen_q = 1100;
+    p.seqlen_k = 1300;
+    p.mask = MaskKind::causal;
+    p.lse = true;
+    add(fmt::format("causal_pair_groups_d{}", d), p, "h_bm128_bn128_wg2_s3_ov_pp");
+    p.heads_kv = 4;
+    p.seqlen_k = 900;
+    p.mask = MaskKind::causal_bottom_right;
+    add(fmt::format("causal_br_pair_groups_gqa_d{}", d), p, "h_bm128_bn128_wg2_s3_ov_pp");
+  }
+  // Three consumers at block_n 128 (FA3's d64 tile: O + S + P fill the 128 accumulator registers
+  // the model allows three consumers without a window, softcap or bias tensor), up to head dim 64:
+  // every mask, LSE, GQA, ALiBi, both varlen kinds, a key count that is no multiple of 128, f16.
+  for (const char* cfg : {"h_bm192_bn128_wg3_s2_ov", "h_bm192_bn128_wg3_s3_ov", "h_bm192_bn128_wg3_s2_ov_ps",
+                          "h_bm192_bn128_wg3_s3_ov_ps"}) {
+    for (int d : {24, 64}) {
+      ProblemDesc p = base(d);
+      p.seqlen_q = 1000;
+      p.seqlen_k = 777;
+      add(fmt::format("wide_n_{}_plain_d{}", cfg, d), p, cfg);
+      p.batch = 3;
+      p.heads_q = 12;
+      p.heads_kv = 4;
+      p.seqlen_q = 300;
+      p.seqlen_k = 333;
+      p.mask = MaskKind::causal_bottom_right;
+      p.alibi = true;
+      p.lse = true;
+      add(fmt::format("wide_n_{}_gqa_alibi_causal_br_d{}", cfg, d), p, cfg);
+      p = base(d, DType::f16);
+      p.batch = 6;
+      p.seqlen_q = p.seqlen_k = 530;
+      p.varlen = VarlenKind::packed;
+      p.mask = MaskKind::causal;
+      p.lse = true;
+      add(fmt::format("wide_n_{}_packed_causal_f16_d{}", cfg, d), p, cfg);
+      p.varlen = VarlenKind::padded;
+      add(fmt::format("wide_n_{}_padded_causal_f16_d{}", cfg, d), p, cfg);
+    }
+  }
   return cs;
 }
 

@@ -737,6 +737,42 @@ TEST(Sm90Config, CanonicalIsDistinctAndRoundTrips) {
   EXPECT_NE(why_illegal(sm90_spec(), sm80_ov, limits_for_arch(90)).value_or("").find("Hopper"), std::string::npos);
 }
 
+// Three consumers hold O + S + P in 128 accumulator registers at head dim 64 and block_n 128
+// (FA3's d64 tile), legal where nothing else competes for them; a window, softcap or bias tensor
+// keeps the budget of 120 (they spilled there), as do wider heads and tiles.
+TEST(Sm90Config, ThreeConsumersTakeBlockN128UpToHeadDim64) {
+  const DeviceLimits h = limits_for_arch(90);
+  const TileConfig c = sm90_config(128, 3, 3, true);
+  EXPECT_EQ(c.canonical(), "h_bm192_bn128_wg3_s3_ov");
+  for (int d : {8, 40, 64}) {
+    KernelSpec s = sm90_spec(d, d);
+    EXPECT_EQ(why_illegal(s, c, h), std::nullopt) << d;
+    s.mask = MaskKind::causal_bottom_right;
+    s.alibi = true;
+    s.lse = true;
+    s.varlen = VarlenKind::padded;
+    EXPECT_EQ(why_illegal(s, c, h), std::nullopt) << d;
+  }
+  auto refused = [&](const KernelSpec& s, const TileConfig& cfg) {
+    return why_illegal(s, cfg, h).value_or("").find("setmaxnreg 160") != std::string::npos;
+  };
+  KernelSpec s = sm90_spec(64, 64);
+  s.window = true;
+  EXPECT_TRUE(refused(s, c));
+  s = sm90_spec(64, 64);
+  s.softcap = 30.0f;
+  EXPECT_TRUE(refused(s, c));
+  s = sm90_spec(64, 64);
+  s.bias = s.bias_tiled = true;
+  EXPECT_TRUE(refused(s, c));
+  EXPECT_TRUE(refused(sm90_spec(72, 72), c));
+  EXPECT_TRUE(refused(sm90_spec(64, 64), sm90_config(144, 3, 2, true)));
+  // 120 stays enough for block_n 96 beside all three.
+  s.window = true;
+  s.softcap = 30.0f;
+  EXPECT_EQ(why_illegal(s, sm90_config(96, 3, 3, true), h), std::nullopt);
+}
+
 // Persistent (_ps): a Hopper forward option of the one-block-per-tile kernel; one CTA per SM.
 TEST(Sm90Config, PersistentIsAForwardOptionWithOneCtaPerSm) {
   const DeviceLimits h = limits_for_arch(90);
@@ -864,7 +900,7 @@ TEST(Sm90Config, DefaultOverlapsAboveHeadDim128WhereItFits) {
 }
 
 // Up to head dim 64 a causal mask takes three persistent consumers under overlap; beside a
-// window, varlen or a bias tensor (spill-prone), and without a mask, the two-consumer ping-pong.
+// window, varlen or a bias tensor (spill-prone) the two-consumer ping-pong.
 TEST(Sm90Config, CausalUpToHeadDim64TakesThreePersistentConsumers) {
   const DeviceLimits h = limits_for_arch(90);
   for (int d = 8; d <= 64; d += 8) {
@@ -879,13 +915,42 @@ TEST(Sm90Config, CausalUpToHeadDim64TakesThreePersistentConsumers) {
     s.window = false;
     s.varlen = VarlenKind::padded;
     EXPECT_EQ(default_config(s, h).canonical(), "h_bm128_bn128_wg2_s3_ov_pp") << d;
-    s.varlen = VarlenKind::none;
-    s.mask = MaskKind::none;
-    EXPECT_EQ(default_config(s, h).canonical(), "h_bm128_bn128_wg2_s3_ov_pp") << d;
   }
   KernelSpec s72 = sm90_spec(72, 72);
   s72.mask = MaskKind::causal;
   EXPECT_EQ(default_config(s72, h).canonical(), "h_bm128_bn128_wg2_s3_ov_pp");
+}
+
+// Up to head dim 64 without a mask: three consumers at block_n 128, persistent for rows of up to
+// 2048 keys (a key count of 0 is unknown: not persistent); a window, softcap or bias tensor, a
+// mask, or wider heads keep their own defaults.
+TEST(Sm90Config, NoMaskUpToHeadDim64TakesThreeConsumersAtBlockN128) {
+  const DeviceLimits h = limits_for_arch(90);
+  for (int d = 8; d <= 64; d += 8) {
+    KernelSpec s = sm90_spec(d, d);
+    s.lse = true;
+    s.alibi = true;
+    s.varlen = VarlenKind::padded;
+    EXPECT_EQ(default_config(s, h).canonical(), "h_bm192_bn128_wg3_s3_ov") << d;
+    EXPECT_EQ(default_config(s, h, ShapeHint{4096}).canonical(), "h_bm192_bn128_wg3_s3_ov") << d;
+    EXPECT_EQ(default_config(s, h, ShapeHint{2049}).canonical(), "h_bm192_bn128_wg3_s3_ov") << d;
+    EXPECT_EQ(default_config(s, h, ShapeHint{2048}).canonical(), "h_bm192_bn128_wg3_s3_ov_ps") << d;
+    EXPECT_EQ(default_config(s, h, ShapeHint{1}).canonical(), "h_bm192_bn128_wg3_s3_ov_ps") << d;
+    EXPECT_EQ(family_default_config(s, h, Family::sm90, ShapeHint{1024}).canonical(), "h_bm192_bn128_wg3_s3_ov_ps");
+    s.softcap = 30.0f;
+    EXPECT_EQ(default_config(s, h, ShapeHint{1024}).canonical(), "h_bm128_bn128_wg2_s3_ov_pp") << d;
+    s.softcap = 0.0f;
+    s.window = true;
+    EXPECT_EQ(default_config(s, h, ShapeHint{1024}).canonical(), "h_bm128_bn128_wg2_s3_ov_pp") << d;
+  }
+  // The key count changes nothing else.
+  for (int d : {72, 128, 256}) {
+    const KernelSpec s = sm90_spec(d, d);
+    EXPECT_EQ(default_config(s, h, ShapeHint{1024}), default_config(s, h)) << d;
+  }
+  KernelSpec bwd = sm90_spec(64, 64);
+  bwd.pass = Pass::backward;
+  EXPECT_EQ(default_config(bwd, h, ShapeHint{1024}), default_config(bwd, h));
 }
 
 // The Hopper backward writes dBias: with a bias tensor that needs its gradient it is the
