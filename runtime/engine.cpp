@@ -121,7 +121,7 @@ jitattn_kernel::TensorMapBytes encode_panels(const TensorRef& t, int cols, unsig
 // panel by block_m or block_n rows, templates/attn_fwd_sm90.cuh) ahead of the ordinary params.
 jitattn_kernel::AttnFwdTmaParams make_tma_params(const AttentionArgs& args, const Problem& problem,
                                                  const KernelSpec& spec, const TileConfig& cfg,
-                                                 long long l2_bytes, unsigned* counter) {
+                                                 int sm_count, long long l2_bytes, unsigned* counter) {
   jitattn_kernel::AttnFwdTmaParams tp{};
   tp.p = make_params(args, problem);
   const std::array<unsigned, 3> tiles = make_grid(problem, cfg);
@@ -131,6 +131,14 @@ jitattn_kernel::AttnFwdTmaParams make_tma_params(const AttentionArgs& args, cons
   if (counter != nullptr) {  // persistent: the claim order's (head, batch) groups
     tp.tiles_group = persistent_tile_group(problem, l2_bytes);
     tp.tile_counter = counter;
+  } else {
+    // One tile per CTA: a causal grid's launch order by groups of pairs, within what keeps their
+    // K and V in L2 (the kernel reads it only where causal). From 16 query blocks per pair: H200,
+    // d128 causal, 32 blocks (seqlen 4096) +3%, 128 blocks +0.5%, but 8 blocks (1024) -2.5%
+    // (bench/NOTES.md, "Session 8").
+    tp.tiles_group = tp.tiles_m < 16 ? 1u
+                                     : causal_pair_group(static_cast<long long>(tp.tiles_h) * tp.tiles_b, tp.tiles_m,
+                                                         sm_count, persistent_tile_group(problem, l2_bytes));
   }
   const Sm90Layout l = sm90_layout(spec, cfg);
   tp.tma_q = encode_panels(args.q, problem.head_dim, static_cast<unsigned>(l.panel_cols_qk()),
@@ -168,9 +176,21 @@ jitattn_kernel::AttnFwdTmaParams make_tma_params(const AttentionArgs& args, cons
 jitattn_kernel::AttnBwdTmaParams make_bwd_tma_params(const AttentionArgs& args, const BackwardArgs& grads,
                                                      const Problem& problem, const KernelSpec& spec,
                                                      const TileConfig& cfg,
-                                                     const jitattn_kernel::AttnBwdParams& params) {
+                                                     const jitattn_kernel::AttnBwdParams& params,
+                                                     int sm_count, long long l2_bytes) {
   jitattn_kernel::AttnBwdTmaParams tp{};
   tp.p = params;
+  if (spec.mask != MaskKind::none) {
+    // Causal: key block n sees the queries from n on, so the first blocks of each (KV head, batch)
+    // pair weigh most; the launch order interleaves pairs in groups whose Q, dO and fp32 dQ rows
+    // (every query head of the GQA group) stay within half of the L2.
+    const BackwardGrids g = make_backward_grids(problem, cfg, false);
+    const long long group = std::max(1, problem.heads_q / std::max(1, problem.heads_kv));
+    const long long per_pair = std::max(1ll, static_cast<long long>(problem.seqlen_q) * group *
+                                                  (2ll * problem.head_dim_v + 6ll * problem.head_dim));
+    tp.pair_group = causal_pair_group(static_cast<long long>(g.main[1]) * g.main[2], g.main[0], sm_count,
+                                      std::max(1ll, l2_bytes / 2 / per_pair));
+  }
   const Sm90Layout l = sm90_layout(spec);
   if (problem.seqlen_q > 0 && problem.total_q > 0) {
     tp.tma_q = encode_panels(args.q, problem.head_dim, static_cast<unsigned>(l.panel_cols_qk()),
@@ -396,7 +416,7 @@ struct Engine::Impl {
     const auto shared = static_cast<unsigned>(k.source.shared_bytes);
     if (k.source.tma_params) {
       jitattn_kernel::AttnFwdTmaParams tp =
-          make_tma_params(args, problem, spec, cfg, dev.backend.key.l2_bytes,
+          make_tma_params(args, problem, spec, cfg, dev.backend.key.sm_count, dev.backend.key.l2_bytes,
                           cfg.persistent ? tile_counter(dev, stream) : nullptr);
       void* launch_args[] = {&tp};
       device::launch(k.function, grid, block, shared, stream, launch_args);
@@ -823,7 +843,9 @@ KernelReport Engine::backward(const AttentionArgs& args, const BackwardArgs& gra
   launch_if_any(k.preprocess, grids.preprocess, 128, 0, stream, launch_args);
   if (k.source.tma_params) {
     // Hopper family: the dK/dV kernel takes the TMA maps ahead of the same params.
-    jitattn_kernel::AttnBwdTmaParams tp = make_bwd_tma_params(args, grads, problem, spec, cfg, params);
+    jitattn_kernel::AttnBwdTmaParams tp = make_bwd_tma_params(args, grads, problem, spec, cfg, params,
+                                                              state.backend.key.sm_count,
+                                                              state.backend.key.l2_bytes);
     void* tma_args[] = {&tp};
     launch_if_any(k.function, grids.main, threads, shared, stream, tma_args);
   } else {

@@ -212,6 +212,19 @@ unsigned persistent_tile_group(const Problem& pr, long long l2_bytes) {
   return static_cast<unsigned>(std::clamp(l2_bytes / 2 / kv, 1ll, pairs));
 }
 
+unsigned causal_pair_group(long long pairs, long long tiles, int sm_count, long long cap) {
+  if (pairs <= 1 || tiles <= 1) return 1;
+  const long long need = (std::max(sm_count, 1) + tiles - 1) / tiles;
+  long long best = 1;
+  // Bounded search (host time per launch): divisors up to 8 waves' worth.
+  for (long long g = 1; g <= pairs && g <= cap && g <= 8 * need; ++g) {
+    if (pairs % g != 0) continue;
+    best = g;
+    if (g >= need) break;
+  }
+  return static_cast<unsigned>(best);
+}
+
 TileConfig parse_config(const std::string& text) {
   // At most 4 digits each: every legal value fits, and std::stoi can never overflow.
   static const std::regex re(R"(bm(\d{1,4})_bn(\d{1,4})_w(\d{1,4})_s(\d{1,4})(_qr)?(_x(\d{1,2}))?)");

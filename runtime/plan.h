@@ -69,6 +69,16 @@ std::array<unsigned, 3> make_launch_grid(const Problem& problem, const TileConfi
 /// K and V within half of an L2 of `l2_bytes` (at least 1, at most all of them).
 unsigned persistent_tile_group(const Problem& problem, long long l2_bytes);
 
+/// A causal grid of one CTA per tile, whose work falls with the tile's index inside each of
+/// `pairs` (head, batch) pairs of `tiles` tiles: how many pairs to interleave (tile 0 of each pair
+/// of a group, then tile 1, ...) so that each group's heaviest tiles start together and its
+/// lightest fill in behind them, rather than one pair's heavy tiles starting behind the previous
+/// pair's light ones. The smallest divisor of `pairs` (equal groups: a short last group leaves
+/// a tail) whose group spans at least one wave of `sm_count` CTAs, and at most `cap` pairs (what
+/// their data in L2 allows) or 8 waves; else the largest such divisor below. 1: the launch order
+/// as is.
+unsigned causal_pair_group(long long pairs, long long tiles, int sm_count, long long cap);
+
 /// Parses TileConfig::canonical() text ("bm128_bn64_w8_s2[_qr]", "h_bm128_bn128_wg2_s2",
 /// "cpu_bm64_bn64"); throws InvalidArgument("config").
 TileConfig parse_config(const std::string& text);

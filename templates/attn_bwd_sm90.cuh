@@ -123,6 +123,29 @@ JITATTN_DEVICE int tid_fresh() {
   asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(t));
   return t;
 }
+// This CTA's key block, KV head and batch: its grid position, or under kCausal with pair_group > 1
+// its place in the launch order by groups of pair_group (KV head, batch) pairs: key block 0 of
+// each pair of the group, then block 1, ... (the heaviest first), so a group's light blocks fill
+// in behind its heavy ones instead of one pair's heavy blocks starting behind another's light
+// ones. %ctaid is read anew, so that the epilogue recomputes it rather than hold it in registers
+// across the loops.
+struct CtaCoords {
+  int n_block, hk, b;
+};
+JITATTN_DEVICE CtaCoords cta_coords(unsigned group_size) {
+  unsigned x, y, z;
+  asm volatile("mov.u32 %0, %%ctaid.x;\n" : "=r"(x));
+  asm volatile("mov.u32 %0, %%ctaid.y;\n" : "=r"(y));
+  asm volatile("mov.u32 %0, %%ctaid.z;\n" : "=r"(z));
+  if (!kCausal || group_size <= 1) return {static_cast<int>(x), static_cast<int>(y), static_cast<int>(z)};
+  const unsigned nb = gridDim.x, pairs = gridDim.y * gridDim.z;
+  const unsigned linear = x + nb * (y + gridDim.y * z);
+  const unsigned first = linear / (group_size * nb) * group_size;
+  const unsigned size = min(group_size, pairs - first);
+  const unsigned r = linear - first * nb;
+  const unsigned pair = first + r % size;
+  return {static_cast<int>(r / size), static_cast<int>(pair % gridDim.y), static_cast<int>(pair / gridDim.y)};
+}
 JITATTN_DEVICE void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 // Waits until the thread's bulk groups have read their shared-memory sources (kRead) or are done.
 template <bool kRead>
@@ -146,9 +169,10 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   const AttnFwdParams& p = bp.fwd;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
-  const int n_block = blockIdx.x;
-  const int hk = blockIdx.y;
-  const int b = blockIdx.z;
+  const CtaCoords cta = cta_coords(params.pair_group);
+  const int n_block = cta.n_block;
+  const int hk = cta.hk;
+  const int b = cta.b;
   const int tid = threadIdx.x;
 
   const Extents ex = extents(p, b);
@@ -621,10 +645,12 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     if (tid_fresh() % 128 == 0) bulk_wait_all<false>();  // every reduce done before the CTA's memory goes
 
     // ---- epilogue: dK (scaled through grad_scale) and dV --------------------------------------
-    elem_t* gdK = static_cast<elem_t*>(bp.dk) + (kPacked ? 0 : b * bp.dk_batch_stride) +
-                  (ex.row_k0 + n0) * bp.dk_row_stride + hk * bp.dk_head_stride;
-    elem_t* gdV = static_cast<elem_t*>(bp.dv) + (kPacked ? 0 : b * bp.dv_batch_stride) +
-                  (ex.row_k0 + n0) * bp.dv_row_stride + hk * bp.dv_head_stride;
+    const CtaCoords ce = cta_coords(params.pair_group);  // recomputed, not held across the loop
+    const int ce_n0 = ce.n_block * kBlockN;
+    elem_t* gdK = static_cast<elem_t*>(bp.dk) + (kPacked ? 0 : ce.b * bp.dk_batch_stride) +
+                  (ex.row_k0 + ce_n0) * bp.dk_row_stride + ce.hk * bp.dk_head_stride;
+    elem_t* gdV = static_cast<elem_t*>(bp.dv) + (kPacked ? 0 : ce.b * bp.dv_batch_stride) +
+                  (ex.row_k0 + ce_n0) * bp.dv_row_stride + ce.hk * bp.dv_head_stride;
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const int r = wg * 64 + warp * 16 + g + 8 * hf;

@@ -170,11 +170,12 @@ JITATTN_DEVICE TileWork grid_tile(const AttnFwdParams& p, unsigned linear) {
   }
 }
 
-// Tile `linear` of a persistent kernel's order: (head, batch) pairs in groups of tiles_group
-// whose K and V fit in L2; within a group the query blocks (longest first when causal), each for
-// every pair of the group (heads fastest, so GQA heads sharing K and V run together; batch
-// fastest with a bias tile by TMA). Tiles of similar length run together, which with the
-// dynamic claims below balances causal work across SMs.
+// Tile `linear` of a persistent kernel's order, and of a causal grid's: (head, batch) pairs in
+// groups of tiles_group whose K and V fit in L2; within a group the query blocks (longest first
+// when causal), each for every pair of the group (heads fastest, so GQA heads sharing K and V run
+// together; batch fastest with a bias tile by TMA). Tiles of similar length run together, which
+// with the dynamic claims below (or the launch order's, one tile per CTA) balances causal work
+// across SMs: a group's longest tiles start together and its shortest fill in behind them.
 JITATTN_DEVICE TileWork persistent_tile(const AttnFwdTmaParams& params, unsigned linear) {
   const unsigned tm = params.tiles_m, th = params.tiles_h, tb = params.tiles_b;
   const unsigned per_group = params.tiles_group * tm;
@@ -210,7 +211,9 @@ struct TileQueue {
 template <bool kProducer, class Body>
 JITATTN_DEVICE void for_each_tile(const AttnFwdTmaParams& params, const TileQueue& q, Body&& body) {
   if constexpr (!kPersistent) {
-    body(grid_tile(params.p, blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z)));
+    const unsigned linear = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    // Causal: the grid's pairs in groups (the host's causal_pair_group, at least 1).
+    body(kCausal && !kBiasTma ? persistent_tile(params, linear) : grid_tile(params.p, linear));
   } else {
     const unsigned n_work = params.tiles_m * params.tiles_h * params.tiles_b;
     unsigned t = blockIdx.x;  // the host launches at most n_work CTAs

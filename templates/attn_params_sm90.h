@@ -25,8 +25,9 @@ struct AttnFwdTmaParams {
   AttnFwdParams p;
   // The tile grid (query blocks, heads, batch): the launch grid, or, persistent kernels
   // (kPersistent), what their CTAs claim, (head, batch) pairs in groups of tiles_group (K and V
-  // of a group fit in L2). tile_counter: the persistent kernels' claim counter, 0 at launch
-  // (the CTA taking the last ticket resets it; one counter per stream).
+  // of a group fit in L2; a causal grid of one tile per CTA walks its pairs in such groups too,
+  // runtime/plan.h causal_pair_group). tile_counter: the persistent kernels' claim counter, 0 at
+  // launch (the CTA taking the last ticket resets it; one counter per stream).
   unsigned tiles_m, tiles_h, tiles_b, tiles_group;
   unsigned* tile_counter;
 };
@@ -41,6 +42,10 @@ struct AttnBwdTmaParams {
   TensorMapBytes tma_dq;  // fp32 dQ workspace, dims (head_dim, seqlen_q, heads_q, batch), box (32, 64):
                           // the target of the kernel's reduce-adds
   AttnBwdParams p;
+  // Causal: the launch order walks (KV head, batch) pairs in groups of pair_group, key block 0 of
+  // each pair of a group, then key block 1, ... (the heaviest first; runtime/plan.h
+  // causal_pair_group). 0 or 1: the grid's own order.
+  unsigned pair_group;
 };
 
 }  // namespace jitattn_kernel

@@ -367,6 +367,22 @@ std::vector<Case> sm90_cases() {
     add("config_h_bm64_bn128_wg2_s2_pp_gqa_d128", p, "h_bm64_bn128_wg2_s2_pp");
     add("config_h_bm64_bn128_wg2_s3_gqa_d128", p, "h_bm64_bn128_wg2_s3");
   }
+  // Causal launch order in groups of (KV head, batch) pairs (runtime/plan.h causal_pair_group): 48
+  // pairs of 9 key blocks take groups of 16, so every CTA maps to a block of another pair than its
+  // grid position's; key blocks past the queries (top-left) have no work and write zeros. GQA
+  // and bottom-right alignment too.
+  for (int d : {64, 128}) {
+    ProblemDesc p = base(d);
+    p.batch = 4;
+    p.heads_q = p.heads_kv = 12;
+    p.seqlen_q = 300;
+    p.seqlen_k = 1100;
+    p.mask = MaskKind::causal;
+    add(fmt::format("causal_pair_groups_d{}", d), p);
+    p.heads_q = 24;
+    p.mask = MaskKind::causal_bottom_right;
+    add(fmt::format("causal_br_pair_groups_gqa_d{}", d), p);
+  }
   return cs;
 }
 

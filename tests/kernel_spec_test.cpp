@@ -1123,5 +1123,31 @@ TEST(WideHeadDims, DefaultsAreLegalAndPickTheSplitKernels) {
   }
 }
 
+// Causal grids interleave (head, batch) pairs in equal groups spanning a wave of CTAs, within
+// what L2 allows: seqlen 4096 with 128-key blocks (32 per pair) on 132 SMs takes 8 of 64 pairs,
+// or 4 where only 7 fit; 1024 (8 per pair) 32 of 256; 16384 (128 per pair) 2 of 16.
+TEST(CausalPairGroup, EqualGroupsOfAWaveWithinTheCap) {
+  EXPECT_EQ(causal_pair_group(64, 32, 132, 1000), 8u);
+  EXPECT_EQ(causal_pair_group(64, 32, 132, 7), 4u);
+  EXPECT_EQ(causal_pair_group(256, 8, 132, 1000), 32u);
+  EXPECT_EQ(causal_pair_group(16, 128, 132, 1000), 2u);
+  EXPECT_EQ(causal_pair_group(13, 32, 132, 1000), 13u);  // a prime count: one group
+  EXPECT_EQ(causal_pair_group(36, 32, 132, 1000), 6u);
+  // A wave per pair already, one pair, one tile, or no room in L2: the grid's order.
+  EXPECT_EQ(causal_pair_group(64, 256, 132, 1000), 1u);
+  EXPECT_EQ(causal_pair_group(1, 32, 132, 1000), 1u);
+  EXPECT_EQ(causal_pair_group(64, 1, 132, 1000), 1u);
+  EXPECT_EQ(causal_pair_group(64, 32, 132, 1), 1u);
+  // A large prime pair count: the bounded search gives up on equal groups.
+  EXPECT_EQ(causal_pair_group(1000003, 2, 132, 1ll << 40), 1u);
+  for (long long pairs : {2, 6, 48, 100, 97, 1024}) {
+    for (long long tiles : {2, 7, 32, 64}) {
+      const unsigned g = causal_pair_group(pairs, tiles, 132, 16);
+      EXPECT_EQ(pairs % g, 0) << pairs << " " << tiles;
+      EXPECT_LE(g, 16u);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace jitattn
