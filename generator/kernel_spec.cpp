@@ -156,16 +156,15 @@ bool sm90_bwd_lse_ahead(const KernelSpec& spec, const TileConfig& cfg) {
 
 // The dQ accumulators beside P^T's fragments (dQ + block_m / 4 per thread) never exceed the
 // S^T phase's block_m + block_m / 4 (dQ is at most block_m: n <= 128 columns per 64-row tile), so
-// the model's own bound covers the early order. Fitted like the model (compile grid, NVRTC 13.0):
-// with dV in flight beside the dQ product, a causal mask at d120/d128 spilled 4 bytes (20
-// reloaded) where the plain kernel did not; 12 registers for a mask keep those on the serial
-// order (d112 and below compiled clean with it). Not with alternating dQ consumers (d64-d96): the
-// stage is freed only once the late dV is done, after the whole block's dQ, and the other
+// the model's own bound covers the early order. (A causal mask at d120/d128 spilled 4 bytes with
+// dV in flight beside the dQ product, and took 12 registers more in this model, until the CTA's
+// coordinates stopped living across the block loop: the compile grid's 265 Hopper-backward
+// variants, NVRTC 13.0, compile clean without it.) Not with alternating dQ consumers (d64-d96):
+// the stage is freed only once the late dV is done, after the whole block's dQ, and the other
 // consumer, running ahead, waits for its reload (H200: fwd+bwd 17% slower at d64 and d96).
 bool sm90_bwd_dq_early(const KernelSpec& spec, const TileConfig& cfg) {
   if (sm90_bwd_dq(spec, cfg).alternate) return false;
-  const int mask = spec.mask != MaskKind::none ? 12 : 0;
-  return sm90_bwd_registers(spec, cfg) + mask <= kSm90BwdRegisterBudget;
+  return sm90_bwd_registers(spec, cfg) <= kSm90BwdRegisterBudget;
 }
 
 Sm90BwdDq sm90_bwd_dq(const KernelSpec& spec, const TileConfig& cfg) {

@@ -286,13 +286,15 @@ TEST(Generator, Sm90BackwardDqSharingAndItsSharedMemory) {
 
   // dQ before dV (its product written out while dV runs) where the model has room for P^T's
   // fragments beside the dQ accumulators and both consumers compute dQ every block: d128 plain and
-  // d32 at block_m 128 (rows split); not d128 causal (it spilled), nor alternating consumers (d64:
-  // the late dV holds the stage), nor a kernel the model refuses outright (ALiBi at d128).
+  // causal, d32 at block_m 128 (rows split); not alternating consumers (d64: the late dV holds
+  // the stage), nor a kernel the model refuses outright (ALiBi at d128).
   EXPECT_TRUE(contains(s128, "constexpr bool kDqEarly = true;\n"));
   EXPECT_TRUE(contains(s64, "constexpr bool kDqEarly = false;\n"));
   KernelSpec causal = spec(128);
   causal.mask = MaskKind::causal;
-  EXPECT_FALSE(sm90_bwd_dq_early(causal, c));
+  EXPECT_TRUE(sm90_bwd_dq_early(causal, c));
+  causal.mask = MaskKind::causal_bottom_right;
+  EXPECT_TRUE(sm90_bwd_dq_early(causal, c));
   causal.head_dim = causal.head_dim_v = 32;
   EXPECT_TRUE(sm90_bwd_dq_early(causal, sm90_backward_config(128, 2, 2)));
   KernelSpec alibi = spec(128);
