@@ -156,15 +156,19 @@ bool sm90_bwd_lse_ahead(const KernelSpec& spec, const TileConfig& cfg) {
 
 // The dQ accumulators beside P^T's fragments (dQ + block_m / 4 per thread) never exceed the
 // S^T phase's block_m + block_m / 4 (dQ is at most block_m: n <= 128 columns per 64-row tile), so
-// the model's own bound covers the early order. (A causal mask at d120/d128 spilled 4 bytes with
-// dV in flight beside the dQ product, and took 12 registers more in this model, until the CTA's
-// coordinates stopped living across the block loop: the compile grid's 265 Hopper-backward
-// variants, NVRTC 13.0, compile clean without it.) Not with alternating dQ consumers (d64-d96):
+// the model's own bound covers the early order. Beside a mask the order costs more (NVRTC 13.0
+// spilled 4-8 bytes at d120/d128 with three stages or _pp, 8-44 at d48 with block_m 128): 12
+// registers more, except in the default's shape (two consumers, block_m 64, two stages, no _pp),
+// which the compile grid's 265 Hopper-backward variants compile clean in since the CTA's
+// coordinates stopped living across the block loop. Not with alternating dQ consumers (d64-d96):
 // the stage is freed only once the late dV is done, after the whole block's dQ, and the other
 // consumer, running ahead, waits for its reload (H200: fwd+bwd 17% slower at d64 and d96).
 bool sm90_bwd_dq_early(const KernelSpec& spec, const TileConfig& cfg) {
   if (sm90_bwd_dq(spec, cfg).alternate) return false;
-  return sm90_bwd_registers(spec, cfg) <= kSm90BwdRegisterBudget;
+  const bool default_shape =
+      cfg.consumer_warpgroups() == 2 && cfg.block_m == 64 && cfg.stages <= 2 && !cfg.pingpong;
+  const int mask = spec.mask != MaskKind::none && !default_shape ? 12 : 0;
+  return sm90_bwd_registers(spec, cfg) + mask <= kSm90BwdRegisterBudget;
 }
 
 Sm90BwdDq sm90_bwd_dq(const KernelSpec& spec, const TileConfig& cfg) {

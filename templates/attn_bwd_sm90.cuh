@@ -133,11 +133,12 @@ struct CtaCoords {
   int n_block, hk, b;
 };
 JITATTN_DEVICE CtaCoords cta_coords(unsigned group_size) {
+  if constexpr (!kCausal) return {static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z)};
   unsigned x, y, z;
   asm volatile("mov.u32 %0, %%ctaid.x;\n" : "=r"(x));
   asm volatile("mov.u32 %0, %%ctaid.y;\n" : "=r"(y));
   asm volatile("mov.u32 %0, %%ctaid.z;\n" : "=r"(z));
-  if (!kCausal || group_size <= 1) return {static_cast<int>(x), static_cast<int>(y), static_cast<int>(z)};
+  if (group_size <= 1) return {static_cast<int>(x), static_cast<int>(y), static_cast<int>(z)};
   const unsigned nb = gridDim.x, pairs = gridDim.y * gridDim.z;
   const unsigned linear = x + nb * (y + gridDim.y * z);
   const unsigned first = linear / (group_size * nb) * group_size;

@@ -295,6 +295,12 @@ TEST(Generator, Sm90BackwardDqSharingAndItsSharedMemory) {
   EXPECT_TRUE(sm90_bwd_dq_early(causal, c));
   causal.mask = MaskKind::causal_bottom_right;
   EXPECT_TRUE(sm90_bwd_dq_early(causal, c));
+  // Beside a mask, not in other shapes at d128 (three stages and _pp spilled there).
+  EXPECT_FALSE(sm90_bwd_dq_early(causal, sm90_backward_config(64, 2, 3)));
+  TileConfig pp = c;
+  pp.pingpong = true;
+  EXPECT_FALSE(sm90_bwd_dq_early(causal, pp));
+  EXPECT_TRUE(sm90_bwd_dq_early(spec(128), pp));
   causal.head_dim = causal.head_dim_v = 32;
   EXPECT_TRUE(sm90_bwd_dq_early(causal, sm90_backward_config(128, 2, 2)));
   KernelSpec alibi = spec(128);
