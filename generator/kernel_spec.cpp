@@ -688,6 +688,15 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
     p.persistent = shape.seqlen_k > 0 && shape.seqlen_k <= 2048;
     if (!why_illegal(spec, p, limits)) return p;
   }
+  // Head dims 120-128 without a mask or score modifier, beyond 2048 keys: block_n 176 with two
+  // stages (FA3's d128 tile; fewer, longer softmax steps). H200, d128, two passes: 592-602 /
+  // 627-633 TFLOP/s at seqlen 4096 / 16384 against 586-594 / 611 for block_n 128 with three
+  // stages, but 482-492 against 487-501 at 1024 (bench/NOTES.md, "Session 8").
+  if (dv == 128 && spec.head_dim > 112 && spec.head_dim <= 128 && spec.mask == MaskKind::none && !spec.window &&
+      !spec.bias && !spec.alibi && spec.softcap <= 0.0f && shape.seqlen_k > 2048) {
+    const TileConfig w = sm90_config(176, 2, 2, /*overlap=*/true, /*pingpong=*/true);
+    if (!why_illegal(spec, w, limits)) return w;
+  }
   // Shrink until it fits: stages, then block_n.
   while (why_illegal(spec, c, limits)) {
     if (c.stages > 2) {

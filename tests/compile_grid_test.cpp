@@ -81,12 +81,13 @@ std::vector<Variant> variants() {
           s.varlen = m.varlen;
           s.scale = 1.0f / std::sqrt(float(d));
           out.push_back({fmt::format("sm{}_{}_d{}_{}", sm, dtype_name(dt), d, m.label), s});
-          // Where the default depends on the key count (persistent tiles for short rows), the
-          // short rows' default too.
-          const ShapeHint short_keys{1024};
-          if (!(default_config(s, limits_for_arch(sm), short_keys) == default_config(s, limits_for_arch(sm)))) {
-            out.push_back({fmt::format("sm{}_{}_d{}_{}_sk1024", sm, dtype_name(dt), d, m.label), s, std::nullopt,
-                           short_keys});
+          // Where the default depends on the key count (persistent tiles for short rows, wider
+          // key blocks for long ones), those defaults too.
+          for (const ShapeHint keys : {ShapeHint{1024}, ShapeHint{4096}}) {
+            if (!(default_config(s, limits_for_arch(sm), keys) == default_config(s, limits_for_arch(sm)))) {
+              out.push_back({fmt::format("sm{}_{}_d{}_{}_sk{}", sm, dtype_name(dt), d, m.label, keys.seqlen_k), s,
+                             std::nullopt, keys});
+            }
           }
         }
       }

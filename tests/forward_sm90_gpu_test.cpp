@@ -281,6 +281,27 @@ std::vector<Case> feature_cases() {
     p.mask = MaskKind::causal_bottom_right;
     add(fmt::format("causal_br_pair_groups_gqa_d{}", d), p, "h_bm128_bn128_wg2_s3_ov_pp");
   }
+  // Block_n 176 with two stages under overlap + ping-pong: the default at d120-128 without a mask
+  // beyond 2048 keys (key counts that leave a partial last block), with LSE, GQA, both varlen kinds.
+  for (int d : {120, 128}) {
+    const char* cfg = "h_bm128_bn176_wg2_s2_ov_pp";
+    ProblemDesc p = base(d);
+    p.seqlen_q = 300;
+    p.seqlen_k = 2100;
+    p.heads_q = 4;
+    p.heads_kv = 2;
+    p.lse = true;
+    add(fmt::format("bn176_gqa_lse_d{}", d), p, cfg);
+    p = base(d, DType::f16);
+    p.batch = 3;
+    p.seqlen_q = 260;
+    p.seqlen_k = 2300;
+    p.varlen = VarlenKind::padded;
+    p.lse = true;
+    add(fmt::format("bn176_padded_f16_d{}", d), p, cfg);
+    p.varlen = VarlenKind::packed;
+    add(fmt::format("bn176_packed_f16_d{}", d), p, cfg);
+  }
   // Three consumers at block_n 128 (FA3's d64 tile: O + S + P fill the 128 accumulator registers
   // the model allows three consumers without a window, softcap or bias tensor), up to head dim 64:
   // every mask, LSE, GQA, ALiBi, both varlen kinds, a key count that is no multiple of 128, f16.

@@ -943,8 +943,23 @@ TEST(Sm90Config, NoMaskUpToHeadDim64TakesThreeConsumersAtBlockN128) {
     s.window = true;
     EXPECT_EQ(default_config(s, h, ShapeHint{1024}).canonical(), "h_bm128_bn128_wg2_s3_ov_pp") << d;
   }
+  // Head dims 120-128 without a mask or modifier (LSE and varlen aside) take block_n 176 with
+  // two stages beyond 2048 keys.
+  for (int d : {120, 128}) {
+    KernelSpec s = sm90_spec(d, d);
+    s.lse = true;
+    s.varlen = VarlenKind::padded;
+    EXPECT_EQ(default_config(s, h, ShapeHint{2049}).canonical(), "h_bm128_bn176_wg2_s2_ov_pp") << d;
+    EXPECT_EQ(default_config(s, h, ShapeHint{2048}).canonical(), "h_bm128_bn128_wg2_s3_ov_pp") << d;
+    EXPECT_EQ(default_config(s, h).canonical(), "h_bm128_bn128_wg2_s3_ov_pp") << d;
+    s.alibi = true;
+    EXPECT_EQ(default_config(s, h, ShapeHint{4096}), default_config(s, h)) << d;
+    s.alibi = false;
+    s.mask = MaskKind::causal;
+    EXPECT_EQ(default_config(s, h, ShapeHint{4096}), default_config(s, h)) << d;
+  }
   // The key count changes nothing else.
-  for (int d : {72, 128, 256}) {
+  for (int d : {72, 112, 136, 256}) {
     const KernelSpec s = sm90_spec(d, d);
     EXPECT_EQ(default_config(s, h, ShapeHint{1024}), default_config(s, h)) << d;
   }
