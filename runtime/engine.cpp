@@ -131,14 +131,15 @@ jitattn_kernel::AttnFwdTmaParams make_tma_params(const AttentionArgs& args, cons
   if (counter != nullptr) {  // persistent: the claim order's (head, batch) groups
     tp.tiles_group = persistent_tile_group(problem, l2_bytes);
     tp.tile_counter = counter;
-  } else {
+  } else if (spec.mask != MaskKind::none && !sm90_bias_tma(spec) && tp.tiles_m >= 16) {
     // One tile per CTA: a causal grid's launch order by groups of pairs, within what keeps their
-    // K and V in L2 (the kernel reads it only where causal). From 16 query blocks per pair: H200,
-    // d128 causal, 32 blocks (seqlen 4096) +3%, 128 blocks +0.5%, but 8 blocks (1024) -2.5%
-    // (bench/NOTES.md, "Session 8").
-    tp.tiles_group = tp.tiles_m < 16 ? 1u
-                                     : causal_pair_group(static_cast<long long>(tp.tiles_h) * tp.tiles_b, tp.tiles_m,
-                                                         sm_count, persistent_tile_group(problem, l2_bytes));
+    // K and V in L2 (the kernel reads it only where causal, without a bias tile). From 16 query
+    // blocks per pair: H200, d128 causal, 32 blocks (seqlen 4096) +3%, 128 blocks +0.5%, but 8
+    // blocks (1024) -2.5% (bench/NOTES.md, "Session 8").
+    tp.tiles_group = causal_pair_group(static_cast<long long>(tp.tiles_h) * tp.tiles_b, tp.tiles_m, sm_count,
+                                       persistent_tile_group(problem, l2_bytes));
+  } else {
+    tp.tiles_group = 1;  // the grid's own order
   }
   const Sm90Layout l = sm90_layout(spec, cfg);
   tp.tma_q = encode_panels(args.q, problem.head_dim, static_cast<unsigned>(l.panel_cols_qk()),
@@ -177,18 +178,18 @@ jitattn_kernel::AttnBwdTmaParams make_bwd_tma_params(const AttentionArgs& args, 
                                                      const Problem& problem, const KernelSpec& spec,
                                                      const TileConfig& cfg,
                                                      const jitattn_kernel::AttnBwdParams& params,
-                                                     int sm_count, long long l2_bytes) {
+                                                     const std::array<unsigned, 3>& grid, int sm_count,
+                                                     long long l2_bytes) {
   jitattn_kernel::AttnBwdTmaParams tp{};
   tp.p = params;
   if (spec.mask != MaskKind::none) {
     // Causal: key block n sees the queries from n on, so the first blocks of each (KV head, batch)
-    // pair weigh most; the launch order interleaves pairs in groups whose Q, dO and fp32 dQ rows
-    // (every query head of the GQA group) stay within half of the L2.
-    const BackwardGrids g = make_backward_grids(problem, cfg, false);
+    // pair of the launch grid weigh most; the launch order interleaves pairs in groups whose Q, dO
+    // and fp32 dQ rows (every query head of the GQA group) stay within half of the L2.
     const long long group = std::max(1, problem.heads_q / std::max(1, problem.heads_kv));
     const long long per_pair = std::max(1ll, static_cast<long long>(problem.seqlen_q) * group *
                                                   (2ll * problem.head_dim_v + 6ll * problem.head_dim));
-    tp.pair_group = causal_pair_group(static_cast<long long>(g.main[1]) * g.main[2], g.main[0], sm_count,
+    tp.pair_group = causal_pair_group(static_cast<long long>(grid[1]) * grid[2], grid[0], sm_count,
                                       std::max(1ll, l2_bytes / 2 / per_pair));
   }
   const Sm90Layout l = sm90_layout(spec);
@@ -843,7 +844,7 @@ KernelReport Engine::backward(const AttentionArgs& args, const BackwardArgs& gra
   launch_if_any(k.preprocess, grids.preprocess, 128, 0, stream, launch_args);
   if (k.source.tma_params) {
     // Hopper family: the dK/dV kernel takes the TMA maps ahead of the same params.
-    jitattn_kernel::AttnBwdTmaParams tp = make_bwd_tma_params(args, grads, problem, spec, cfg, params,
+    jitattn_kernel::AttnBwdTmaParams tp = make_bwd_tma_params(args, grads, problem, spec, cfg, params, grids.main,
                                                               state.backend.key.sm_count,
                                                               state.backend.key.l2_bytes);
     void* tma_args[] = {&tp};

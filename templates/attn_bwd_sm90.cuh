@@ -139,13 +139,8 @@ JITATTN_DEVICE CtaCoords cta_coords(unsigned group_size) {
   asm volatile("mov.u32 %0, %%ctaid.y;\n" : "=r"(y));
   asm volatile("mov.u32 %0, %%ctaid.z;\n" : "=r"(z));
   if (group_size <= 1) return {static_cast<int>(x), static_cast<int>(y), static_cast<int>(z)};
-  const unsigned nb = gridDim.x, pairs = gridDim.y * gridDim.z;
-  const unsigned linear = x + nb * (y + gridDim.y * z);
-  const unsigned first = linear / (group_size * nb) * group_size;
-  const unsigned size = min(group_size, pairs - first);
-  const unsigned r = linear - first * nb;
-  const unsigned pair = first + r % size;
-  return {static_cast<int>(r / size), static_cast<int>(pair % gridDim.y), static_cast<int>(pair / gridDim.y)};
+  const GroupedTile g = grouped_tile(x + gridDim.x * (y + gridDim.y * z), gridDim.x, gridDim.y * gridDim.z, group_size);
+  return {static_cast<int>(g.tile), static_cast<int>(g.pair % gridDim.y), static_cast<int>(g.pair / gridDim.y)};
 }
 JITATTN_DEVICE void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 // Waits until the thread's bulk groups have read their shared-memory sources (kRead) or are done.

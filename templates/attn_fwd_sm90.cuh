@@ -178,16 +178,11 @@ JITATTN_DEVICE TileWork grid_tile(const AttnFwdParams& p, unsigned linear) {
 // across SMs: a group's longest tiles start together and its shortest fill in behind them.
 JITATTN_DEVICE TileWork persistent_tile(const AttnFwdTmaParams& params, unsigned linear) {
   const unsigned tm = params.tiles_m, th = params.tiles_h, tb = params.tiles_b;
-  const unsigned per_group = params.tiles_group * tm;
-  const unsigned group = linear / per_group;
-  const unsigned first_pair = group * params.tiles_group;
-  const unsigned pairs = min(params.tiles_group, th * tb - first_pair);
-  const unsigned r = linear - group * per_group;
-  const unsigned pair = first_pair + r % pairs;
+  const GroupedTile g = grouped_tile(linear, tm, th * tb, params.tiles_group);
   if constexpr (kBiasTma) {
-    return plan_tile(params.p, r / pairs, pair / tb, pair % tb, tm);
+    return plan_tile(params.p, g.tile, g.pair / tb, g.pair % tb, tm);
   } else {
-    return plan_tile(params.p, r / pairs, pair % th, pair / th, tm);
+    return plan_tile(params.p, g.tile, g.pair % th, g.pair / th, tm);
   }
 }
 

@@ -136,4 +136,19 @@ JITATTN_DEVICE u64 make_smem_desc(u32 addr, u32 leading_bytes) {
          ((stride >> 4) << 32) | (mode << 62);
 }
 
+// ---- tile orders --------------------------------------------------------------------------------
+// Position `linear` of an order over `pairs` (head, batch) pairs of `tiles` tiles each, walked in
+// groups of `group` pairs (the last may be smaller): tile 0 of every pair of the group, then tile
+// 1, ... Both Hopper kernels walk it: the forward's persistent and causal tiles, the backward's
+// causal key blocks (runtime/plan.h causal_pair_group).
+struct GroupedTile {
+  unsigned tile, pair;
+};
+JITATTN_DEVICE GroupedTile grouped_tile(unsigned linear, unsigned tiles, unsigned pairs, unsigned group) {
+  const unsigned first = linear / (group * tiles) * group;
+  const unsigned size = min(group, pairs - first);
+  const unsigned r = linear - first * tiles;
+  return {r / size, first + r % size};
+}
+
 }  // namespace jitattn_kernel
