@@ -236,7 +236,7 @@ uint64_t hash_templates(std::initializer_list<std::string_view> names) {
 uint64_t template_hash() {
   return hash_templates({"common.cuh", "attn_params.h", "philox.h", "attn_fwd_sm80.cuh", "attn_bwd_sm80.cuh",
                          "attn_bwd_common.cuh", "common_sm90.cuh", "attn_params_sm90.h", "attn_fwd_sm90.cuh",
-                         "attn_fwd_sm90_wide.cuh", "attn_bwd_sm90.cuh"});
+                         "attn_fwd_sm90_wide.cuh", "attn_bwd_sm90.cuh", "bwd_order.h"});
 }
 
 uint64_t cpu_template_hash() {

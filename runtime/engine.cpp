@@ -460,7 +460,7 @@ struct Engine::Impl {
         k->cpu_dq = k->cpu_module.symbol(backward_kernel_name(src.name, BackwardKernel::dq));
       } else if (spec.pass == Pass::backward) {
         k->preprocess = k->module.function(backward_kernel_name(src.name, BackwardKernel::preprocess));
-        if (spec.deterministic) {
+        if (backward_dq_sum(cfg, spec.deterministic, false) == DqSum::own_kernel) {
           k->dq = k->module.function(backward_kernel_name(src.name, BackwardKernel::dq));
           if (src.shared_bytes > 48 * 1024) {
             JITATTN_CU_CHECK(device::driver().cuFuncSetAttribute(
@@ -829,15 +829,16 @@ KernelReport Engine::backward(const AttentionArgs& args, const BackwardArgs& gra
   }
   const device::Driver& d = device::driver();
   const BackwardWorkspace w = backward_workspace(problem);
-  // The accumulators start at zero; delta is written in full by the preprocess kernel.
-  const size_t zeroed = workspace_bytes - w.delta_bytes;
+  const DqSum sum = backward_dq_sum(cfg, options.deterministic, false);
+  // The accumulators (and dQ counters) start at zero; delta is written in full by the preprocess kernel.
+  const size_t zeroed = w.bytes(sum) - w.delta_bytes;
   if (zeroed > 0) {
     JITATTN_CU_CHECK(d.cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(workspace) + w.delta_bytes, 0,
                                        zeroed, stream));
   }
   jitattn_kernel::AttnBwdParams params =
-      make_backward_params(args, grads, problem, workspace, options.deterministic);
-  const BackwardGrids grids = make_backward_grids(problem, cfg, options.deterministic);
+      make_backward_params(args, grads, problem, workspace, sum);
+  const BackwardGrids grids = make_backward_grids(problem, cfg, sum);
   void* launch_args[] = {&params};
   const auto threads = static_cast<unsigned>(k.source.threads);
   const auto shared = static_cast<unsigned>(k.source.shared_bytes);
@@ -892,7 +893,7 @@ KernelReport Engine::Impl::backward_cpu(const AttentionArgs& args, const Backwar
   }
   // Nothing to zero: delta is written for every row that is read, and each dQ item zeroes its
   // slice of the dBias accumulator before summing into it.
-  const jitattn_kernel::AttnBwdParams params = make_backward_params(args, grads, problem, workspace, true);
+  const jitattn_kernel::AttnBwdParams params = make_backward_params(args, grads, problem, workspace, DqSum::own_kernel);
   const CpuBackwardItems items = cpu_backward_items(problem, choice.config, params);
   const device::CpuModule::Kernel passes[] = {k.cpu_preprocess, k.cpu_module.kernel(), k.cpu_dq};
   const long long counts[] = {items.preprocess, items.dkdv, items.dq};

@@ -101,13 +101,18 @@ BackwardWorkspace backward_workspace(const Problem& pr) {
                                                       : size_t(pr.batch) * size_t(pr.seqlen_q);
   w.delta_bytes = align(rows * size_t(pr.heads_q) * sizeof(float));
   w.dq_accum_bytes = align(rows * size_t(pr.heads_q) * size_t(pr.head_dim) * sizeof(float));
+  w.dq_sem_bytes = align(size_t(pr.batch) * size_t(pr.heads_q) * size_t((pr.seqlen_q + 63) / 64) * sizeof(int));
   w.dbias_accum_bytes = align(size_t(pr.dbias_elements) * sizeof(float));
   return w;
 }
 
+DqSum backward_dq_sum(const TileConfig& config, bool deterministic, bool cpu) {
+  if (cpu || (deterministic && !config.hopper())) return DqSum::own_kernel;
+  return deterministic ? DqSum::ordered : DqSum::atomic;
+}
+
 jitattn_kernel::AttnBwdParams make_backward_params(const AttentionArgs& a, const BackwardArgs& g,
-                                                   const Problem& pr, void* workspace,
-                                                   bool deterministic) {
+                                                   const Problem& pr, void* workspace, DqSum sum) {
   jitattn_kernel::AttnBwdParams p{};
   p.fwd = make_params(a, pr);
   p.d_o = g.d_o.data;
@@ -117,9 +122,17 @@ jitattn_kernel::AttnBwdParams make_backward_params(const AttentionArgs& a, const
   const BackwardWorkspace w = backward_workspace(pr);
   auto* base = static_cast<unsigned char*>(workspace);
   p.delta = reinterpret_cast<float*>(base);
-  p.dq_accum = deterministic ? nullptr : reinterpret_cast<float*>(base + w.delta_bytes);
-  p.dbias_accum = pr.dbias ? reinterpret_cast<float*>(base + w.delta_bytes + (deterministic ? 0 : w.dq_accum_bytes))
-                           : nullptr;
+  size_t at = w.delta_bytes;
+  if (sum != DqSum::own_kernel) {
+    p.dq_accum = reinterpret_cast<float*>(base + at);
+    at += w.dq_accum_bytes;
+  }
+  if (sum == DqSum::ordered) {
+    p.dq_sem = reinterpret_cast<int*>(base + at);
+    p.dq_sem_stride = (pr.seqlen_q + 63) / 64;
+    at += w.dq_sem_bytes;
+  }
+  p.dbias_accum = pr.dbias ? reinterpret_cast<float*>(base + at) : nullptr;
   p.do_batch_stride = g.d_o.stride[0];
   p.do_row_stride = g.d_o.stride[1];
   p.do_head_stride = g.d_o.stride[2];
@@ -156,7 +169,7 @@ jitattn_kernel::AttnBwdParams make_backward_params(const AttentionArgs& a, const
   return p;
 }
 
-BackwardGrids make_backward_grids(const Problem& pr, const TileConfig& c, bool deterministic) {
+BackwardGrids make_backward_grids(const Problem& pr, const TileConfig& c, DqSum sum) {
   BackwardGrids g;
   const long long row_heads = (pr.varlen == VarlenKind::packed ? (long long)pr.total_q
                                                                 : (long long)pr.batch * pr.seqlen_q) *
@@ -165,7 +178,7 @@ BackwardGrids make_backward_grids(const Problem& pr, const TileConfig& c, bool d
   g.preprocess = {static_cast<unsigned>((row_heads + 3) / 4), 1, 1};
   g.main = {static_cast<unsigned>((pr.seqlen_k + c.block_n - 1) / c.block_n * c.split),
             static_cast<unsigned>(pr.heads_kv), batch};
-  if (deterministic) {
+  if (sum == DqSum::own_kernel) {
     g.dq = {static_cast<unsigned>((pr.seqlen_q + c.block_n - 1) / c.block_n * c.split),
             static_cast<unsigned>(pr.heads_q), batch};
   } else {

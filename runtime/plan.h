@@ -33,29 +33,40 @@ struct CpuBackwardItems {
 CpuBackwardItems cpu_backward_items(const Problem& problem, const TileConfig& config,
                                     const jitattn_kernel::AttnBwdParams& params);
 
+/// How a backward call sums dQ: fp32 atomics or reduce-adds into the workspace (fast mode), in
+/// registers by its own kernel (the mma.sync family's deterministic mode, and the CPU's), or by
+/// the Hopper family's reduce-adds in a fixed order of the key blocks (its deterministic mode:
+/// the workspace's accumulator and a counter per query block).
+enum class DqSum { atomic, own_kernel, ordered };
+DqSum backward_dq_sum(const TileConfig& config, bool deterministic, bool cpu);
+
 /// Device workspace of a backward call, in this order: delta (fp32 per query row and head), the
-/// fp32 dQ accumulator (fast mode only), the fp32 dBias accumulator (dbias only). O(batch *
+/// fp32 dQ accumulator (not for DqSum::own_kernel), the dQ counters (DqSum::ordered: an int per
+/// batch, query head and 64 query rows), the fp32 dBias accumulator (dbias only). O(batch *
 /// heads * seqlen) besides the dBias accumulator, which is dbias's own size.
 struct BackwardWorkspace {
   size_t delta_bytes = 0;
   size_t dq_accum_bytes = 0;
+  size_t dq_sem_bytes = 0;
   size_t dbias_accum_bytes = 0;
-  size_t total(bool deterministic) const {
-    return delta_bytes + (deterministic ? 0 : dq_accum_bytes) + dbias_accum_bytes;
+  size_t bytes(DqSum sum) const {
+    return delta_bytes + (sum == DqSum::own_kernel ? 0 : dq_accum_bytes) + (sum == DqSum::ordered ? dq_sem_bytes : 0) +
+           dbias_accum_bytes;
   }
+  /// What a call in this mode may need whichever family runs it (the caller's workspace size).
+  size_t total(bool deterministic) const { return bytes(deterministic ? DqSum::ordered : DqSum::atomic); }
 };
 BackwardWorkspace backward_workspace(const Problem& problem);
 
-/// Runtime params of the backward kernels; `workspace` laid out as backward_workspace() says.
+/// Runtime params of the backward kernels; `workspace` laid out as backward_workspace() says for `sum`.
 jitattn_kernel::AttnBwdParams make_backward_params(const AttentionArgs& args, const BackwardArgs& grads,
-                                                   const Problem& problem, void* workspace,
-                                                   bool deterministic);
+                                                   const Problem& problem, void* workspace, DqSum sum);
 
 /// Grids of the backward kernels; {0,0,0} for a kernel that does not run.
 struct BackwardGrids {
   std::array<unsigned, 3> preprocess{}, main{}, dq{}, convert{}, dbias{};
 };
-BackwardGrids make_backward_grids(const Problem& problem, const TileConfig& config, bool deterministic);
+BackwardGrids make_backward_grids(const Problem& problem, const TileConfig& config, DqSum sum);
 
 /// Grid: (query blocks x mma.sync column slices, heads_q, batch). On the CPU the work items are the same blocks, numbered
 /// (b * heads_q + h) * query_blocks + m_block.

@@ -28,6 +28,18 @@
 // after next); the independent consumers of _pp each add their
 // own 64 keys' share (kDqAllKeys false, a barrier per warpgroup). A warpgroup's dQ tile is free again
 // once its last reduce has read it: the issuing thread waits for that before the dS^T barrier.
+// kDeterministic: the reduce-adds into each query block's dQ come in one fixed order of the key
+// blocks (so every fp32 sum is formed in the same order, run after run): a counter per (batch,
+// query head, query block) in the workspace, which the adding thread waits to reach its rank
+// (templates/bwd_order.h dq_rank) before its reduce-adds and bumps once they are done. Ascending
+// key blocks, or descending where a causal mask or right window makes the later key blocks reach
+// a query block first; the launch order dispatches the key blocks in the same order (cta_coords),
+// so a CTA only waits for CTAs that started before it. The waits and adds are a producer warp's
+// per consumer (warps 2 and 3, FA3's dQ writer), so the consumers keep their registers and only
+// wait for their dQ tile to be free again: named barriers 9 + w (tile w written; its query block
+// and head in a record in shared memory) and 11 + w (tile w read by the reduce-adds), both synced
+// on both sides (the other side is always there or on its way: a wait costs nothing, and the
+// barrier orders the record's write and read for racecheck as well as for the hardware).
 // Order of the second batch: dK is issued before the dS^T barrier (the tensor cores run it while
 // the consumer waits); with kDqEarly (the register model has room for P^T beside the dQ
 // accumulators) the block's dQ consumer issues dQ, then dV, and writes the dQ product out while
@@ -84,7 +96,8 @@ static_assert(!kDqSplitM || (kDqAllKeys && kBlockM == 64 * kConsumers), "dQ row 
 static_assert(!kDqSplitN || (kDqAllKeys && kDqN * kConsumers == kHeadDimPad && kDqN % kPanelColsQK == 0),
               "dQ column split: whole head-dim panels each");
 static_assert(kKBytes + kVBytes + kStages * (kQStageBytes + kOStageBytes) + 2 * kDSBytes +
-                      kConsumers * kDqBytes + 8 * kStages * kBlockM + 1024 + 8 * (1 + 2 * kStages) ==
+                      kConsumers * kDqBytes + 8 * kStages * kBlockM + 1024 + 8 * (1 + 2 * kStages) +
+                      (kDeterministic ? 16 : 0) ==
                   kSmemBytes,
               "shared-memory layout disagrees with the generator's shared_memory_bytes");
 
@@ -132,15 +145,45 @@ JITATTN_DEVICE int tid_fresh() {
 struct CtaCoords {
   int n_block, hk, b;
 };
-JITATTN_DEVICE CtaCoords cta_coords(unsigned group_size) {
-  if constexpr (!kCausal) return {static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z)};
+// This CTA's mask as templates/bwd_order.h takes it (window sides past kWindow unbounded).
+JITATTN_DEVICE BwdMask bwd_mask(const AttnFwdParams& p, int len_q, int len_k) {
+  return {len_q, len_k, kBottomRight ? len_k - len_q : 0, kCausal, kWindow ? p.window_left : -1,
+          kWindow ? p.window_right : -1};
+}
+// kDeterministic with dq_descending: the key blocks are dispatched last to first.
+JITATTN_DEVICE CtaCoords cta_coords(const AttnBwdTmaParams& params) {
+  if constexpr (!kCausal && !kDeterministic) {
+    return {static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z)};
+  }
+  const bool reverse = kDeterministic && dq_descending(bwd_mask(params.p.fwd, 0, 0));
   unsigned x, y, z;
   asm volatile("mov.u32 %0, %%ctaid.x;\n" : "=r"(x));
   asm volatile("mov.u32 %0, %%ctaid.y;\n" : "=r"(y));
   asm volatile("mov.u32 %0, %%ctaid.z;\n" : "=r"(z));
-  if (group_size <= 1) return {static_cast<int>(x), static_cast<int>(y), static_cast<int>(z)};
-  const GroupedTile g = grouped_tile(x + gridDim.x * (y + gridDim.y * z), gridDim.x, gridDim.y * gridDim.z, group_size);
-  return {static_cast<int>(g.tile), static_cast<int>(g.pair % gridDim.y), static_cast<int>(g.pair / gridDim.y)};
+  CtaCoords c{static_cast<int>(x), static_cast<int>(y), static_cast<int>(z)};
+  if (params.pair_group > 1) {
+    const GroupedTile g =
+        grouped_tile(x + gridDim.x * (y + gridDim.y * z), gridDim.x, gridDim.y * gridDim.z, params.pair_group);
+    c = {static_cast<int>(g.tile), static_cast<int>(g.pair % gridDim.y), static_cast<int>(g.pair / gridDim.y)};
+  }
+  if (reverse) c.n_block = static_cast<int>(gridDim.x) - 1 - c.n_block;
+  return c;
+}
+// The deterministic dQ counters: wait (acquire) until *sem reaches target, then bump it (release)
+// once this thread's reduce-adds are complete. The async proxy's global writes (the reduce-adds)
+// are fenced against the generic proxy's counter on both sides.
+// The loop is inside the asm: as a C++ loop around the load, ptxas spilled 4-12 bytes at d104-112.
+JITATTN_DEVICE void sem_wait_at_least(const int* sem, int target) {
+  asm volatile(
+      "{\n .reg .pred p;\n .reg .s32 v;\n"
+      "SEM_WAIT:\n ld.acquire.gpu.global.s32 v, [%0];\n setp.lt.s32 p, v, %1;\n @p bra SEM_WAIT;\n"
+      " fence.proxy.async.global;\n}\n" ::"l"(sem),
+      "r"(target)
+      : "memory");
+}
+JITATTN_DEVICE void sem_release_one(int* sem) {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+  asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(sem) : "memory");
 }
 JITATTN_DEVICE void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 // Waits until the thread's bulk groups have read their shared-memory sources (kRead) or are done.
@@ -165,7 +208,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   const AttnFwdParams& p = bp.fwd;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
-  const CtaCoords cta = cta_coords(params.pair_group);
+  const CtaCoords cta = cta_coords(params);
   const int n_block = cta.n_block;
   const int hk = cta.hk;
   const int b = cta.b;
@@ -183,14 +226,9 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
 
   // Query rows that see any key of this block (masks skip the rest).
   const int offset = kBottomRight ? len_k - len_q : 0;
-  const int n_last = min(n0 + kBlockN, len_k) - 1;
-  int m_begin = 0;
-  int m_end = len_q;
-  if (kCausal) m_begin = max(m_begin, n0 - offset);
-  if (kWindow && p.window_right >= 0) m_begin = max(m_begin, n0 - offset - p.window_right);
-  if (kWindow && p.window_left >= 0) m_end = min(m_end, n_last - offset + p.window_left + 1);
-  const int mb_begin = m_begin / kBlockM;
-  const int mb_count = (n0 < len_k && m_end > m_begin) ? (m_end + kBlockM - 1) / kBlockM - mb_begin : 0;
+  const QueryRows rows_q = bwd_query_rows(bwd_mask(p, len_q, len_k), n_block, kBlockN);
+  const int mb_begin = rows_q.begin / kBlockM;
+  const int mb_count = rows_q.end > rows_q.begin ? (rows_q.end + kBlockM - 1) / kBlockM - mb_begin : 0;
   const int iterations = mb_count * p.group;
 
   // ---- shared memory: K, V, the Q / dO ring, two dS^T buffers, the consumers' dQ tiles,
@@ -209,6 +247,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   const u32 bar_kv = sStats + 8 * kStages * kBlockM;
   const u32 bar_full = bar_kv + 8;                   // kStages each
   const u32 bar_empty = bar_full + 8 * kStages;
+  // kDeterministic: per consumer, the query block and head of the dQ tile it hands its writer warp.
+  volatile int* dq_record = reinterpret_cast<volatile int*>(smem_raw + (bar_empty + 8 * kStages - raw));
 
   if (tid == 0) {
     mbar_init(bar_kv, 1);
@@ -281,6 +321,43 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           lse_h += p.lse_head_stride;
           delta_h += p.lse_head_stride;
         }
+      }
+    } else if (kDeterministic && warp >= 2 && warp - 2 < kConsumers) {
+      // dQ writer of consumer w = warp - 2: per tile the consumer hands over (barrier 9 + w), wait
+      // for the query block's counter to reach this key block's turn, reduce-add the tile, wait
+      // for the adds to be done, bump the counter, hand the tile back (barrier 11 + w). A record
+      // with a negative block ends it.
+      const int w = warp - 2;
+      const Extents ew = extents(p, b);
+      const BwdMask mask = bwd_mask(p, ew.len_q, ew.len_k);
+      constexpr int kWriters = !kDqAllKeys || kDqSplitM || kDqSplitN ? kConsumers : 1;
+      const int turn0 = kDqAllKeys ? 0 : w;  // _pp: consumer 0's share first, then 1's
+      const u32 sDQw = sDQ + w * kDqBytes;
+      named_bar_sync(11 + w, 128 + 32);  // the tile starts free
+      for (;;) {
+        named_bar_sync(9 + w, 128 + 32);
+        const int m0w = dq_record[2 * w], hw = dq_record[2 * w + 1];
+        if (m0w < 0) break;
+        if (lane == 0) {
+          int* sem = bp.dq_sem + (static_cast<long long>(b) * p.heads_q + hw) * bp.dq_sem_stride + m0w / kBlockM;
+          sem_wait_at_least(sem, dq_rank(mask, n_block, m0w / kBlockM, kBlockM, kBlockN) * kWriters + turn0);
+#pragma unroll
+          for (int i = 0; i < kDqMTiles; ++i) {
+            const int mt = kDqSplitM ? w : i;
+            if (m0w + mt * 64 < ew.len_q) {
+#pragma unroll
+              for (int pnl = 0; pnl < kDqPanels; ++pnl) {
+                tma_reduce_add_4d(&params.tma_dq, sDQw + (i * kDqPanels + pnl) * kDqPanelBytes,
+                                  (kDqSplitN ? w * kDqN : 0) + pnl * 32, row_q0 + m0w + mt * 64, hw, tma_b);
+              }
+            }
+          }
+          bulk_commit();
+          bulk_wait_all<false>();  // the adds are done (and the tile read)
+          sem_release_one(sem);
+        }
+        __syncwarp();
+        named_bar_sync(11 + w, 128 + 32);
       }
     }
   } else {
@@ -355,6 +432,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       }
 #pragma unroll
       for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
+      if constexpr (kDeterministic) named_bar_sync(11 + wg, 128 + 32);  // the writer warp is done with the tile
       // This warpgroup's dQ tiles, and this thread's place in them: row warp * 16 + g of the
       // first panel, chunk (t / 2) ^ g, the pair's 8 bytes in it. Formed here from a thread index
       // the compiler cannot keep from the start (no register held across the block loop).
@@ -379,6 +457,15 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         }
       }
       fence_proxy_async();  // the stores, before the reduce (async proxy) reads them
+      if constexpr (kDeterministic) {
+        // The tile to this warpgroup's writer warp, with its query block and head.
+        if (tidf % 128 == 0) {
+          dq_record[2 * wg] = m0_;
+          dq_record[2 * wg + 1] = h_;
+        }
+        named_bar_sync(9 + wg, 128 + 32);
+        return;
+      }
       // Warp 0 waits for the warpgroup's stores, the other warps go on.
       if (warp == 0) {
         named_bar_sync(5 + wg, 128);
@@ -594,7 +681,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       // ---- the dS^T barrier ------------------------------------------------------------------------
       // The issuing thread's (the warpgroup's first) reduce-adds of earlier blocks have read this
       // warpgroup's dQ tile before it arrives; past the barrier every thread may overwrite it.
-      if (tid_fresh() % 128 == 0) bulk_wait_all<true>();
+      if (!kDeterministic && tid_fresh() % 128 == 0) bulk_wait_all<true>();
       if constexpr (kDqAlternate) {
         // Block it's dQ is consumer it % 2's, one block later: the other arrives with its half of
         // dS^T (barriers 1 and 2 by the block's parity: its next arrival there, two blocks on,
@@ -638,10 +725,17 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         dq_product(sdS + ((iterations - 1) & 1) * kDSBytes, dq_m0, dq_h, false, false, sdO, no_pa);
       }
     }
-    if (tid_fresh() % 128 == 0) bulk_wait_all<false>();  // every reduce done before the CTA's memory goes
+    if constexpr (kDeterministic) {
+      // The last tile's reduce-adds are done once the writer hands it back; then the end record.
+      named_bar_sync(11 + wg, 128 + 32);
+      if (tid_fresh() % 128 == 0) dq_record[2 * wg] = -1;
+      named_bar_sync(9 + wg, 128 + 32);
+    } else if (tid_fresh() % 128 == 0) {
+      bulk_wait_all<false>();  // every reduce done before the CTA's memory goes
+    }
 
     // ---- epilogue: dK (scaled through grad_scale) and dV --------------------------------------
-    const CtaCoords ce = cta_coords(params.pair_group);  // recomputed, not held across the loop
+    const CtaCoords ce = cta_coords(params);  // recomputed, not held across the loop
     const int ce_n0 = ce.n_block * kBlockN;
     elem_t* gdK = static_cast<elem_t*>(bp.dk) + (kPacked ? 0 : ce.b * bp.dk_batch_stride) +
                   (ex.row_k0 + ce_n0) * bp.dk_row_stride + ce.hk * bp.dk_head_stride;

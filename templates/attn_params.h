@@ -54,6 +54,10 @@ struct AttnBwdParams {
   float* dq_accum;     // fp32 [rows_q][heads_q][head_dim]; row = b * seqlen_q + i or packed row
   float* delta;        // fp32 rowsum(dO * O), indexed like lse
   float* dbias_accum;  // fp32, dbias's shape contiguous
+  // The Hopper backward's deterministic mode: one counter per (batch, query head, 64 query rows),
+  // at ((b * heads_q + h) * dq_sem_stride + query block); zero at the start (null otherwise).
+  int* dq_sem;
+  long long dq_sem_stride;
 
   long long do_batch_stride, do_row_stride, do_head_stride;
   long long dq_batch_stride, dq_row_stride, dq_head_stride;

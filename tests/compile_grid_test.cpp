@@ -230,7 +230,7 @@ std::vector<Variant> wide_variants() {
 
 // The Hopper-family backward (templates/attn_bwd_sm90.cuh) at every head dim it takes (8..128),
 // plain and with every feature it supports (masks, window, varlen, ALiBi, softcap, a bias tensor
-// with and without dBias, fp16, unequal dims). default_config picks it for all of these but the
+// with and without dBias, deterministic mode, fp16, unequal dims). default_config picks it for all of these but the
 // bias tensor without dBias (family_default_config is compiled, and the test checks the default's
 // family). Broadcast bias dims and GQA are runtime strides and heads: the same kernel.
 std::vector<Variant> sm90_backward_variants() {
@@ -240,6 +240,7 @@ std::vector<Variant> sm90_backward_variants() {
     bool window, bias, alibi, softcap;
     VarlenKind varlen;
     bool dbias = false;
+    bool det = false;
   };
   const Mods mods[] = {
       {"plain", MaskKind::none, false, false, false, false, VarlenKind::none},
@@ -256,6 +257,9 @@ std::vector<Variant> sm90_backward_variants() {
       {"dbias_softcap", MaskKind::none, false, true, false, true, VarlenKind::none, true},
       {"dbias_everything", MaskKind::causal, true, true, true, true, VarlenKind::packed, true},
       {"dbias_alibi_causal", MaskKind::causal, false, true, true, false, VarlenKind::none, true},
+      {"det_causal", MaskKind::causal, false, false, false, false, VarlenKind::none, false, true},
+      {"det_causal_br_window_packed", MaskKind::causal_bottom_right, true, false, false, false, VarlenKind::packed, false, true},
+      {"det_dbias_everything", MaskKind::causal, true, true, true, true, VarlenKind::packed, true, true},
   };
   auto make = [](DType dt, int d, int dv, const Mods& m) {
     KernelSpec s;
@@ -268,6 +272,7 @@ std::vector<Variant> sm90_backward_variants() {
     s.window = m.window;
     s.bias = m.bias;
     s.dbias = m.dbias;
+    s.deterministic = m.det;
     s.alibi = m.alibi;
     s.softcap = m.softcap ? 30.0f : 0.0f;
     s.varlen = m.varlen;
@@ -287,12 +292,14 @@ std::vector<Variant> sm90_backward_variants() {
     out.push_back(make(DType::bf16, d, dv, mods[4]));
     out.push_back(make(DType::bf16, d, dv, mods[12]));
   }
-  // dBias under the other configs the GPU tests force: block_m 128 (row-split dQ), one consumer,
-  // the independent consumers (_pp), where the register model allows them (skipped where not).
+  // dBias and the deterministic mode under the other configs the GPU tests force: block_m 128
+  // (row-split dQ), one consumer, the independent consumers (_pp), where the register model
+  // allows them (skipped where not).
   for (const TileConfig& c : {sm90_backward_config(128, 2, 2), sm90_backward_config(64, 1, 1), sm90_backward_config(64, 2, 2, true),
                               sm90_backward_config(128, 2, 3, true)}) {
-    for (int d : {16, 32}) {
-      for (int i : {8, 9}) {
+    for (int d : {16, 32, 64, 128}) {
+      for (int i : {8, 9, 14, 15}) {
+        if ((d > 32) != (i >= 14)) continue;  // dBias at 16 and 32, deterministic at 64 and 128
         Variant v = make(DType::bf16, d, d, mods[i]);
         // The model refuses block_m 128 beside dBias with causal packed varlen at d32 (212).
         if (why_illegal(v.spec, c, limits_for_arch(90))) continue;
@@ -319,8 +326,9 @@ std::vector<std::string> kernels_of(const KernelSpec& spec, const KernelSource& 
   std::vector<std::string> names = {src.name,
                                     backward_kernel_name(src.name, BackwardKernel::preprocess),
                                     backward_kernel_name(src.name, BackwardKernel::dbias)};
+  // Deterministic: the mma.sync family's own dQ kernel; the Hopper family orders its reduce-adds.
   names.push_back(backward_kernel_name(
-      src.name, spec.deterministic ? BackwardKernel::dq : BackwardKernel::convert));
+      src.name, spec.deterministic && !src.tma_params ? BackwardKernel::dq : BackwardKernel::convert));
   return names;
 }
 

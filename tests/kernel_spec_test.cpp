@@ -3,6 +3,7 @@
 // the plan (runtime/plan.h) that turns a validated problem into spec, params and grid.
 #include "generator/kernel_spec.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include <initializer_list>
 #include <limits>
 #include <optional>
+#include <random>
 #include <set>
 #include <string>
 #include <utility>
@@ -20,6 +22,7 @@
 #include "generator/generator.h"
 #include "jitattn/error.h"
 #include "runtime/plan.h"
+#include "templates/bwd_order.h"
 
 namespace jitattn {
 namespace {
@@ -1162,6 +1165,52 @@ TEST(CausalPairGroup, EqualGroupsOfAWaveWithinTheCap) {
       EXPECT_LE(g, 16u);
     }
   }
+}
+
+
+// The Hopper backward's deterministic dQ order (templates/bwd_order.h): for every query block, the
+// key blocks whose query loop (bwd_query_rows, blocks as the kernel counts them) includes it must
+// get ranks 0, 1, ... in key order (reversed where dq_descending), so each counter is met by
+// exactly one writer at each step and a CTA only waits for key blocks dispatched before it.
+TEST(Sm90BackwardOrder, RankIsThePlaceAmongTheKeyBlocksOfEachQueryBlock) {
+  std::mt19937 rng(12345);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  int checked = 0, descending = 0, windowed = 0;
+  for (int trial = 0; trial < 4000; ++trial) {
+    jitattn_kernel::BwdMask m{};
+    m.len_q = pick(1, 700);
+    m.len_k = pick(1, 700);
+    const int kind = pick(0, 2);  // none, causal, causal bottom-right
+    m.causal = kind > 0;
+    m.offset = kind == 2 ? m.len_k - m.len_q : 0;
+    m.window_left = pick(0, 2) == 0 ? pick(0, 400) : -1;
+    m.window_right = pick(0, 2) == 0 ? pick(0, 400) : -1;
+    const int block_m = pick(0, 1) ? 128 : 64;
+    const int block_n = pick(0, 1) ? 128 : 64;
+    const int grid_n = (m.len_k + pick(0, 300) + block_n - 1) / block_n;  // padded varlen: more blocks
+    descending += jitattn_kernel::dq_descending(m);
+    windowed += m.window_left >= 0;
+    for (int mb = 0; mb * block_m < m.len_q; ++mb) {
+      std::vector<int> writers;
+      for (int n = 0; n < grid_n; ++n) {
+        const jitattn_kernel::QueryRows r = jitattn_kernel::bwd_query_rows(m, n, block_n);
+        if (r.end <= r.begin) continue;
+        const int first = r.begin / block_m, last = (r.end + block_m - 1) / block_m;  // the kernel's loop
+        if (first <= mb && mb < last) writers.push_back(n);
+      }
+      if (jitattn_kernel::dq_descending(m)) std::reverse(writers.begin(), writers.end());
+      for (size_t i = 0; i < writers.size(); ++i) {
+        ASSERT_EQ(jitattn_kernel::dq_rank(m, writers[i], mb, block_m, block_n), static_cast<int>(i))
+            << "len_q " << m.len_q << " len_k " << m.len_k << " offset " << m.offset << " causal " << m.causal
+            << " window " << m.window_left << "," << m.window_right << " block " << block_m << "x" << block_n
+            << " query block " << mb << " key block " << writers[i];
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GT(checked, 50000);
+  EXPECT_GT(descending, 1000);
+  EXPECT_GT(windowed, 500);
 }
 
 }  // namespace

@@ -21,8 +21,9 @@ struct BackwardOptions {
   /// Tile config text, e.g. "bm64_bn64_w4_s2_x2" (see TileConfig); empty: the default.
   std::string config;
   /// false: dQ is summed with fp32 atomics (fastest; the summation order, hence the last bits,
-  /// may differ between runs). true: dQ is summed in registers by its own kernel, so dq, dk and
-  /// dv are bitwise reproducible. (dk/dv are reproducible in both modes; a dbias summed over
+  /// may differ between runs). true: dq, dk and dv are bitwise reproducible: the mma.sync family
+  /// sums dQ in registers by its own kernel, the Hopper family (sm_90) adds the key blocks'
+  /// shares in one fixed order. (dk/dv are reproducible in both modes; a dbias summed over
   /// broadcast dimensions uses atomics in both.) The CPU backend has no atomics: its gradients,
   /// dbias included, are bitwise reproducible whatever this says.
   bool deterministic = false;
