@@ -196,7 +196,7 @@ KernelSource generate_sm90_backward(const KernelSpec& spec, const TileConfig& cf
   s += fmt::format("constexpr bool kLseAhead = {};\n", sm90_bwd_lse_ahead(spec, cfg));
   s += fmt::format("constexpr bool kDqEarly = {};\n", sm90_bwd_dq_early(spec, cfg));
   s += fmt::format("constexpr int kDqN = {};\n", dq.n);
-  s += fmt::format("constexpr bool kDropout = false;\n");
+  s += fmt::format("constexpr bool kDropout = {};\n", spec.dropout);
   s += fmt::format("constexpr bool kDeterministic = {};  // dQ's reduce-adds in a fixed key-block order\n",
                    spec.deterministic);
   s += fmt::format("constexpr bool kDbias = {};\n", spec.dbias);
@@ -212,6 +212,7 @@ KernelSource generate_sm90_backward(const KernelSpec& spec, const TileConfig& cf
   s += "\n// Score modifiers composed for this spec (applied to raw Q.K scores, result in log2 units).\n";
   s += gpu_score_mod_struct(mod, /*with_grad=*/true);
   s += "}  // namespace jitattn_kernel\n\n";
+  s += header_text("philox.h");
   s += header_text("bwd_order.h");
   s += require_template("attn_bwd_common.cuh");
   s += require_template("attn_bwd_sm90.cuh");

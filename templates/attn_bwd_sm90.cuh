@@ -9,6 +9,9 @@
 // consumer warpgroup owns 64 keys and keeps their dK and dV in registers; per query block:
 //   S^T = K Q^T, dP^T = V dO^T        wgmma, both operands K-major in shared memory
 //   P^T = exp2(S^T * scale - LSE), dS^T = P^T (dP^T - delta) * d(score)/d(Q.K)   registers
+//                                     (kDropout: dP^T through the kept probabilities, Z dP^T with
+//                                     Z = keep / (1 - p), and dV takes P^T Z; the keep bits are
+//                                     templates/philox.h's, drawn per block before its products)
 //   dV += P^T dO, dK += dS^T Q        wgmma, A from registers (the accumulators repacked),
 //                                     B (dO, Q) MN-major in shared memory
 //   dQ += dS K                        dS^T to shared memory (double-buffered, 128-byte swizzle),
@@ -498,6 +501,43 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       const u32 tQ = sQ + s * kQStageBytes;
       const u32 tO = sdO + s * kOStageBytes;
       const u32 tS = sdS + (it & 1) * kDSBytes;
+      // kDropout: the keep bits of this thread's elements, bit 4 (nt % 8) + e of word nt / 8, drawn
+      // while the block's Q and dO arrive (before S^T's and dP^T's accumulators are live: drawn
+      // beside them, the Philox state spilled 8-92 bytes at d64-112). A Philox call gives 4
+      // adjacent keys of one query; here 4 adjacent keys are the g of 4 lanes (g = 4j..4j+3, same
+      // t), which between them hold 2 queries x 2 key quads per n8 group: each computes one of
+      // those 4 calls (the one of its element e = g % 4) and the 4 trade their 4-bit results by
+      // shuffles, so no word is drawn twice.
+      u32 keep_bits[(kMT + 7) / 8];
+      if constexpr (kDropout) {
+        const unsigned bh = static_cast<unsigned>(b * p.heads_q + h);
+        const int k = g % 4;
+        const unsigned qk = static_cast<unsigned>(m0 + 2 * t + (k % 2));
+        const unsigned kk = static_cast<unsigned>(key_g + (k / 2) * 8);
+#pragma unroll
+        for (int w = 0; w < (kMT + 7) / 8; ++w) {
+          u32 mine = 0;
+#pragma unroll
+          for (int j = 0; j < 8 && 8 * w + j < kMT; ++j) {
+            // One call at a time: each call's query passes through asm beside the bits so far, so the
+            // calls do not overlap (their states side by side spilled 4-12 bytes at d96-112; a loop
+            // that is not unrolled spilled 70-120 around the wgmma accumulators).
+            unsigned q = qk + (8 * w + j) * 8;
+            asm volatile("" : "+r"(q) : "r"(mine));
+            const Philox4 r = dropout_bits4(p.dropout_seed, p.dropout_offset, bh, q, kk);
+            const u32 nib = u32(r.x[0] >= p.dropout_threshold) | u32(r.x[1] >= p.dropout_threshold) << 1 |
+                            u32(r.x[2] >= p.dropout_threshold) << 2 | u32(r.x[3] >= p.dropout_threshold) << 3;
+            mine |= nib << (4 * j);
+          }
+          u32 bits = 0;
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const u32 other = __shfl_sync(0xffffffffu, mine, lane + (e - k) * 4);
+            bits |= ((other >> k) & 0x11111111u) << e;
+          }
+          keep_bits[w] = bits;
+        }
+      }
       mbar_wait(bar_full + 8 * s, static_cast<u32>(it / kStages) & 1u);
 
       // ---- S^T = K Q^T, dP^T = V dO^T (two commit groups: P^T is computed while dP^T runs) -----
@@ -541,6 +581,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       // does not hoist (and keep live) a tile's worth of them across the wgmma.
       int m0f = m0, keyf = key_g;
       asm volatile("" : "+r"(m0f), "+r"(keyf));
+      auto kept = [&](int nt, int e) { return ((keep_bits[nt / 8] >> (4 * (nt % 8) + e)) & 1u) != 0u; };
       ScoreMod mod;
       mod.init(p, b, h, len_q, len_k, offset, m0f);
       bool need_mask = kw0 + 64 > len_k;
@@ -587,7 +628,13 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           if (need_mask && is_masked(p, qi, kj, len_q, len_k, offset)) pr = 0.0f;
           acc_s[4 * nt + e] = pr;
           if constexpr (kSoftcap) {
-            const float ds = pr * (acc_dp[4 * nt + e] - delta_s[c + (e % 2)]);  // dL/d(score)
+            float dp = acc_dp[4 * nt + e];
+            if constexpr (kDropout) {  // dL/dP through the kept (and scaled) probabilities; P^T Z for dV
+              const bool keep = kept(nt, e);
+              dp = keep ? dp * p.dropout_scale : 0.0f;
+              acc_s[4 * nt + e] = keep ? pr * p.dropout_scale : 0.0f;
+            }
+            const float ds = pr * (dp - delta_s[c + (e % 2)]);  // dL/d(score)
             add_dbias(nt, e, ds);
             acc_dp[4 * nt + e] = ds * mod.grad_scale(raw_s);
           }
@@ -605,7 +652,14 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const float delta = e % 2 ? delta_r[nt].y : delta_r[nt].x;
-            const float ds = acc_s[4 * nt + e] * (acc_dp[4 * nt + e] - delta);  // dL/d(score)
+            float dp = acc_dp[4 * nt + e];
+            const float pr = acc_s[4 * nt + e];
+            if constexpr (kDropout) {  // dL/dP through the kept (and scaled) probabilities; P^T Z for dV
+              const bool keep = kept(nt, e);
+              dp = keep ? dp * p.dropout_scale : 0.0f;
+              acc_s[4 * nt + e] = keep ? pr * p.dropout_scale : 0.0f;
+            }
+            const float ds = pr * (dp - delta);  // dL/d(score)
             add_dbias(nt, e, ds);
             acc_dp[4 * nt + e] = ds * mod.grad_scale(0.0f);
           }

@@ -187,6 +187,7 @@ KernelSpec sm90_backward_spec(const ProblemDesc& d, bool deterministic = false) 
   s.alibi = d.alibi;
   s.softcap = d.softcap;
   s.varlen = d.varlen;
+  s.dropout = d.dropout_p > 0.0f;
   s.deterministic = deterministic;
   return s;
 }
@@ -214,6 +215,46 @@ std::vector<Case> sm90_cases() {
     add(fmt::format("plain_d{}", d), p);
     p.mask = MaskKind::causal;
     add(fmt::format("causal_d{}", d), p);
+  }
+  // Dropout (keep bits drawn by 4 lanes per key quad and traded by shuffles): every mask, GQA,
+  // varlen, each dQ split, deterministic mode, dBias. Up to head dim 80 (the register model sends
+  // larger ones to mma.sync, where the runtime's default then runs: target sm_90).
+  for (int d : {16, 64, 80, 96}) {
+    ProblemDesc p = base(d);
+    p.dropout_p = 0.17f;
+    p.seqlen_q = 333;
+    p.seqlen_k = 457;
+    add(fmt::format("dropout_d{}", d), p);
+    p.mask = MaskKind::causal_bottom_right;
+    p.heads_q = 4;
+    p.heads_kv = 2;
+    add(fmt::format("dropout_causal_br_gqa_d{}", d), p);
+    p.mask = MaskKind::causal;
+    p.window = Window{100, 0};
+    p.varlen = VarlenKind::packed;
+    add(fmt::format("dropout_causal_window_packed_d{}", d), p);
+  }
+  // (block_m 128 beside dropout: the register model refuses it at every head dim.)
+  for (const char* cfg : {"h_bm64_bn64_wg1_s1", "h_bm64_bn128_wg2_s3", "h_bm64_bn128_wg2_s2_pp"}) {
+    ProblemDesc p = base(32);
+    p.dropout_p = 0.3f;
+    p.mask = MaskKind::causal;
+    p.seqlen_q = 333;
+    p.seqlen_k = 457;
+    add(fmt::format("dropout_config_{}_d32", cfg), p, cfg);
+  }
+  {
+    ProblemDesc p = base(64);
+    p.dropout_p = 0.1f;
+    p.bias = "b1qk";
+    p.dbias = true;
+    p.mask = MaskKind::causal;
+    add("dropout_dbias_causal_d64", p);
+    p = base(48);
+    p.dropout_p = 0.25f;
+    p.softcap = 10.0f;
+    p.alibi = true;
+    add("dropout_softcap_alibi_d48", p);
   }
   for (int d : {64, 96, 128}) {
     ProblemDesc p = base(d, DType::f16);
@@ -453,6 +494,14 @@ std::vector<Case> sm90_deterministic_cases() {
     p.mask = MaskKind::causal;
     p.varlen = VarlenKind::padded;
     add(fmt::format("{}_causal_padded_d", cfg), p, cfg);
+  }
+  // Dropout beside the ordered dQ (the keep bits do not depend on the order).
+  {
+    ProblemDesc p = base(64);
+    p.seqlen_q = p.seqlen_k = 700;
+    p.dropout_p = 0.2f;
+    p.mask = MaskKind::causal;
+    add("h_bm64_bn128_wg2_s2_dropout_causal_d", p, "h_bm64_bn128_wg2_s2");
   }
   // The runtime's default config, with a full-shape dBias (one writer per element: deterministic).
   ProblemDesc p = base(64);

@@ -230,7 +230,7 @@ std::vector<Variant> wide_variants() {
 
 // The Hopper-family backward (templates/attn_bwd_sm90.cuh) at every head dim it takes (8..128),
 // plain and with every feature it supports (masks, window, varlen, ALiBi, softcap, a bias tensor
-// with and without dBias, deterministic mode, fp16, unequal dims). default_config picks it for all of these but the
+// with and without dBias, deterministic mode, dropout, fp16, unequal dims). default_config picks it for all of these but the
 // bias tensor without dBias (family_default_config is compiled, and the test checks the default's
 // family). Broadcast bias dims and GQA are runtime strides and heads: the same kernel.
 std::vector<Variant> sm90_backward_variants() {
@@ -241,6 +241,7 @@ std::vector<Variant> sm90_backward_variants() {
     VarlenKind varlen;
     bool dbias = false;
     bool det = false;
+    bool dropout = false;
   };
   const Mods mods[] = {
       {"plain", MaskKind::none, false, false, false, false, VarlenKind::none},
@@ -260,6 +261,10 @@ std::vector<Variant> sm90_backward_variants() {
       {"det_causal", MaskKind::causal, false, false, false, false, VarlenKind::none, false, true},
       {"det_causal_br_window_packed", MaskKind::causal_bottom_right, true, false, false, false, VarlenKind::packed, false, true},
       {"det_dbias_everything", MaskKind::causal, true, true, true, true, VarlenKind::packed, true, true},
+      {"dropout", MaskKind::none, false, false, false, false, VarlenKind::none, false, false, true},
+      {"dropout_causal", MaskKind::causal, false, false, false, false, VarlenKind::none, false, false, true},
+      {"dropout_det_causal_br_window_packed", MaskKind::causal_bottom_right, true, false, false, false, VarlenKind::packed, false, true, true},
+      {"dropout_dbias_everything", MaskKind::causal, true, true, true, true, VarlenKind::packed, true, false, true},
   };
   auto make = [](DType dt, int d, int dv, const Mods& m) {
     KernelSpec s;
@@ -273,6 +278,7 @@ std::vector<Variant> sm90_backward_variants() {
     s.bias = m.bias;
     s.dbias = m.dbias;
     s.deterministic = m.det;
+    s.dropout = m.dropout;
     s.alibi = m.alibi;
     s.softcap = m.softcap ? 30.0f : 0.0f;
     s.varlen = m.varlen;
