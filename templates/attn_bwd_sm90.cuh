@@ -39,10 +39,12 @@
 // a query block first; the launch order dispatches the key blocks in the same order (cta_coords),
 // so a CTA only waits for CTAs that started before it. The waits and adds are a producer warp's
 // per consumer (warps 2 and 3, FA3's dQ writer), so the consumers keep their registers and only
-// wait for their dQ tile to be free again: named barriers 9 + w (tile w written; its query block
-// and head in a record in shared memory) and 11 + w (tile w read by the reduce-adds), both synced
-// on both sides (the other side is always there or on its way: a wait costs nothing, and the
-// barrier orders the record's write and read for racecheck as well as for the hardware).
+// wait for their dQ tile to be free again. Tile w written: its query block and head in a record
+// in shared memory, then the consumer's 128 threads arrive on mbarrier dq_full + 8 w, which the
+// writer waits on (an mbarrier's release and acquire order the record for racecheck too; a named
+// barrier's arrive did not). Tile w read by the reduce-adds: the writer arrives on named barrier
+// 11 + w, the consumer syncs there before its next tile's stores. A record with a negative block
+// ends the writer.
 // Order of the second batch: dK is issued before the dS^T barrier (the tensor cores run it while
 // the consumer waits); with kDqEarly (the register model has room for P^T beside the dQ
 // accumulators) the block's dQ consumer issues dQ, then dV, and writes the dQ product out while
@@ -100,7 +102,7 @@ static_assert(!kDqSplitN || (kDqAllKeys && kDqN * kConsumers == kHeadDimPad && k
               "dQ column split: whole head-dim panels each");
 static_assert(kKBytes + kVBytes + kStages * (kQStageBytes + kOStageBytes) + 2 * kDSBytes +
                       kConsumers * kDqBytes + 8 * kStages * kBlockM + 1024 + 8 * (1 + 2 * kStages) +
-                      (kDeterministic ? 16 : 0) ==
+                      (kDeterministic ? 32 : 0) ==
                   kSmemBytes,
               "shared-memory layout disagrees with the generator's shared_memory_bytes");
 
@@ -250,8 +252,10 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   const u32 bar_kv = sStats + 8 * kStages * kBlockM;
   const u32 bar_full = bar_kv + 8;                   // kStages each
   const u32 bar_empty = bar_full + 8 * kStages;
-  // kDeterministic: per consumer, the query block and head of the dQ tile it hands its writer warp.
-  volatile int* dq_record = reinterpret_cast<volatile int*>(smem_raw + (bar_empty + 8 * kStages - raw));
+  // kDeterministic: per consumer, an mbarrier for the dQ tile it hands its writer warp, and the
+  // tile's query block and head.
+  const u32 bar_dq_full = bar_empty + 8 * kStages;
+  volatile int* dq_record = reinterpret_cast<volatile int*>(smem_raw + (bar_dq_full + 16 - raw));
 
   if (tid == 0) {
     mbar_init(bar_kv, 1);
@@ -259,6 +263,9 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     for (int s = 0; s < kStages; ++s) {
       mbar_init(bar_full + 8 * s, 1 + 32);  // the TMA thread's expect_tx and warp 1's 32 lanes
       mbar_init(bar_empty + 8 * s, 128 * kConsumers);
+    }
+    if constexpr (kDeterministic) {
+      for (int w = 0; w < kConsumers; ++w) mbar_init(bar_dq_full + 8 * w, 128);
     }
     mbar_init_fence();
   }
@@ -331,19 +338,23 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       // for the adds to be done, bump the counter, hand the tile back (barrier 11 + w). A record
       // with a negative block ends it.
       const int w = warp - 2;
-      const Extents ew = extents(p, b);
-      const BwdMask mask = bwd_mask(p, ew.len_q, ew.len_k);
       constexpr int kWriters = !kDqAllKeys || kDqSplitM || kDqSplitN ? kConsumers : 1;
       const int turn0 = kDqAllKeys ? 0 : w;  // _pp: consumer 0's share first, then 1's
       const u32 sDQw = sDQ + w * kDqBytes;
-      named_bar_sync(11 + w, 128 + 32);  // the tile starts free
-      for (;;) {
-        named_bar_sync(9 + w, 128 + 32);
+      named_bar_arrive(11 + w, 128 + 32);  // the tile starts free
+      for (u32 phase = 0;; phase ^= 1u) {
+        mbar_wait(bar_dq_full + 8 * w, phase);
         const int m0w = dq_record[2 * w], hw = dq_record[2 * w + 1];
         if (m0w < 0) break;
         if (lane == 0) {
-          int* sem = bp.dq_sem + (static_cast<long long>(b) * p.heads_q + hw) * bp.dq_sem_stride + m0w / kBlockM;
-          sem_wait_at_least(sem, dq_rank(mask, n_block, m0w / kBlockM, kBlockM, kBlockN) * kWriters + turn0);
+          // The CTA's extents and coordinates afresh per tile: this warp has 24 registers, and
+          // held across the loop they spilled 8-20 bytes beside a window and packed varlen.
+          const CtaCoords cw = cta_coords(params);
+          const Extents ew = extents(p, cw.b);
+          int* sem = bp.dq_sem + (static_cast<long long>(cw.b) * p.heads_q + hw) * bp.dq_sem_stride + m0w / kBlockM;
+          sem_wait_at_least(sem, dq_rank(bwd_mask(p, ew.len_q, ew.len_k), cw.n_block, m0w / kBlockM, kBlockM, kBlockN) *
+                                         kWriters +
+                                     turn0);
 #pragma unroll
           for (int i = 0; i < kDqMTiles; ++i) {
             const int mt = kDqSplitM ? w : i;
@@ -351,7 +362,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
 #pragma unroll
               for (int pnl = 0; pnl < kDqPanels; ++pnl) {
                 tma_reduce_add_4d(&params.tma_dq, sDQw + (i * kDqPanels + pnl) * kDqPanelBytes,
-                                  (kDqSplitN ? w * kDqN : 0) + pnl * 32, row_q0 + m0w + mt * 64, hw, tma_b);
+                                  (kDqSplitN ? w * kDqN : 0) + pnl * 32, static_cast<int>(ew.row_q0) + m0w + mt * 64, hw,
+                                  kPacked ? 0 : cw.b);
               }
             }
           }
@@ -360,7 +372,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           sem_release_one(sem);
         }
         __syncwarp();
-        named_bar_sync(11 + w, 128 + 32);
+        named_bar_arrive(11 + w, 128 + 32);
       }
     }
   } else {
@@ -466,7 +478,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           dq_record[2 * wg] = m0_;
           dq_record[2 * wg + 1] = h_;
         }
-        named_bar_sync(9 + wg, 128 + 32);
+        mbar_arrive(bar_dq_full + 8 * wg);
         return;
       }
       // Warp 0 waits for the warpgroup's stores, the other warps go on.
@@ -783,7 +795,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       // The last tile's reduce-adds are done once the writer hands it back; then the end record.
       named_bar_sync(11 + wg, 128 + 32);
       if (tid_fresh() % 128 == 0) dq_record[2 * wg] = -1;
-      named_bar_sync(9 + wg, 128 + 32);
+      mbar_arrive(bar_dq_full + 8 * wg);
     } else if (tid_fresh() % 128 == 0) {
       bulk_wait_all<false>();  // every reduce done before the CTA's memory goes
     }

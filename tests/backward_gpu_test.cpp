@@ -467,10 +467,11 @@ std::vector<Case> sm90_deterministic_cases() {
     }
     cs.push_back({fmt::format("{}{}", name, p.head_dim), p, true, std::move(cfg), "sm_90a"});
   };
-  // Head dims where each config compiles without spills (one consumer and _pp spilled 12 bytes
-  // at d128 causal in deterministic mode: not default configs; the tuner drops them).
+  // Head dims where each config compiles without spills (one consumer spilled 28 bytes at d112
+  // with a window and packed varlen on the H200, and _pp 12 at d128 causal: not default configs;
+  // the tuner drops them).
   const std::pair<const char*, int> configs[] = {{"h_bm64_bn128_wg2_s2", 64},  {"h_bm64_bn128_wg2_s2", 128},
-                                                 {"h_bm128_bn128_wg2_s2", 32}, {"h_bm64_bn64_wg1_s1", 112},
+                                                 {"h_bm128_bn128_wg2_s2", 32}, {"h_bm64_bn64_wg1_s1", 96},
                                                  {"h_bm64_bn128_wg2_s2_pp", 112}};
   for (auto [cfg, d] : configs) {
     ProblemDesc p = base(d);

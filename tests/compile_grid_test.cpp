@@ -265,6 +265,7 @@ std::vector<Variant> sm90_backward_variants() {
       {"dropout_causal", MaskKind::causal, false, false, false, false, VarlenKind::none, false, false, true},
       {"dropout_det_causal_br_window_packed", MaskKind::causal_bottom_right, true, false, false, false, VarlenKind::packed, false, true, true},
       {"dropout_dbias_everything", MaskKind::causal, true, true, true, true, VarlenKind::packed, true, false, true},
+      {"det", MaskKind::none, false, false, false, false, VarlenKind::none, false, true},
   };
   auto make = [](DType dt, int d, int dv, const Mods& m) {
     KernelSpec s;
