@@ -434,18 +434,25 @@ std::vector<Case> sm90_cases() {
   return cs;
 }
 
+// Runs case c's backward (its config, `deterministic` as c says) against the reference, and
+// checks the kernel's target and spills.
+void check_sm90_case(harness::Runner& runner, const Case& c) {
+  BackwardOptions opt;
+  opt.config = c.config;
+  opt.deterministic = c.deterministic;
+  const harness::BackwardCheckResult r = runner.check_backward(engine(), opt);
+  EXPECT_TRUE(r.pass) << harness::describe(c.desc) << " config " << r.kernel.config << " seed " << r.seed
+                      << ": dq " << r.dq_err << " dk " << r.dk_err << " dv " << r.dv_err << " dbias "
+                      << r.dbias_err << " (tol " << r.tolerance << ")";
+  EXPECT_EQ(r.kernel.target, c.target) << r.kernel.name;
+  EXPECT_EQ(r.kernel.spill_bytes, 0) << r.kernel.name;
+}
+
 class Sm90Features : public ::testing::TestWithParam<Case> {};
 TEST_P(Sm90Features, MatchesReference) {
   JITATTN_REQUIRE_SM90();
-  BackwardOptions opt;
-  opt.config = GetParam().config;
   harness::Runner runner(GetParam().desc);
-  const harness::BackwardCheckResult r = runner.check_backward(engine(), opt);
-  EXPECT_TRUE(r.pass) << harness::describe(GetParam().desc) << " config " << r.kernel.config << " seed " << r.seed
-                      << ": dq " << r.dq_err << " dk " << r.dk_err << " dv " << r.dv_err << " dbias "
-                      << r.dbias_err << " (tol " << r.tolerance << ")";
-  EXPECT_EQ(r.kernel.target, GetParam().target) << r.kernel.name;
-  EXPECT_EQ(r.kernel.spill_bytes, 0) << r.kernel.name;
+  check_sm90_case(runner, GetParam());
 }
 INSTANTIATE_TEST_SUITE_P(BackwardSm90, Sm90Features, ::testing::ValuesIn(sm90_cases()),
                          [](const auto& info) { return info.param.name; });
@@ -517,17 +524,13 @@ std::vector<Case> sm90_deterministic_cases() {
 class Sm90Deterministic : public ::testing::TestWithParam<Case> {};
 TEST_P(Sm90Deterministic, MatchesReferenceAndRepeatsBitwise) {
   JITATTN_REQUIRE_SM90();
-  BackwardOptions opt;
-  opt.deterministic = true;
-  opt.config = GetParam().config;
+  ASSERT_TRUE(GetParam().deterministic);
   harness::Runner runner(GetParam().desc);
-  const harness::BackwardCheckResult r = runner.check_backward(engine(), opt);
-  EXPECT_TRUE(r.pass) << harness::describe(GetParam().desc) << " config " << r.kernel.config << " seed " << r.seed
-                      << ": dq " << r.dq_err << " dk " << r.dk_err << " dv " << r.dv_err << " dbias "
-                      << r.dbias_err << " (tol " << r.tolerance << ")";
-  EXPECT_EQ(r.kernel.target, GetParam().target) << r.kernel.name;
-  EXPECT_EQ(r.kernel.spill_bytes, 0) << r.kernel.name;
+  check_sm90_case(runner, GetParam());
   const std::vector<std::byte> first = runner.gradient_bytes();
+  BackwardOptions opt;
+  opt.config = GetParam().config;
+  opt.deterministic = true;
   for (int rep = 0; rep < 3; ++rep) {
     EXPECT_TRUE(runner.check_backward(engine(), opt).pass);
     EXPECT_TRUE(first == runner.gradient_bytes()) << "run " << rep + 2 << " differs";
