@@ -107,6 +107,7 @@ std::string sm90_source_head(const KernelSpec& spec, const TileConfig& cfg, cons
   s += require_template("common_sm90.cuh");
   s += params_header();
   s += params_sm90_header();
+  s += header_text("philox.h");  // dropout's keep bits
   s += "\nnamespace jitattn_kernel {\nnamespace cfg {\n";
   return s;
 }
@@ -151,6 +152,7 @@ std::string sm90_forward_constants(const KernelSpec& spec, const TileConfig& cfg
   s += fmt::format("constexpr int kSmemBytes = {};\n", shared_bytes);
   s += sm90_mask_constants(spec);
   s += fmt::format("constexpr bool kLse = {};\n", spec.lse);
+  s += fmt::format("constexpr bool kDropout = {};\n", spec.dropout);
   s += fmt::format("constexpr bool kRawScores = {};\n", raw);
   return s;
 }
@@ -212,7 +214,6 @@ KernelSource generate_sm90_backward(const KernelSpec& spec, const TileConfig& cf
   s += "\n// Score modifiers composed for this spec (applied to raw Q.K scores, result in log2 units).\n";
   s += gpu_score_mod_struct(mod, /*with_grad=*/true);
   s += "}  // namespace jitattn_kernel\n\n";
-  s += header_text("philox.h");
   s += header_text("bwd_order.h");
   s += require_template("attn_bwd_common.cuh");
   s += require_template("attn_bwd_sm90.cuh");

@@ -411,8 +411,10 @@ std::optional<std::string> why_illegal_sm90(const KernelSpec& spec, const TileCo
   }
   if (spec.dtype == DType::f32) return std::string("dtype f32 unsupported on the GPU: f16 or bf16");
   if (spec.pass == Pass::backward) return why_illegal_sm90_backward(spec, cfg, limits);
-  if (spec.dropout) return std::string("the sm90 family has no dropout yet (the mma.sync family does)");
   const int consumers = cfg.consumer_warpgroups();
+  if (spec.dropout && cfg.split != 1) {
+    return std::string("the column-split kernel (_x2) has no dropout (the mma.sync family does)");
+  }
   if (cfg.warps % 4 != 0 || consumers < 1 || consumers > 3) {
     return fmt::format("warps {} unsupported: 4 * (1 producer + 1..3 consumer warpgroups)", cfg.warps);
   }
@@ -465,11 +467,13 @@ std::optional<std::string> why_illegal_sm90(const KernelSpec& spec, const TileCo
   // memory.
   const Sm90Layout l = sm90_layout(spec, cfg);
   const int o_regs = l.head_dim_v_pad / cfg.split / 2;
-  const int regs = o_regs + (cfg.split > 1 ? cfg.block_n / 4 : cfg.block_n / 2 + cfg.block_n / 4);
+  // Dropout's keep bits and one Philox call's state: 16 more.
+  const int regs = o_regs + (cfg.split > 1 ? cfg.block_n / 4 : cfg.block_n / 2 + cfg.block_n / 4) +
+                   (spec.dropout ? 16 : 0);
   // Three consumers at block_n 128 (FA3's d64 tile, O + S + P = 128) compiled without spills
   // (NVRTC 13.0) plain, causal, with LSE, varlen or ALiBi; a window spilled 68-92 bytes and
   // softcap 20 and a bias tensor 124-320 there, so those keep 120.
-  const int budget = consumers == 3 ? (spec.window || spec.softcap > 0.0f || spec.bias ? 120 : 128) : 200;
+  const int budget = consumers == 3 ? (spec.window || spec.softcap > 0.0f || spec.bias || spec.dropout ? 120 : 128) : 200;
   if (regs > budget) {
     return fmt::format("~{} accumulator registers per consumer thread (O {} + S {} + P {}) exceed "
                        "the {} that fit under setmaxnreg {} without spills{}",
@@ -667,7 +671,9 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
   const int modifiers = int(spec.bias) + int(spec.alibi) + int(spec.softcap > 0.0f) + int(spec.window) +
                         int(spec.lse);
   // Above 208 a window's bounds spill 16-108 bytes under overlap (causal_br_window, d216-256).
-  bool overlap = dv <= 96 || (!spec.bias && modifiers < 3 && !(spec.window && dv > 208));
+  // Dropout's keep bits (a Philox call per lane and n8 group) beside two tiles' S and P spilled
+  // 4-48 bytes under overlap at d8-224 (NVRTC 13.0): the serial schedule with dropout.
+  bool overlap = !spec.dropout && (dv <= 96 || (!spec.bias && modifiers < 3 && !(spec.window && dv > 208)));
   if (sm90_bias_tma(spec)) {
     // A bias tile by TMA costs registers only for its reads, but masks and varlen add to the
     // pressure; measured with NVRTC 13.0 under overlap + ping-pong at block_n 128 (d8-64 never
@@ -676,8 +682,8 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
     const int pressure = modifiers + int(spec.mask != MaskKind::none) + int(spec.varlen != VarlenKind::none);
     // At d112-128 LSE beside the bias also spills 4-8 bytes since the tile planning moved into
     // the consumers (generator 5).
-    overlap = dv <= 64 || (dv <= 96 && pressure <= 3 && !(spec.window && spec.lse)) ||
-              (dv <= 128 && pressure <= 2 && !spec.window && !spec.lse);
+    overlap = !spec.dropout && (dv <= 64 || (dv <= 96 && pressure <= 3 && !(spec.window && spec.lse)) ||
+                                (dv <= 128 && pressure <= 2 && !spec.window && !spec.lse));
   }
   TileConfig c = dv > 128 ? sm90_config(80, 2, 2, overlap, /*pingpong=*/false)
                  : overlap ? sm90_config(128, 2, 3, /*overlap=*/true, /*pingpong=*/true)
@@ -687,7 +693,8 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
   // 1024 / 4096 / 16384: 286 / 424 / 517 TFLOP/s vs 263 / 384 / 449 for the two-consumer
   // ping-pong (bench/NOTES.md, "d64: configs that beat the default"). Not beside a window,
   // varlen or a bias (it spilled 4-48 bytes with padded varlen + window + LSE at d64-96).
-  if (dv <= 64 && spec.mask != MaskKind::none && !spec.window && !spec.bias && spec.varlen == VarlenKind::none) {
+  if (dv <= 64 && spec.mask != MaskKind::none && !spec.window && !spec.bias && spec.varlen == VarlenKind::none &&
+      !spec.dropout) {
     TileConfig p = sm90_config(96, 3, 3, /*overlap=*/true);
     p.persistent = true;
     if (!why_illegal(spec, p, limits)) return p;
@@ -698,7 +705,7 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
   // 372 / 444 / 473 for the two-consumer ping-pong and cudnn's 393 / 469 / 495 (bench/NOTES.md,
   // "Session 8"). Not beside a window, softcap or bias tensor (the register model's 120).
   if (dv <= 64 && spec.head_dim <= 64 && spec.mask == MaskKind::none && !spec.window && !spec.bias &&
-      spec.softcap <= 0.0f) {
+      spec.softcap <= 0.0f && !spec.dropout) {
     TileConfig p = sm90_config(128, 3, 3, /*overlap=*/true);
     p.persistent = shape.seqlen_k > 0 && shape.seqlen_k <= 2048;
     if (!why_illegal(spec, p, limits)) return p;
@@ -708,7 +715,7 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
   // 627-633 TFLOP/s at seqlen 4096 / 16384 against 586-594 / 611 for block_n 128 with three
   // stages, but 482-492 against 487-501 at 1024 (bench/NOTES.md, "Session 8").
   if (dv == 128 && spec.head_dim > 112 && spec.head_dim <= 128 && spec.mask == MaskKind::none && !spec.window &&
-      !spec.bias && !spec.alibi && spec.softcap <= 0.0f && shape.seqlen_k > 2048) {
+      !spec.bias && !spec.alibi && spec.softcap <= 0.0f && shape.seqlen_k > 2048 && !spec.dropout) {
     const TileConfig w = sm90_config(176, 2, 2, /*overlap=*/true, /*pingpong=*/true);
     if (!why_illegal(spec, w, limits)) return w;
   }

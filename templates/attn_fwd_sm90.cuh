@@ -476,6 +476,44 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           }
           row_sum[hf] = row_sum[hf] * correction[hf] + sum;
         }
+        if constexpr (kDropout) {
+          // Dropout after the row sums (the LSE is of the probabilities before dropout; 1 / (1 - p)
+          // in the epilogue), with templates/philox.h's keep bits: a call gives 4 adjacent keys of
+          // one query, and the 4 lanes of a row pair (same g, t = 0..3) hold 2 rows x 2 key quads
+          // per n8 group. Lane t makes the call of row g + 8 (t / 2), quad t % 2, and the 4 trade
+          // their 4-bit results by shuffles, so every word is drawn once. One call's state live at
+          // a time (its key passes through asm beside the bits so far).
+          const unsigned bh = static_cast<unsigned>(b * p.heads_q + h);
+          const unsigned row = static_cast<unsigned>(wm0 + warp * 16 + g + 8 * (t / 2));
+          const int quad_lane = lane & ~3;
+#pragma unroll
+          for (int w8 = 0; w8 < (kNT + 7) / 8; ++w8) {
+            u32 mine = 0;
+#pragma unroll
+            for (int j = 0; j < 8 && 8 * w8 + j < kNT; ++j) {
+              unsigned col = static_cast<unsigned>(n0 + (8 * w8 + j) * 8 + 4 * (t % 2));
+              asm volatile("" : "+r"(col) : "r"(mine));
+              const Philox4 r = dropout_bits4(p.dropout_seed, p.dropout_offset, bh, row, col);
+              const u32 nib = u32(r.x[0] >= p.dropout_threshold) | u32(r.x[1] >= p.dropout_threshold) << 1 |
+                              u32(r.x[2] >= p.dropout_threshold) << 2 | u32(r.x[3] >= p.dropout_threshold) << 3;
+              mine |= nib << (4 * j);
+            }
+            // Element (hf, e) of n8 group j: bit 2 (t % 2) + e of the nibble of lane 2 hf + t / 2.
+            u32 bits = 0;
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+              const u32 other = __shfl_sync(0xffffffffu, mine, quad_lane + 2 * hf + t / 2);
+              bits |= ((other >> (2 * (t % 2))) & 0x33333333u) << (2 * hf);
+            }
+#pragma unroll
+            for (int j = 0; j < 8 && 8 * w8 + j < kNT; ++j) {
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                if (((bits >> (4 * j + e)) & 1u) == 0u) acc_s[4 * (8 * w8 + j) + e] = 0.0f;
+              }
+            }
+          }
+        }
       };
       auto rescale_o = [&](const float (&correction)[2]) {
 #pragma unroll
@@ -642,7 +680,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         const float sum = quad_sum(row_sum[hf]);
         const int r = row0 + warp * 16 + g + hf * 8;  // row within the block
         const bool real = m0 + r < len_q;              // padded rows past len_q write 0
-        const float inv = (sum > 0.0f && real) ? 1.0f / sum : 0.0f;
+        float inv = (sum > 0.0f && real) ? 1.0f / sum : 0.0f;
+        if constexpr (kDropout) inv *= p.dropout_scale;  // kept probabilities scale by 1 / (1 - p)
         if (r < rows_out) {
           elem_t* o_row = gO + r * p.o_row_stride;
 #pragma unroll

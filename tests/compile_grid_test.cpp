@@ -53,6 +53,8 @@ std::vector<Variant> variants() {
       {"bias_tiled_causal_packed_lse", MaskKind::causal, false, true, false, false, true, VarlenKind::packed, true},
       {"bias_tiled_window_lse", MaskKind::none, true, true, false, false, true, VarlenKind::none, true},
       {"causal_lse_dropout", MaskKind::causal, false, false, false, false, true, VarlenKind::none, false, true},
+      {"dropout", MaskKind::none, false, false, false, false, false, VarlenKind::none, false, true},
+      {"dropout_window_alibi_padded", MaskKind::causal_bottom_right, true, false, true, false, true, VarlenKind::padded, false, true},
       {"everything_tiled_dropout", MaskKind::causal, true, true, true, true, true, VarlenKind::packed, true, true},
   };
   std::vector<Variant> out;

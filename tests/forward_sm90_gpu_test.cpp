@@ -48,6 +48,7 @@ std::string sm90_default(const ProblemDesc& d) {
   s.softcap = d.softcap;
   s.lse = d.lse;
   s.varlen = d.varlen;
+  s.dropout = d.dropout_p > 0.0f;
   return family_default_config(s, limits_for_arch(90), Family::sm90).canonical();
 }
 
@@ -331,6 +332,38 @@ std::vector<Case> feature_cases() {
       p.varlen = VarlenKind::padded;
       add(fmt::format("wide_n_{}_padded_causal_f16_d{}", cfg, d), p, cfg);
     }
+  }
+  // Dropout (keep bits drawn by the 4 lanes of a row pair and traded by shuffles, zeroed after
+  // the row sums, 1 / (1 - p) in the epilogue): the defaults (serial schedule) from d8 to d256,
+  // masks, GQA, varlen, a window, ALiBi, a bias tile, LSE, one consumer, unequal lengths.
+  for (int d : {8, 64, 96, 128, 192, 256}) {
+    ProblemDesc p = base(d);
+    p.dropout_p = 0.2f;
+    p.seqlen_q = 333;
+    p.seqlen_k = 461;
+    add(fmt::format("dropout_d{}", d), p);
+    p.mask = MaskKind::causal_bottom_right;
+    p.heads_q = 4;
+    p.heads_kv = 2;
+    add(fmt::format("dropout_causal_br_gqa_d{}", d), p);
+  }
+  {
+    ProblemDesc p = base(64);
+    p.dropout_p = 0.35f;
+    p.mask = MaskKind::causal;
+    p.window = Window{90, 0};
+    p.varlen = VarlenKind::packed;
+    p.alibi = true;
+    add("dropout_causal_window_packed_alibi_d64", p);
+    p = base(128);
+    p.dropout_p = 0.1f;
+    p.bias = "bhqk";
+    p.varlen = VarlenKind::padded;
+    add("dropout_bias_tile_padded_d128", p);
+    p = base(96, DType::f16);
+    p.dropout_p = 0.5f;
+    p.mask = MaskKind::causal;
+    add("dropout_causal_f16_d96", p, "h_bm64_bn64_wg1_s2");
   }
   return cs;
 }
