@@ -536,10 +536,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
             // that is not unrolled spilled 70-120 around the wgmma accumulators).
             unsigned q = qk + (8 * w + j) * 8;
             asm volatile("" : "+r"(q) : "r"(mine));
-            const Philox4 r = dropout_bits4(p.dropout_seed, p.dropout_offset, bh, q, kk);
-            const u32 nib = u32(r.x[0] >= p.dropout_threshold) | u32(r.x[1] >= p.dropout_threshold) << 1 |
-                            u32(r.x[2] >= p.dropout_threshold) << 2 | u32(r.x[3] >= p.dropout_threshold) << 3;
-            mine |= nib << (4 * j);
+            mine |= dropout_keep4(p.dropout_seed, p.dropout_offset, bh, q, kk, p.dropout_threshold) << (4 * j);
           }
           u32 bits = 0;
 #pragma unroll

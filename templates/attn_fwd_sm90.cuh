@@ -493,10 +493,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
             for (int j = 0; j < 8 && 8 * w8 + j < kNT; ++j) {
               unsigned col = static_cast<unsigned>(n0 + (8 * w8 + j) * 8 + 4 * (t % 2));
               asm volatile("" : "+r"(col) : "r"(mine));
-              const Philox4 r = dropout_bits4(p.dropout_seed, p.dropout_offset, bh, row, col);
-              const u32 nib = u32(r.x[0] >= p.dropout_threshold) | u32(r.x[1] >= p.dropout_threshold) << 1 |
-                              u32(r.x[2] >= p.dropout_threshold) << 2 | u32(r.x[3] >= p.dropout_threshold) << 3;
-              mine |= nib << (4 * j);
+              mine |= dropout_keep4(p.dropout_seed, p.dropout_offset, bh, row, col, p.dropout_threshold) << (4 * j);
             }
             // Element (hf, e) of n8 group j: bit 2 (t % 2) + e of the nibble of lane 2 hf + t / 2.
             u32 bits = 0;

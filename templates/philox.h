@@ -61,6 +61,16 @@ JITATTN_HOST_DEVICE Philox4 dropout_bits4(unsigned long long seed, unsigned long
                        static_cast<unsigned int>(seed >> 32) + static_cast<unsigned int>(offset >> 32));
 }
 
+// dropout_keep's decisions for columns 4*(col/4) .. 4*(col/4)+3 of one row at once: bit i is
+// column 4*(col/4) + i's (the Hopper kernels draw a call per lane and trade the bits).
+JITATTN_HOST_DEVICE unsigned int dropout_keep4(unsigned long long seed, unsigned long long offset,
+                                               unsigned int bh, unsigned int row, unsigned int col,
+                                               unsigned int threshold) {
+  const Philox4 r = dropout_bits4(seed, offset, bh, row, col);
+  return static_cast<unsigned int>(r.x[0] >= threshold) | static_cast<unsigned int>(r.x[1] >= threshold) << 1 |
+         static_cast<unsigned int>(r.x[2] >= threshold) << 2 | static_cast<unsigned int>(r.x[3] >= threshold) << 3;
+}
+
 // A probability is kept when its random word is >= threshold, threshold = floor(p * 2^32)
 // (dropout_threshold on the host): kept with probability 1 - threshold / 2^32.
 JITATTN_HOST_DEVICE bool dropout_keep(unsigned long long seed, unsigned long long offset,

@@ -286,5 +286,22 @@ TEST(Philox, KeptFractionIsOneMinusPAndStreamsDiffer) {
   EXPECT_EQ(dropout_threshold(0.5f), 0x80000000u);
 }
 
+// The four decisions of one call (the Hopper kernels' unit) are dropout_keep's, column by column.
+TEST(Philox, FourAtOnceMatchOneAtATime) {
+  const uint32_t threshold = dropout_threshold(0.3f);
+  int kept = 0;
+  for (uint32_t row = 0; row < 64; ++row) {
+    for (uint32_t col = 0; col < 256; ++col) {
+      const unsigned bits = jitattn_kernel::dropout_keep4(99, 12345, 5, row, col, threshold);
+      ASSERT_LT(bits, 16u);
+      const bool one = jitattn_kernel::dropout_keep(99, 12345, 5, row, col, threshold);
+      EXPECT_EQ(((bits >> (col % 4)) & 1u) != 0u, one) << row << " " << col;
+      kept += one;
+    }
+  }
+  EXPECT_GT(kept, 64 * 256 / 2);  // about 70% kept: the bits are not all zero or all one
+  EXPECT_LT(kept, 64 * 256 * 9 / 10);
+}
+
 }  // namespace
 }  // namespace jitattn
