@@ -177,7 +177,8 @@ JITATTN_DEVICE CtaCoords cta_coords(const AttnBwdTmaParams& params) {
 // The deterministic dQ counters: wait (acquire) until *sem reaches target, then bump it (release)
 // once this thread's reduce-adds are complete. The async proxy's global writes (the reduce-adds)
 // are fenced against the generic proxy's counter on both sides.
-// The loop is inside the asm: as a C++ loop around the load, ptxas spilled 4-12 bytes at d104-112.
+// The loop is inside the asm: a C++ loop around the load spilled 4-12 bytes at d104-112 (in the
+// consumers, where the wait first ran).
 JITATTN_DEVICE void sem_wait_at_least(const int* sem, int target) {
   asm volatile(
       "{\n .reg .pred p;\n .reg .s32 v;\n"
@@ -333,7 +334,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         }
       }
     } else if (kDeterministic && warp >= 2 && warp - 2 < kConsumers) {
-      // dQ writer of consumer w = warp - 2: per tile the consumer hands over (barrier 9 + w), wait
+      // dQ writer of consumer w = warp - 2: per tile the consumer hands over (mbarrier dq_full + 8 w), wait
       // for the query block's counter to reach this key block's turn, reduce-add the tile, wait
       // for the adds to be done, bump the counter, hand the tile back (barrier 11 + w). A record
       // with a negative block ends it.
