@@ -51,8 +51,9 @@ harness::ProblemDesc small_version(const harness::ProblemDesc& d) {
 // CUDA events after an L2 flush; CPU: a steady clock).
 class RunnerMeasurer : public tuner::Measurer {
  public:
-  RunnerMeasurer(Engine& engine, const harness::ProblemDesc& desc, bool backward)
-      : engine_(engine), verify_(small_version(desc)), timing_(desc), backward_(backward) {}
+  RunnerMeasurer(Engine& engine, const harness::ProblemDesc& desc, bool backward, bool deterministic)
+      : engine_(engine), verify_(small_version(desc)), timing_(desc), backward_(backward),
+        deterministic_(deterministic) {}
 
   tuner::Measurement measure(const tuner::Candidate& c, double budget_ms) override {
     tuner::Measurement m;
@@ -62,6 +63,7 @@ class RunnerMeasurer : public tuner::Measurer {
       if (backward_) {
         BackwardOptions bopt;
         bopt.config = c.config.canonical();
+        bopt.deterministic = deterministic_;
         const harness::BackwardCheckResult chk = verify_.check_backward(engine_, bopt);
         if (!chk.pass) {
           m.error = fmt::format("verification failed: dq {:.3e} dk {:.3e} dv {:.3e} (tol {:.0e})",
@@ -98,6 +100,7 @@ class RunnerMeasurer : public tuner::Measurer {
   harness::Runner verify_;
   harness::Runner timing_;
   bool backward_;
+  bool deterministic_;
 };
 
 // Tunes one problem; returns false when it could not (claimed elsewhere, nothing ok).
@@ -111,7 +114,7 @@ bool tune_one(harness::ProblemDesc desc, const TuneOptions& o, std::ostream& out
 
   Problem problem = problem_without_device(desc);
   problem.dbias = desc.dbias;
-  const KernelSpec spec = o.backward ? make_backward_spec(problem, backend.target, false)
+  const KernelSpec spec = o.backward ? make_backward_spec(problem, backend.target, o.deterministic)
                                      : make_spec(problem, backend.target);
   const std::string spec_hash = cache::hex64(spec.hash());
   const std::string bucket = tuner::shape_bucket(problem);
@@ -173,7 +176,7 @@ bool tune_one(harness::ProblemDesc desc, const TuneOptions& o, std::ostream& out
   EngineOptions eo;
   eo.cache_path = store.path().string();
   Engine engine(eo);
-  RunnerMeasurer measurer(engine, desc, o.backward);
+  RunnerMeasurer measurer(engine, desc, o.backward, o.deterministic);
   tuner::TuneOptions topt;
   topt.budget_seconds = o.budget_seconds;
   topt.progress = tuner::stderr_progress();
@@ -286,11 +289,16 @@ void add_tune_command(CLI::App& app, TuneOptions& o) {
   tune->add_option("--shard", o.shard, "I/N: tune every N-th plan line starting at I (split a plan over GPUs)");
   tune->add_option("--cache", o.cache_path, "cache file (default: $JITATTN_CACHE or ~/.cache/jitattn/cache.db)");
   tune->add_flag("--verbose", o.verbose, "list pruned candidates with their reasons");
-  tune->add_flag("--backward", o.backward, "tune the backward kernels (fast mode) instead of the forward");
+  tune->add_flag("--backward", o.backward, "tune the backward kernels instead of the forward");
+  tune->add_flag("--deterministic", o.deterministic,
+                 "with --backward: tune the deterministic mode's kernels (bitwise reproducible dQ; a spec of its own)");
   tune->callback([&o] { o.selected = true; });
 }
 
 int run_tune(const TuneOptions& o, std::ostream& out) {
+  if (o.deterministic && !o.backward) {
+    throw InvalidArgument("deterministic", "is a backward option (add --backward)");
+  }
   std::vector<harness::ProblemDesc> plan =
       o.plan.empty() ? std::vector<harness::ProblemDesc>{problem_desc(o.problem)}
                      : resolve_plan(read_plan(o.plan), o.problem.device);

@@ -18,6 +18,7 @@ struct TuneOptions {
   std::string cache_path;  ///< empty: the default cache
   bool verbose = false;
   bool backward = false;   ///< tune the backward kernels (timed alone, verified against the reference)
+  bool deterministic = false;  ///< with backward: the deterministic mode's kernels (their own spec)
   bool selected = false;   ///< set when the subcommand was given
 };
 

@@ -29,6 +29,11 @@ assert "dropout=1" in drop128["spec"] and not drop128["config"].startswith("h_")
 assert a["kernel"].startswith("attn_bwd_sm80_") and a["arch"] == "sm_80", a
 assert fwd["pass"] == "forward" and fwd["kernel"].startswith("attn_fwd_"), fwd
 PY
+# tune --deterministic is a backward option: refused (named) without --backward, nothing tuned.
+if "$bin" tune --deterministic --head-dim 64 --cache "$work/t.db" > "$work/tune.txt" 2>&1; then
+  echo "FAIL: tune --deterministic without --backward ran"; exit 1
+fi
+grep -q "deterministic" "$work/tune.txt" || { cat "$work/tune.txt"; echo "FAIL: the error does not name --deterministic"; exit 1; }
 "$bin" gen --backward --head-dim 64 > "$work/bwd.cu"
 grep -q "constexpr bool kDqAlternate = true;" "$work/bwd.cu" || { echo "FAIL: gen --backward d64"; exit 1; }
 grep -q "JITATTN_BWD_MAIN" "$work/bwd.cu" || { echo "FAIL: gen --backward has no backward kernel"; exit 1; }
