@@ -142,16 +142,18 @@ int sm90_bwd_modifier_registers(const KernelSpec& spec) {
          (spec.dbias ? 8 + 4 * int(spec.mask != MaskKind::none) : 0) + 4 * int(spec.window) +
          4 * int(spec.varlen != VarlenKind::none);
 }
-}  // namespace
 
-namespace {
+// The default's shape (two consumers, block_m 64, up to two stages, no _pp): where the register
+// model's margins below are measured not to be needed.
+bool sm90_bwd_default_shape(const TileConfig& cfg) {
+  return cfg.consumer_warpgroups() == 2 && cfg.block_m == 64 && cfg.stages <= 2 && !cfg.pingpong;
+}
+
 // Deterministic mode: the consumers also wait for their writer warp to hand the dQ tile back.
 // NVRTC 13.0 spilled 4 bytes at d128 causal with one consumer and with _pp; the default's shape
-// (two consumers, block_m 64, two stages, no _pp) compiled clean throughout the grid.
+// compiled clean throughout the grid.
 int sm90_bwd_det_registers(const KernelSpec& spec, const TileConfig& cfg) {
-  const bool default_shape =
-      cfg.consumer_warpgroups() == 2 && cfg.block_m == 64 && cfg.stages <= 2 && !cfg.pingpong;
-  return spec.deterministic && !default_shape ? 4 : 0;
+  return spec.deterministic && !sm90_bwd_default_shape(cfg) ? 4 : 0;
 }
 }  // namespace
 
@@ -178,9 +180,7 @@ bool sm90_bwd_lse_ahead(const KernelSpec& spec, const TileConfig& cfg) {
 // consumer, running ahead, waits for its reload (H200: fwd+bwd 17% slower at d64 and d96).
 bool sm90_bwd_dq_early(const KernelSpec& spec, const TileConfig& cfg) {
   if (sm90_bwd_dq(spec, cfg).alternate) return false;
-  const bool default_shape =
-      cfg.consumer_warpgroups() == 2 && cfg.block_m == 64 && cfg.stages <= 2 && !cfg.pingpong;
-  const int mask = spec.mask != MaskKind::none && !default_shape ? 12 : 0;
+  const int mask = spec.mask != MaskKind::none && !sm90_bwd_default_shape(cfg) ? 12 : 0;
   // Deterministic mode: the consumer waits for its writer warp with the dQ product live; beside
   // the late dV it spilled 12 bytes at d128 without a mask on the H200's NVRTC 13.0 (with a
   // causal mask, a window or varlen the same call compiled clean: 4.5% faster at d128 causal).
@@ -736,8 +736,8 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
 // The Hopper-family backward's default: two consumer warpgroups (128 keys per CTA, FA3's shape),
 // 64 query rows per step (128 spilled 44-48 bytes at d64 with NVRTC 13.0), two Q/dO stages (three
 // read 1.03x at d128 in jitattn tune's fast mode but 0.99-1.01x in fwd+bwd A/B, H200, session 7).
-// May be illegal for the spec (head dims above 128, dropout, deterministic, registers): check
-// why_illegal.
+// May be illegal for the spec (head dims above 128, registers: dropout above head dim 80, the
+// heaviest modifier sets): check why_illegal.
 TileConfig default_backward_config_sm90(const KernelSpec& spec, const DeviceLimits& limits) {
   (void)spec;
   (void)limits;

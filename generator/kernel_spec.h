@@ -258,9 +258,9 @@ TileConfig default_config(const KernelSpec& spec, const DeviceLimits& limits, Sh
 TileConfig family_default_config(const KernelSpec& spec, const DeviceLimits& limits, Family family,
                                  ShapeHint shape = {});
 
-/// Whether default_config picks the Hopper family for this spec on this device (sm_90, and no
-/// bias tensor: the family has no staged bias tiles yet; backward: also no dropout,
-/// deterministic mode or dbias, head dims up to 128).
+/// Whether default_config picks the Hopper family for this spec on this device: sm_90, where the
+/// family's default is legal for the spec (why_illegal), and no bias tensor that cannot be tiled
+/// (forward) or bias tensor without dBias (backward).
 bool sm90_family_default(const KernelSpec& spec, const DeviceLimits& limits);
 
 }  // namespace jitattn

@@ -101,7 +101,8 @@ BackwardWorkspace backward_workspace(const Problem& pr) {
                                                       : size_t(pr.batch) * size_t(pr.seqlen_q);
   w.delta_bytes = align(rows * size_t(pr.heads_q) * sizeof(float));
   w.dq_accum_bytes = align(rows * size_t(pr.heads_q) * size_t(pr.head_dim) * sizeof(float));
-  w.dq_sem_bytes = align(size_t(pr.batch) * size_t(pr.heads_q) * size_t((pr.seqlen_q + 63) / 64) * sizeof(int));
+  w.dq_sem_stride = (pr.seqlen_q + 63) / 64;
+  w.dq_sem_bytes = align(size_t(pr.batch) * size_t(pr.heads_q) * size_t(w.dq_sem_stride) * sizeof(int));
   w.dbias_accum_bytes = align(size_t(pr.dbias_elements) * sizeof(float));
   return w;
 }
@@ -129,7 +130,7 @@ jitattn_kernel::AttnBwdParams make_backward_params(const AttentionArgs& a, const
   }
   if (sum == DqSum::ordered) {
     p.dq_sem = reinterpret_cast<int*>(base + at);
-    p.dq_sem_stride = (pr.seqlen_q + 63) / 64;
+    p.dq_sem_stride = w.dq_sem_stride;
     at += w.dq_sem_bytes;
   }
   p.dbias_accum = pr.dbias ? reinterpret_cast<float*>(base + at) : nullptr;

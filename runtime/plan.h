@@ -48,6 +48,7 @@ struct BackwardWorkspace {
   size_t delta_bytes = 0;
   size_t dq_accum_bytes = 0;
   size_t dq_sem_bytes = 0;
+  long long dq_sem_stride = 0;  ///< counters per (batch, query head): 64-row query blocks
   size_t dbias_accum_bytes = 0;
   size_t bytes(DqSum sum) const {
     return delta_bytes + (sum == DqSum::own_kernel ? 0 : dq_accum_bytes) + (sum == DqSum::ordered ? dq_sem_bytes : 0) +

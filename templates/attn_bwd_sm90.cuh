@@ -201,6 +201,26 @@ JITATTN_DEVICE void bulk_wait_all() {
     asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
   }
 }
+// The reduce-adds of consumer w's dQ tiles (at sdq) into the fp32 workspace, for query rows m0 of
+// head h (rows from row_q0 of batch tma_b), in one bulk group. Rows past the sequence carry zeros
+// (their P is 0): a batch's are clipped by the map, packed varlen's land on the next sequence's
+// rows unchanged (adding +0 changes no sum, in any order); tiles wholly past it are skipped.
+// Columns past the head dim are clipped.
+JITATTN_DEVICE void dq_reduce_adds(const AttnBwdTmaParams& params, u32 sdq, int w, int m0, int h, int len_q,
+                                   int row_q0, int tma_b) {
+#pragma unroll
+  for (int i = 0; i < kDqMTiles; ++i) {
+    const int mt = kDqSplitM ? w : i;
+    if (m0 + mt * 64 < len_q) {
+#pragma unroll
+      for (int pnl = 0; pnl < kDqPanels; ++pnl) {
+        tma_reduce_add_4d(&params.tma_dq, sdq + (i * kDqPanels + pnl) * kDqPanelBytes,
+                          (kDqSplitN ? w * kDqN : 0) + pnl * 32, row_q0 + m0 + mt * 64, h, tma_b);
+      }
+    }
+  }
+  bulk_commit();
+}
 JITATTN_DEVICE void red_add(float* p, float v) {
   asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(p), "f"(v) : "memory");
 }
@@ -341,7 +361,6 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       const int w = warp - 2;
       constexpr int kWriters = !kDqAllKeys || kDqSplitM || kDqSplitN ? kConsumers : 1;
       const int turn0 = kDqAllKeys ? 0 : w;  // _pp: consumer 0's share first, then 1's
-      const u32 sDQw = sDQ + w * kDqBytes;
       named_bar_arrive(11 + w, 128 + 32);  // the tile starts free
       for (u32 phase = 0;; phase ^= 1u) {
         mbar_wait(bar_dq_full + 8 * w, phase);
@@ -356,19 +375,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           sem_wait_at_least(sem, dq_rank(bwd_mask(p, ew.len_q, ew.len_k), cw.n_block, m0w / kBlockM, kBlockM, kBlockN) *
                                          kWriters +
                                      turn0);
-#pragma unroll
-          for (int i = 0; i < kDqMTiles; ++i) {
-            const int mt = kDqSplitM ? w : i;
-            if (m0w + mt * 64 < ew.len_q) {
-#pragma unroll
-              for (int pnl = 0; pnl < kDqPanels; ++pnl) {
-                tma_reduce_add_4d(&params.tma_dq, sDQw + (i * kDqPanels + pnl) * kDqPanelBytes,
-                                  (kDqSplitN ? w * kDqN : 0) + pnl * 32, static_cast<int>(ew.row_q0) + m0w + mt * 64, hw,
-                                  kPacked ? 0 : cw.b);
-              }
-            }
-          }
-          bulk_commit();
+          dq_reduce_adds(params, sDQ + w * kDqBytes, w, m0w, hw, ew.len_q, static_cast<int>(ew.row_q0),
+                         kPacked ? 0 : cw.b);
           bulk_wait_all<false>();  // the adds are done (and the tile read)
           sem_release_one(sem);
         }
@@ -488,23 +496,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       } else {
         named_bar_arrive(5 + wg, 128);
       }
-      if (tidf % 128 == 0) {  // the warpgroup's dQ reduce-adds
-        // Rows past the sequence carry zeros (their P is 0): a batch's are clipped by the map,
-        // packed varlen's land on the next sequence's rows unchanged; tiles wholly past it are
-        // skipped. Columns past the head dim are clipped.
-#pragma unroll
-        for (int i = 0; i < kDqMTiles; ++i) {
-          const int mt = kDqSplitM ? wg : i;
-          if (m0_ + mt * 64 < len_q) {
-#pragma unroll
-            for (int pnl = 0; pnl < kDqPanels; ++pnl) {
-              tma_reduce_add_4d(&params.tma_dq, sDQw + (i * kDqPanels + pnl) * kDqPanelBytes, dq_col0 + pnl * 32,
-                                row_q0 + m0_ + mt * 64, h_, tma_b);
-            }
-          }
-        }
-        bulk_commit();
-      }
+      if (tidf % 128 == 0) dq_reduce_adds(params, sDQw, wg, m0_, h_, len_q, row_q0, tma_b);
     };
     int dq_m0 = 0, dq_h = 0;  // kDqAlternate: the previous block's rows and head (its dQ is lagged)
     int h = hk * p.group, mb = mb_begin;  // query head and block of iteration it
