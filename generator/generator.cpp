@@ -156,7 +156,11 @@ KernelSource generate(const KernelSpec& spec, const TileConfig& cfg, const Devic
     throw InvalidArgument("config", fmt::format("{} for {}: {}", cfg.canonical(), spec.canonical(), *why));
   }
   if (spec.target.cpu) return detail::generate_cpu(spec, cfg);
-  if (cfg.hopper()) return cfg.split > 1 ? detail::generate_sm90_wide(spec, cfg) : detail::generate_sm90(spec, cfg);
+  if (cfg.hopper()) {
+    // The column-split forward has its own template; the backward's (_x2) is attn_bwd_sm90.cuh's kWide.
+    return cfg.split > 1 && spec.pass == Pass::forward ? detail::generate_sm90_wide(spec, cfg)
+                                                       : detail::generate_sm90(spec, cfg);
+  }
   KernelSource out;
   out.name = gpu_kernel_name(spec, cfg);
   out.threads = cfg.warps * 32;

@@ -179,8 +179,13 @@ KernelSource generate_sm90_backward(const KernelSpec& spec, const TileConfig& cf
 
   const GpuScoreModCode mod = gpu_score_mod_code(spec);
   const bool raw = gpu_raw_scores(spec);
-  const Sm90Layout l = sm90_layout(spec);
+  const Sm90Layout l = sm90_layout(spec, cfg);
   const Sm90BwdDq dq = sm90_bwd_dq(spec, cfg);
+  // _x2 (kWide): the consumers share the CTA's 64 keys, S^T's query columns and the head dims'.
+  const bool wide = cfg.split > 1;
+  const int s_cols = wide ? cfg.block_m / 2 : cfg.block_m;
+  const int dk_cols = wide ? l.head_dim_pad / 2 : l.head_dim_pad;
+  const int dv_cols = wide ? l.head_dim_v_pad / 2 : l.head_dim_v_pad;
 
   std::string& s = out.source;
   std::string defines = fmt::format("#define JITATTN_BWD_MAIN {}\n", out.name);
@@ -190,6 +195,7 @@ KernelSource generate_sm90_backward(const KernelSpec& spec, const TileConfig& cf
   s += sm90_source_head(spec, cfg, defines);
   s += sm90_tile_constants(spec, cfg, l);
   s += fmt::format("constexpr int kSmemBytes = {};\n", out.shared_bytes);
+  s += fmt::format("constexpr bool kWide = {};  // _x2: head-dim columns split between the consumers\n", wide);
   s += fmt::format("constexpr bool kDqAllKeys = {};\n", dq.all_keys);
   s += fmt::format("constexpr bool kTurns = {};\n", cfg.pingpong);
   s += fmt::format("constexpr bool kDqSplitM = {};\n", dq.split_m);
@@ -198,6 +204,7 @@ KernelSource generate_sm90_backward(const KernelSpec& spec, const TileConfig& cf
   s += fmt::format("constexpr bool kLseAhead = {};\n", sm90_bwd_lse_ahead(spec, cfg));
   s += fmt::format("constexpr bool kDqEarly = {};\n", sm90_bwd_dq_early(spec, cfg));
   s += fmt::format("constexpr int kDqN = {};\n", dq.n);
+  s += fmt::format("constexpr int kDqPasses = {};  // dQ product passes over its columns\n", dq.passes);
   s += fmt::format("constexpr bool kDropout = {};\n", spec.dropout);
   s += fmt::format("constexpr bool kDeterministic = {};  // dQ's reduce-adds in a fixed key-block order\n",
                    spec.deterministic);
@@ -206,11 +213,14 @@ KernelSource generate_sm90_backward(const KernelSpec& spec, const TileConfig& cf
   s += fmt::format("constexpr bool kRawScores = {};\n", raw);
   s += fmt::format("constexpr bool kSoftcap = {};  // d(score)/d(Q.K) varies per score\n", spec.softcap > 0.0f);
   s += sm90_exp_scale_and_close(spec, raw);
-  s += "// The wgmma shapes: S^T and dP^T (N = block_m), dV and dK (N = padded head dims), dQ.\n";
-  s += wgmma_ss(cfg.block_m);
-  s += wgmma_rs(l.head_dim_v_pad, "wgmma_dv");
-  s += wgmma_rs(l.head_dim_pad, "wgmma_dk");
-  s += wgmma_ss(dq.n, "wgmma_dq", 1, 1);
+  s += "// The wgmma shapes: S^T and dP^T (N = block_m; _x2 half of it), dV and dK (N = padded head\n"
+       "// dims; _x2 halves), A from registers or (_x2) shared memory, dQ.\n";
+  s += wgmma_ss(s_cols);
+  s += wgmma_rs(dv_cols, "wgmma_dv");
+  s += wgmma_ss(dv_cols, "wgmma_dv", 0, 1, /*accumulate=*/true);
+  s += wgmma_rs(dk_cols, "wgmma_dk");
+  s += wgmma_ss(dk_cols, "wgmma_dk", 0, 1, /*accumulate=*/true);
+  s += wgmma_ss(dq.n / dq.passes, "wgmma_dq", 1, 1);
   s += "\n// Score modifiers composed for this spec (applied to raw Q.K scores, result in log2 units).\n";
   s += gpu_score_mod_struct(mod, /*with_grad=*/true);
   s += "}  // namespace jitattn_kernel\n\n";

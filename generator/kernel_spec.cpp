@@ -118,7 +118,15 @@ Sm90Layout sm90_layout(const KernelSpec& spec) {
 
 Sm90Layout sm90_layout(const KernelSpec& spec, const TileConfig& cfg) {
   Sm90Layout l = sm90_layout(spec);
-  if (cfg.hopper() && cfg.split > 1) {
+  if (cfg.hopper() && cfg.split > 1 && spec.pass == Pass::backward) {
+    // Each consumer owns half of dK's, dV's and dQ's columns: halves of whole 32-column panels
+    // (dQ's fp32 reduce-add boxes are 32 columns wide).
+    auto half64 = [](int d) { return (d + 63) / 64 * 32; };
+    l.head_dim_pad = 2 * half64(spec.head_dim);
+    l.head_dim_v_pad = 2 * half64(spec.head_dim_v);
+    l.swizzle_qk = sm90_swizzle(half64(spec.head_dim));
+    l.swizzle_v = sm90_swizzle(half64(spec.head_dim_v));
+  } else if (cfg.hopper() && cfg.split > 1) {
     // Each consumer owns half of O's columns: halves of whole k16-wide panels.
     const int half = (spec.head_dim_v + 31) / 32 * 16;
     l.head_dim_v_pad = 2 * half;
@@ -158,14 +166,30 @@ int sm90_bwd_det_registers(const KernelSpec& spec, const TileConfig& cfg) {
 }  // namespace
 
 int sm90_bwd_registers(const KernelSpec& spec, const TileConfig& cfg) {
-  const Sm90Layout l = sm90_layout(spec);
+  const Sm90Layout l = sm90_layout(spec, cfg);
   const Sm90BwdDq dq = sm90_bwd_dq(spec, cfg);
-  const int acc = l.head_dim_pad / 2 + l.head_dim_v_pad / 2;
-  const int tiles = std::max(cfg.block_m + cfg.block_m / 4, dq.m_tiles * dq.n / 2);
-  return acc + tiles + sm90_bwd_modifier_registers(spec) + sm90_bwd_det_registers(spec, cfg);
+  const int acc = (l.head_dim_pad / 2 + l.head_dim_v_pad / 2) / cfg.split;
+  const int s_cols = cfg.block_m / cfg.split;  // _x2: each consumer's S^T has half the query columns
+  const int mods = sm90_bwd_modifier_registers(spec);
+  if (cfg.split > 1) {
+    // _x2: the modifiers' state lives beside S^T and dP^T only; the dQ half after them, once P^T
+    // and dS^T are in shared memory.
+    return acc + std::max(s_cols + s_cols / 4 + mods, dq.n / dq.passes / 2) + sm90_bwd_det_registers(spec, cfg);
+  }
+  const int tiles = std::max(s_cols + s_cols / 4, dq.m_tiles * dq.n / 2);
+  return acc + tiles + mods + sm90_bwd_det_registers(spec, cfg);
 }
 
 bool sm90_bwd_lse_ahead(const KernelSpec& spec, const TileConfig& cfg) {
+  if (cfg.split > 1) {
+    // _x2 with both head dims padded to 256 (dK + dV: 128 registers): beside anything but the
+    // top-left causal mask the LSE read ahead spilled 4-20 bytes (ALiBi, a bias with a window,
+    // bottom-right alignment, varlen beside a mask; NVRTC 13.0, the H200's too); without it they
+    // compile clean. Below, every modifier set compiled clean with it.
+    const Sm90Layout l = sm90_layout(spec, cfg);
+    return l.head_dim_pad + l.head_dim_v_pad < 512 ||
+           (sm90_bwd_modifier_registers(spec) == 0 && spec.mask != MaskKind::causal_bottom_right);
+  }
   return sm90_bwd_registers(spec, cfg) + cfg.block_m / 4 <= kSm90BwdRegisterBudget;
 }
 
@@ -179,7 +203,8 @@ bool sm90_bwd_lse_ahead(const KernelSpec& spec, const TileConfig& cfg) {
 // the stage is freed only once the late dV is done, after the whole block's dQ, and the other
 // consumer, running ahead, waits for its reload (H200: fwd+bwd 17% slower at d64 and d96).
 bool sm90_bwd_dq_early(const KernelSpec& spec, const TileConfig& cfg) {
-  if (sm90_bwd_dq(spec, cfg).alternate) return false;
+  // _x2 has its own order (dQ, then dV and dK from shared memory).
+  if (cfg.split > 1 || sm90_bwd_dq(spec, cfg).alternate) return false;
   const int mask = spec.mask != MaskKind::none && !sm90_bwd_default_shape(cfg) ? 12 : 0;
   // Deterministic mode: the consumer waits for its writer warp with the dQ product live; beside
   // the late dV it spilled 12 bytes at d128 without a mask on the H200's NVRTC 13.0 (with a
@@ -189,12 +214,20 @@ bool sm90_bwd_dq_early(const KernelSpec& spec, const TileConfig& cfg) {
 }
 
 Sm90BwdDq sm90_bwd_dq(const KernelSpec& spec, const TileConfig& cfg) {
-  const Sm90Layout l = sm90_layout(spec);
+  const Sm90Layout l = sm90_layout(spec, cfg);
   const int consumers = cfg.consumer_warpgroups();
   Sm90BwdDq q;
   q.n = l.head_dim_pad;
   q.m_tiles = std::max(1, cfg.block_m / 64);
-  if (cfg.pingpong) {
+  if (cfg.split > 1) {
+    // _x2: each consumer its half of the (whole-panel) head-dim columns, over the CTA's 64 keys.
+    q.all_keys = q.split_n = true;
+    q.n = l.head_dim_pad / 2;
+    q.m_tiles = 1;
+    // 128 columns in two passes of 64: the whole 64 registers beside dK and dV (128 at d256)
+    // spilled 92 bytes (NVRTC 13.0).
+    q.passes = q.n > 96 ? 2 : 1;
+  } else if (cfg.pingpong) {
     // _pp: the consumers never wait for each other; each adds its own keys' share.
   } else if (consumers == 2 && cfg.block_m == 128) {
     q.all_keys = q.split_m = true;
@@ -215,15 +248,17 @@ int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
     // templates/attn_bwd_sm90.cuh: K and V, `stages` x (Q, dO), two dS^T buffers (128-byte
     // swizzled panels of 64 queries), each consumer's fp32 dQ tiles (panels of 64 rows by 32
     // columns), LSE and delta per stage, 1 KiB alignment slack, mbarriers (K/V, then full and
-    // empty per stage), and in deterministic mode an mbarrier and a dQ record per consumer (32 bytes).
-    const Sm90Layout l = sm90_layout(spec);
+    // empty per stage), and in deterministic mode an mbarrier and a dQ record per consumer (32 bytes);
+    // _x2 adds two P^T buffers the size of dS^T's.
+    const Sm90Layout l = sm90_layout(spec, cfg);
     const int pq = l.head_dim_pad / l.panel_cols_qk(), pv = l.head_dim_v_pad / l.panel_cols_v();
     const int kv = pq * sm90_panel_bytes(cfg.block_n, l.swizzle_qk) + pv * sm90_panel_bytes(cfg.block_n, l.swizzle_v);
     const int qo = pq * sm90_panel_bytes(cfg.block_m, l.swizzle_qk) + pv * sm90_panel_bytes(cfg.block_m, l.swizzle_v);
     const int ds = (cfg.block_m / 64) * sm90_panel_bytes(cfg.block_n, 128);
     const Sm90BwdDq dq = sm90_bwd_dq(spec, cfg);
     const int dq_tiles = cfg.consumer_warpgroups() * dq.m_tiles * ((dq.n + 31) / 32) * 64 * 128;
-    return kv + cfg.stages * qo + 2 * ds + dq_tiles + 8 * cfg.stages * cfg.block_m + 1024 + 8 * (1 + 2 * cfg.stages) +
+    return kv + cfg.stages * qo + (cfg.split > 1 ? 4 : 2) * ds + dq_tiles + 8 * cfg.stages * cfg.block_m + 1024 +
+           8 * (1 + 2 * cfg.stages) +
            (spec.deterministic ? 32 : 0);
   }
   if (spec.pass == Pass::backward) {
@@ -341,11 +376,16 @@ std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, con
                                                      const DeviceLimits& limits) {
   if (spec.bias_tiled) return std::string("bias_tiled is a forward layout; backward reads bias per element");
   if (spec.lse) return std::string("lse is a forward flag; backward always reads the LSE");
-  if (cfg.split != 1) return std::string("column slices (_x) are an mma.sync backward option");
   if (cfg.q_in_regs || cfg.overlap || cfg.poly_exp || cfg.persistent) {
     return std::string("_qr, _ov, _pe and _ps are not options of the sm90 backward");
   }
   const int consumers = cfg.consumer_warpgroups();
+  if (cfg.split != 1 &&
+      (cfg.split != 2 || consumers != 2 || cfg.block_m != 64 || cfg.block_n != 64 || cfg.pingpong)) {
+    return fmt::format("{}: the sm90 backward's column split is h_bm64_bn64_wg2_s<stages>_x2 (two consumer "
+                       "warpgroups sharing 64 keys and 64 query rows, each half of the head dims' columns)",
+                       cfg.canonical());
+  }
   if (cfg.pingpong && consumers != 2) {
     return std::string("_pp (independent consumer warpgroups) needs 2 consumer warpgroups");
   }
@@ -353,7 +393,7 @@ std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, con
     return fmt::format("warps {} unsupported by the sm90 backward: 4 * (1 producer + 1 or 2 consumer warpgroups)",
                        cfg.warps);
   }
-  if (cfg.block_n != 64 * consumers) {
+  if (cfg.split == 1 && cfg.block_n != 64 * consumers) {
     return fmt::format("block_n {} must be 64 keys per consumer warpgroup ({} warpgroups)", cfg.block_n, consumers);
   }
   if (cfg.block_m != 64 && cfg.block_m != 128) {
@@ -372,17 +412,32 @@ std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, con
   // mask (8 bytes spilled there at d112 once dQ went through shared memory), and refuses one
   // consumer with block_m 128 (it spilled 32). Head dims above 128 never fit beside both
   // accumulators: the mma.sync backward takes them.
-  const Sm90Layout l = sm90_layout(spec);
-  if (l.head_dim_pad > 128 || l.head_dim_v_pad > 128) {
+  // Above 128 the consumers split the head dims' columns (_x2: half of dK and dV each), up to 256
+  // (half of d256's dK and dV: 64 + 64 registers, dQ's half 64 more once S^T and dP^T are in
+  // shared memory).
+  const Sm90Layout l = sm90_layout(spec, cfg);
+  if (cfg.split == 1 && (l.head_dim_pad > 128 || l.head_dim_v_pad > 128)) {
     return fmt::format("head dims {}/{} above 128: dK and dV of 64 keys would not fit beside S^T and dP^T in "
-                       "registers (the mma.sync backward takes them)", spec.head_dim, spec.head_dim_v);
+                       "registers (h_bm64_bn64_wg2_s<stages>_x2 splits their columns between the consumers)",
+                       spec.head_dim, spec.head_dim_v);
+  }
+  if (l.head_dim_pad > 256 || l.head_dim_v_pad > 256) {
+    return fmt::format("head dims {}/{} above 256: half of dK and dV would not fit beside S^T and dP^T in "
+                       "registers (the mma.sync backward's column slices take them)", spec.head_dim, spec.head_dim_v);
+  }
+  if (cfg.split > 1 && l.head_dim_pad + l.head_dim_v_pad == 512 && (spec.dropout || (spec.dbias && spec.mask != MaskKind::none))) {
+    // Measured, not modelled: NVRTC 13.0 spilled 16-96 bytes with dropout and 8-28 with dBias
+    // beside a causal mask at head dims 200-256, where dK and dV take 128 registers.
+    return fmt::format("{} beside dK and dV of head dims {}/{} (128 registers) spills under _x2 (the mma.sync "
+                       "backward takes it)", spec.dropout ? "dropout" : "dBias with a causal mask", spec.head_dim,
+                       spec.head_dim_v);
   }
   if (spec.dbias && consumers == 1 && cfg.block_m == 128) {
     return std::string("dBias with one consumer warpgroup and block_m 128 spills registers (32 bytes measured)");
   }
   const int regs = sm90_bwd_registers(spec, cfg);
   if (regs > kSm90BwdRegisterBudget) {
-    const int acc = l.head_dim_pad / 2 + l.head_dim_v_pad / 2;
+    const int acc = (l.head_dim_pad / 2 + l.head_dim_v_pad / 2) / cfg.split;
     const int mods = sm90_bwd_modifier_registers(spec);
     const int det = sm90_bwd_det_registers(spec, cfg);
     const int tiles = regs - acc - mods - det;
@@ -625,8 +680,9 @@ TileConfig default_backward_config(const KernelSpec& spec, const DeviceLimits& l
   if (d <= 64 && light) c.block_m = 64;
   if (d > 64) c.split = 2;
   if (d > 128) c = {light ? 32 : 16, 64, 4, 2, false, 4};
-  // Above 256, 8 slices keep each warp's dK + dV slices at the 64 floats of d256's 4.
-  if (d > 256) c.split = 8;
+  // Above 256, 8 slices keep each warp's dK + dV slices at the 64 floats of d256's 4. Dropout beside
+  // a window spilled 8-24 bytes in 4 slices at d256 (NVRTC 13.0): 8 there too.
+  if (d > 256 || (d > 192 && spec.dropout && spec.window)) c.split = 8;
   // Shrink until K and V of the CTA's keys and the query tiles fit: stages, query rows, then keys
   // (head dim 512 on sm_80: 2 warps).
   while (why_illegal(spec, c, limits)) {
@@ -736,12 +792,20 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
 // The Hopper-family backward's default: two consumer warpgroups (128 keys per CTA, FA3's shape),
 // 64 query rows per step (128 spilled 44-48 bytes at d64 with NVRTC 13.0), two Q/dO stages (three
 // read 1.03x at d128 in jitattn tune's fast mode but 0.99-1.01x in fwd+bwd A/B, H200, session 7).
-// May be illegal for the spec (head dims above 128, registers: dropout above head dim 80, the
-// heaviest modifier sets): check why_illegal.
+// Above head dim 128, or where the registers refuse that shape (dropout above head dim 80, the
+// heavier modifier sets at d96-128), the column split (_x2: half of dK and dV per consumer) with
+// two stages where they fit (up to d192), else one. May be illegal for the spec (head dims above
+// 256, the heaviest modifier sets): check why_illegal.
 TileConfig default_backward_config_sm90(const KernelSpec& spec, const DeviceLimits& limits) {
-  (void)spec;
-  (void)limits;
-  return sm90_backward_config(64, 2, 2);
+  const Sm90Layout l = sm90_layout(spec);
+  const TileConfig narrow = sm90_backward_config(64, 2, 2);
+  const bool fits = l.head_dim_pad <= 128 && l.head_dim_v_pad <= 128;
+  if (fits && !why_illegal(spec, narrow, limits)) return narrow;
+  const TileConfig two = sm90_backward_wide_config(2);
+  if (!why_illegal(spec, two, limits)) return two;
+  const TileConfig one = sm90_backward_wide_config(1);
+  // Neither: the narrow shape's reason is the one to report up to head dim 128.
+  return fits && why_illegal(spec, one, limits) ? narrow : one;
 }
 
 }  // namespace

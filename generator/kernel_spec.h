@@ -122,9 +122,10 @@ struct TileConfig {
 // Backward configs read the fields as: block_m = query rows per step of the dK/dV kernel (and
 // keys per step of the deterministic dQ kernel), block_n = keys per CTA = 16 per warp (and
 // query rows per CTA of the dQ kernel), stages = 1 or 2 buffers of the streamed tiles.
-// Hopper-family backward configs (h_bm<M>_bn<N>_wg<C>_s<S>[_pp]): block_m = query rows per step,
+// Hopper-family backward configs (h_bm<M>_bn<N>_wg<C>_s<S>[_pp][_x2]): block_m = query rows per step,
 // block_n = keys per CTA = 64 per consumer warpgroup, stages = depth of the Q/dO TMA ring, _pp =
-// independent consumer warpgroups (see pingpong).
+// independent consumer warpgroups (see pingpong); _x2 = the two consumers share 64 keys and 64
+// query rows and split the head dims' columns (h_bm64_bn64_wg2_s<S>_x2: head dims above 128).
 // CPU backward configs (cpu_bm<M>_bn<N>): block_m = query rows per step of a dK/dV item and rows
 // per dQ item, block_n = keys per dK/dV item and keys per step of a dQ item.
 
@@ -166,7 +167,8 @@ inline int sm90_swizzle(int cols) { return cols % 64 == 0 ? 128 : cols % 32 == 0
 inline bool sm90_bias_tma(const KernelSpec& spec) { return spec.bias && spec.bias_tiled; }
 /// The layout a Hopper config uses: sm90_layout(spec), except that a split config (the consumers
 /// own halves of O's columns) pads the V head dim to a multiple of 32 and picks the V swizzle so
-/// that each half is whole panels (half = head_dim_v_pad / 2 columns).
+/// that each half is whole panels (half = head_dim_v_pad / 2 columns); a split backward config
+/// pads both head dims to multiples of 64 (halves of whole 32-column fp32 dQ panels) the same way.
 Sm90Layout sm90_layout(const KernelSpec& spec, const TileConfig& cfg);
 
 /// How the Hopper-family backward (templates/attn_bwd_sm90.cuh) shares the dQ = dS K product
@@ -184,6 +186,7 @@ struct Sm90BwdDq {
   bool alternate = false;
   int n = 0;        ///< dQ columns per consumer (wgmma N)
   int m_tiles = 1;  ///< 64-row dQ tiles per consumer
+  int passes = 1;   ///< products over n / passes columns each, one after the other (_x2 at 128)
 };
 Sm90BwdDq sm90_bwd_dq(const KernelSpec& spec, const TileConfig& cfg);
 
@@ -201,6 +204,15 @@ bool sm90_bwd_dq_early(const KernelSpec& spec, const TileConfig& cfg);
 /// A Hopper-family backward config: block_m query rows per step, 64 keys per consumer warpgroup.
 inline TileConfig sm90_backward_config(int block_m, int consumers, int stages, bool independent = false) {
   return {block_m, 64 * consumers, 4 * (consumers + 1), stages, false, 1, Family::sm90, false, independent};
+}
+
+/// The Hopper backward's column split (_x2, templates/attn_bwd_sm90.cuh kWide): two consumer
+/// warpgroups on 64 keys and 64 query rows, each owning half of dK's, dV's and dQ's columns.
+inline TileConfig sm90_backward_wide_config(int stages) {
+  TileConfig c = sm90_backward_config(64, 2, stages);
+  c.block_n = 64;
+  c.split = 2;
+  return c;
 }
 
 /// A CPU config (warps and stages 0).

@@ -192,7 +192,7 @@ jitattn_kernel::AttnBwdTmaParams make_bwd_tma_params(const AttentionArgs& args, 
     tp.pair_group = causal_pair_group(static_cast<long long>(grid[1]) * grid[2], grid[0], sm_count,
                                       std::max(1ll, l2_bytes / 2 / per_pair));
   }
-  const Sm90Layout l = sm90_layout(spec);
+  const Sm90Layout l = sm90_layout(spec, cfg);  // _x2: halves of whole panels
   if (problem.seqlen_q > 0 && problem.total_q > 0) {
     tp.tma_q = encode_panels(args.q, problem.head_dim, static_cast<unsigned>(l.panel_cols_qk()),
                              static_cast<unsigned>(cfg.block_m), l.swizzle_qk);

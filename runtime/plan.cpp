@@ -177,10 +177,12 @@ BackwardGrids make_backward_grids(const Problem& pr, const TileConfig& c, DqSum 
                               pr.heads_q;
   const auto batch = static_cast<unsigned>(pr.batch);
   g.preprocess = {static_cast<unsigned>((row_heads + 3) / 4), 1, 1};
-  g.main = {static_cast<unsigned>((pr.seqlen_k + c.block_n - 1) / c.block_n * c.split),
+  // mma.sync column slices: split CTAs per key block (the Hopper family's split is inside one CTA).
+  const int slices = c.hopper() ? 1 : c.split;
+  g.main = {static_cast<unsigned>((pr.seqlen_k + c.block_n - 1) / c.block_n * slices),
             static_cast<unsigned>(pr.heads_kv), batch};
   if (sum == DqSum::own_kernel) {
-    g.dq = {static_cast<unsigned>((pr.seqlen_q + c.block_n - 1) / c.block_n * c.split),
+    g.dq = {static_cast<unsigned>((pr.seqlen_q + c.block_n - 1) / c.block_n * slices),
             static_cast<unsigned>(pr.heads_q), batch};
   } else {
     g.convert = g.preprocess;

@@ -45,6 +45,15 @@
 // barrier's arrive did not). Tile w read by the reduce-adds: the writer arrives on named barrier
 // 11 + w, the consumer syncs there before its next tile's stores. A record with a negative block
 // ends the writer.
+// kWide (configs _x2, head dims above 128): dK and dV of 64 keys would not fit one warpgroup's
+// registers beside S^T and dP^T, so the CTA takes 64 keys (block_n 64, block_m 64) and the two
+// consumers split the work by columns (FA3's hdim-256 shape): consumer w computes S^T and dP^T
+// for query columns 32 w..32 w + 31 of the block (N = 32), writes P^T (times Z under dropout)
+// and dS^T to shared memory, and after the dS^T barrier owns head-dim columns w * d/2.. of dK,
+// dV and dQ: dV += P^T dO and dK += dS^T Q with both operands from shared memory (A K-major, B
+// MN-major), dQ as the column split above. The head dims are padded to multiples of 64 in
+// shared memory (each half whole panels); dQ is issued first, dV and dK behind it, and the dQ
+// product is written out while they run.
 // Order of the second batch: dK is issued before the dS^T barrier (the tensor cores run it while
 // the consumer waits); with kDqEarly (the register model has room for P^T beside the dQ
 // accumulators) the block's dQ consumer issues dQ, then dV, and writes the dQ product out while
@@ -80,18 +89,27 @@ constexpr int kOStageBytes = kPanelsV * kOPanelBytes;
 constexpr int kDSBytes = (kBlockM / 64) * kDSPanelBytes;
 constexpr u32 kKVTxBytes = kPanelsQK * kBlockN * kSwizzleQK + kPanelsV * kBlockN * kSwizzleV;
 constexpr u32 kQOTxBytes = kPanelsQK * kBlockM * kSwizzleQK + kPanelsV * kBlockM * kSwizzleV;
-constexpr int kSRegs = kBlockM / 2;       // S^T (and dP^T) floats per thread: (64 keys, BLOCK_M)
-constexpr int kMT = kBlockM / 8;          // n8 query groups of S^T
-constexpr int kDKRegs = kHeadDimPad / 2;  // dK floats per thread: (64 keys, HEAD_DIM_PAD)
-constexpr int kDVRegs = kHeadDimVPad / 2;
+constexpr int kSCols = kWide ? kBlockM / 2 : kBlockM;  // query columns of a consumer's S^T
+constexpr int kSRegs = kSCols / 2;                      // S^T (and dP^T) floats per thread: (64 keys, S_COLS)
+constexpr int kMT = kSCols / 8;                         // n8 query groups of S^T
+constexpr int kDkCols = kWide ? kHeadDimPad / 2 : kHeadDimPad;     // dK columns per consumer
+constexpr int kDvCols = kWide ? kHeadDimVPad / 2 : kHeadDimVPad;   // dV columns per consumer
+constexpr int kDKRegs = kDkCols / 2;  // dK floats per thread: (64 keys, DK_COLS)
+constexpr int kDVRegs = kDvCols / 2;
+constexpr int kPBytes = kWide ? kDSBytes : 0;  // kWide: P^T (64 keys, 64 queries) beside dS^T
 constexpr int kDqKeys = kDqAllKeys ? kBlockN : 64;    // keys one consumer's dQ product sums over
 constexpr int kDqMTiles = kDqSplitM ? 1 : kBlockM / 64;  // 64-row tiles of dQ per consumer
 constexpr int kDqPanels = (kDqN + 31) / 32;             // fp32 panels of 32 columns per dQ tile
+constexpr int kDqPassN = kDqN / kDqPasses;              // dQ columns per product pass (kWide: 2 at 128)
 constexpr int kDqPanelBytes = 64 * 128;                 // (64 rows, 32 fp32 columns)
 constexpr int kDqBytes = kDqMTiles * kDqPanels * kDqPanelBytes;  // one consumer's dQ tiles
 
 static_assert(kConsumers == 1 || kConsumers == 2, "1 or 2 consumer warpgroups");
-static_assert(kBlockN == 64 * kConsumers, "block_n must be 64 keys per consumer warpgroup");
+static_assert(kWide || kBlockN == 64 * kConsumers, "block_n must be 64 keys per consumer warpgroup");
+static_assert(kDqPasses == 1 || (kWide && kDqPassN % 32 == 0), "dQ passes: kWide, whole fp32 panels each");
+static_assert(!kWide || (kConsumers == 2 && kBlockN == 64 && kBlockM == 64 && kDqSplitN && !kTurns &&
+                         kDkCols % kPanelColsQK == 0 && kDvCols % kPanelColsV == 0),
+              "kWide: two consumers on 64 keys and 64 query rows, each whole panels of the head dims");
 static_assert(kBlockM == 64 || kBlockM == 128, "block_m: 64 or 128 query rows per step");
 static_assert(kStages >= 1 && kStages <= 4, "stages: 1 to 4");
 static_assert(!kTurns || (kConsumers == 2 && !kDqAllKeys), "turns (_pp): 2 independent consumers");
@@ -100,7 +118,7 @@ static_assert(!kDqAlternate || (kConsumers == 2 && kDqAllKeys && !kDqSplitM && !
 static_assert(!kDqSplitM || (kDqAllKeys && kBlockM == 64 * kConsumers), "dQ row split: one 64-row tile each");
 static_assert(!kDqSplitN || (kDqAllKeys && kDqN * kConsumers == kHeadDimPad && kDqN % kPanelColsQK == 0),
               "dQ column split: whole head-dim panels each");
-static_assert(kKBytes + kVBytes + kStages * (kQStageBytes + kOStageBytes) + 2 * kDSBytes +
+static_assert(kKBytes + kVBytes + kStages * (kQStageBytes + kOStageBytes) + 2 * kDSBytes + 2 * kPBytes +
                       kConsumers * kDqBytes + 8 * kStages * kBlockM + 1024 + 8 * (1 + 2 * kStages) +
                       (kDeterministic ? 32 : 0) ==
                   kSmemBytes,
@@ -266,7 +284,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   const u32 sQ = sV + kVBytes;                       // kStages x (BLOCK_M, HEAD_DIM_PAD)
   const u32 sdO = sQ + kStages * kQStageBytes;       // kStages x (BLOCK_M, HEAD_DIM_V_PAD)
   const u32 sdS = sdO + kStages * kOStageBytes;      // 2 x (BLOCK_N, BLOCK_M): dS^T
-  const u32 sDQ = sdS + 2 * kDSBytes;                // kConsumers x kDqBytes: fp32 dQ panels
+  const u32 sP = sdS + 2 * kDSBytes;                 // kWide: 2 x (BLOCK_N, BLOCK_M): P^T
+  const u32 sDQ = sP + 2 * kPBytes;                  // kConsumers x kDqBytes: fp32 dQ panels
   const u32 sStats = sDQ + kConsumers * kDqBytes;    // kStages x BLOCK_M LSE, then as many delta
   float* lse_smem = reinterpret_cast<float*>(smem_raw + (sStats - raw));
   float* delta_smem = lse_smem + kStages * kBlockM;
@@ -392,13 +411,15 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     const int lane = tid % 32;
     const int g = lane / 4;
     const int t = lane % 4;
-    const int kw0 = n0 + wg * 64;        // first key of this warpgroup
+    const int krow0 = kWide ? 0 : wg * 64;  // first key row of this warpgroup in the CTA's block
+    const int kw0 = n0 + krow0;            // first key of this warpgroup
     const int key_g = kw0 + warp * 16 + g;  // key of accumulator rows g (and g + 8)
+    const int qc0 = kWide ? wg * kSCols : 0;  // first query column of this warpgroup's S^T
     const int dq_key0 = kDqAllKeys ? 0 : wg * 64;
     const int dq_col0 = kDqSplitN ? wg * kDqN : 0;
 
-    float acc_dk[kDKRegs];  // (64 keys, HEAD_DIM_PAD) per warpgroup
-    float acc_dv[kDVRegs];  // (64 keys, HEAD_DIM_V_PAD) per warpgroup
+    float acc_dk[kDKRegs];  // (64 keys, DK_COLS) per warpgroup
+    float acc_dv[kDVRegs];  // (64 keys, DV_COLS) per warpgroup
 #pragma unroll
     for (int i = 0; i < kDKRegs; ++i) acc_dk[i] = 0.0f;
 #pragma unroll
@@ -421,19 +442,35 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       if (wg == 1 && iterations > 0) named_bar_arrive(3, 256);
     }
     // dV += P^T dO (A: P^T's fragments pa_, B: the dO stage at tO_).
-    auto issue_dv = [&](u32 tO_, u32 (&pa_)[kBlockM / 16][4]) {
+    auto issue_dv = [&](u32 tO_, u32 (&pa_)[kSCols / 16][4]) {
+#pragma unroll
+      for (int kk = 0; kk < kSCols / 16; ++kk) {
+        wgmma_dv(acc_dv, pa_[kk], desc_mnmajor<kSwizzleV>(tO_, kOPanelBytes, kk * 16, 0));
+      }
+      wgmma_commit();
+    };
+    // kWide: dV += P^T dO and dK += dS^T Q for this warpgroup's head-dim columns, every operand
+    // from shared memory (P^T at tS_ + 2 kDSBytes), one commit group.
+    auto issue_dv_dk_smem = [&](u32 tS_, u32 tQ_, u32 tO_) {
 #pragma unroll
       for (int kk = 0; kk < kBlockM / 16; ++kk) {
-        wgmma_dv(acc_dv, pa_[kk], desc_mnmajor<kSwizzleV>(tO_, kOPanelBytes, kk * 16, 0));
+        wgmma_dv(acc_dv, desc_kmajor<128>(tS_ + 2 * kDSBytes, kDSPanelBytes, 0, kk),
+                 desc_mnmajor<kSwizzleV>(tO_, kOPanelBytes, kk * 16, wg * kDvCols));
+      }
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk) {
+        wgmma_dk(acc_dk, desc_kmajor<128>(tS_, kDSPanelBytes, 0, kk),
+                 desc_mnmajor<kSwizzleQK>(tQ_, kQPanelBytes, kk * 16, wg * kDkCols));
       }
       wgmma_commit();
     };
     // dQ += dS K for the block whose dS^T is in tS_ (query rows m0_, head h_): the product, its
     // fp32 tile in shared memory, the warpgroup's reduce-adds. dv_late_: dV (tO_, pa_) is issued
     // behind the product, and only the product is waited on before the stores. last: the
-    // consumer's last block (ping-pong's hand-over).
-    auto dq_product = [&](u32 tS_, int m0_, int h_, bool dv_late_, bool last, u32 tO_, u32 (&pa_)[kBlockM / 16][4]) {
-      float acc_dq[kDqMTiles][kDqN / 2];  // (64 queries, DQ_N) per tile
+    // consumer's last block (ping-pong's hand-over). kWide: dV and dK (issue_dv_dk_smem) behind it.
+    auto dq_product = [&](u32 tS_, int m0_, int h_, bool dv_late_, bool last, u32 tO_, u32 (&pa_)[kSCols / 16][4],
+                          u32 tQ_) {
+      float acc_dq[kDqMTiles][kDqPassN / 2];  // (64 queries, DQ_N / DQ_PASSES) per tile
 #pragma unroll
       for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
       wgmma_fence();
@@ -447,7 +484,11 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         }
       }
       wgmma_commit();
-      if (dv_late_) issue_dv(tO_, pa_);
+      if constexpr (kWide) {
+        issue_dv_dk_smem(tS_, tQ_, tO_);
+      } else if (dv_late_) {
+        issue_dv(tO_, pa_);
+      }
       pass_turn(last);
       if (dv_late_) {
         wgmma_wait<1>();  // dQ is done; dV may still run
@@ -474,9 +515,32 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
 #pragma unroll
-          for (int nt = 0; nt < kDqN / 8; ++nt) {
+          for (int nt = 0; nt < kDqPassN / 8; ++nt) {
             st_shared_v2((dq_lane ^ ((2 * (nt % 4)) << 4)) + (i * kDqPanels + nt / 4) * kDqPanelBytes + hf * 8 * 128,
                          acc_dq[i][4 * nt + 2 * hf], acc_dq[i][4 * nt + 2 * hf + 1]);
+          }
+        }
+      }
+      // kWide at 128 dQ columns: the other passes' columns, each once the one before is stored (all
+      // 64 registers beside dK's and dV's 128 spilled 92 bytes at d256), behind dV and dK.
+#pragma unroll
+      for (int ps = 1; ps < kDqPasses; ++ps) {
+        fence_regs(acc_dq[0]);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kDqKeys / 16; ++kk) {
+          wgmma_dq(acc_dq[0], desc_mnmajor<128>(tS_, kDSPanelBytes, kk * 16, 0),
+                   desc_mnmajor<kSwizzleQK>(sK, kKPanelBytes, kk * 16, dq_col0 + ps * kDqPassN), kk > 0 ? 1 : 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(acc_dq[0]);
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+#pragma unroll
+          for (int nt = 0; nt < kDqPassN / 8; ++nt) {
+            st_shared_v2((dq_lane ^ ((2 * (nt % 4)) << 4)) + (ps * kDqPassN / 32 + nt / 4) * kDqPanelBytes + hf * 8 * 128,
+                         acc_dq[0][4 * nt + 2 * hf], acc_dq[0][4 * nt + 2 * hf + 1]);
           }
         }
       }
@@ -517,7 +581,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       if constexpr (kDropout) {
         const unsigned bh = static_cast<unsigned>(b * p.heads_q + h);
         const int k = g % 4;
-        const unsigned qk = static_cast<unsigned>(m0 + 2 * t + (k % 2));
+        const unsigned qk = static_cast<unsigned>(m0 + qc0 + 2 * t + (k % 2));
         const unsigned kk = static_cast<unsigned>(key_g + (k / 2) * 8);
 #pragma unroll
         for (int w = 0; w < (kMT + 7) / 8; ++w) {
@@ -543,27 +607,27 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       mbar_wait(bar_full + 8 * s, static_cast<u32>(it / kStages) & 1u);
 
       // ---- S^T = K Q^T, dP^T = V dO^T (two commit groups: P^T is computed while dP^T runs) -----
-      float acc_s[kSRegs];   // (64 keys, BLOCK_M queries)
-      float acc_dp[kSRegs];  // (64 keys, BLOCK_M queries)
+      float acc_s[kSRegs];   // (64 keys, S_COLS queries)
+      float acc_dp[kSRegs];  // (64 keys, S_COLS queries)
       fence_regs(acc_s);
       fence_regs(acc_dp);
       my_turn();
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < kHeadDimPad / 16; ++ks) {
-        wgmma_s(acc_s, desc_kmajor<kSwizzleQK>(sK, kKPanelBytes, wg * 64, ks),
-                desc_kmajor<kSwizzleQK>(tQ, kQPanelBytes, 0, ks), ks > 0 ? 1 : 0);
+        wgmma_s(acc_s, desc_kmajor<kSwizzleQK>(sK, kKPanelBytes, krow0, ks),
+                desc_kmajor<kSwizzleQK>(tQ, kQPanelBytes, qc0, ks), ks > 0 ? 1 : 0);
       }
       wgmma_commit();
 #pragma unroll
       for (int ks = 0; ks < kHeadDimVPad / 16; ++ks) {
-        wgmma_s(acc_dp, desc_kmajor<kSwizzleV>(sV, kVPanelBytes, wg * 64, ks),
-                desc_kmajor<kSwizzleV>(tO, kOPanelBytes, 0, ks), ks > 0 ? 1 : 0);
+        wgmma_s(acc_dp, desc_kmajor<kSwizzleV>(sV, kVPanelBytes, krow0, ks),
+                desc_kmajor<kSwizzleV>(tO, kOPanelBytes, qc0, ks), ks > 0 ? 1 : 0);
       }
       wgmma_commit();
       pass_turn(false);
-      const float* lse_s = lse_smem + s * kBlockM;
-      const float* delta_s = delta_smem + s * kBlockM;
+      const float* lse_s = lse_smem + s * kBlockM + qc0;
+      const float* delta_s = delta_smem + s * kBlockM + qc0;
       // kLseAhead: this block's LSE (columns c, c + 1 of n8 group nt) read while the products run.
       float2 lse_r[kMT];
       if constexpr (kLseAhead) {
@@ -581,7 +645,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
 
       // Per-element indices derive from values the compiler cannot know before the wait, so it
       // does not hoist (and keep live) a tile's worth of them across the wgmma.
-      int m0f = m0, keyf = key_g;
+      int m0f = m0 + qc0, keyf = key_g;  // this warpgroup's first query column
       asm volatile("" : "+r"(m0f), "+r"(keyf));
       auto kept = [&](int nt, int e) { return ((keep_bits[nt / 8] >> (4 * (nt % 8) + e)) & 1u) != 0u; };
       ScoreMod mod;
@@ -589,7 +653,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       bool need_mask = kw0 + 64 > len_k;
       if (kCausal) need_mask |= kw0 + 63 > m0f + offset;
       if (kWindow && p.window_right >= 0) need_mask |= kw0 + 63 > m0f + offset + p.window_right;
-      if (kWindow && p.window_left >= 0) need_mask |= kw0 < m0f + kBlockM - 1 + offset - p.window_left;
+      if (kWindow && p.window_left >= 0) need_mask |= kw0 < m0f + kSCols - 1 + offset - p.window_left;
       // dBias: dS^T's entries at (query m0 + c, key) of this head's plane of the fp32 workspace,
       // strides 0 on broadcast dims. One red per score: adjacent keys are neighbouring lanes (g),
       // so a warp's red covers 4 query rows x 8 keys, whole 32-byte sectors (a v2 would need a
@@ -668,10 +732,10 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         }
       }
       // P^T and dS^T as wgmma A fragments: the accumulator layout is the A-fragment layout.
-      u32 pa[kBlockM / 16][4];
-      u32 da[kBlockM / 16][4];
+      u32 pa[kSCols / 16][4];
+      u32 da[kSCols / 16][4];
 #pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk) {
+      for (int kk = 0; kk < kSCols / 16; ++kk) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           pa[kk][i] = pack2(acc_s[8 * kk + 2 * i], acc_s[8 * kk + 2 * i + 1]);
@@ -684,16 +748,17 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         if (it >= 2 && (it & 1) != wg) named_bar_sync(7 + (it & 1), 256);
       }
       // dS^T into shared memory, 128-byte swizzle (16-byte chunk index ^ row % 8): fragment i
-      // holds row g + 8 (i % 2), columns 16 kk + 8 (i / 2) + 2t, 2t + 1.
+      // holds row g + 8 (i % 2), columns 16 kk + 8 (i / 2) + 2t, 2t + 1 (kWide: P^T too, in the
+      // same layout, each consumer its query columns).
 #pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk) {
+      for (int kk = 0; kk < kSCols / 16; ++kk) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const int row = wg * 64 + warp * 16 + g + 8 * (i % 2);
-          const int col = kk * 16 + 8 * (i / 2) + 2 * t;
-          st_shared_u32(tS + (col / 64) * kDSPanelBytes + row * 128 +
-                            ((((col % 64) / 8) ^ (row % 8)) << 4) + (col % 8) * 2,
-                        da[kk][i]);
+          const int row = krow0 + warp * 16 + g + 8 * (i % 2);
+          const int col = qc0 + kk * 16 + 8 * (i / 2) + 2 * t;
+          const u32 at = (col / 64) * kDSPanelBytes + row * 128 + ((((col % 64) / 8) ^ (row % 8)) << 4) + (col % 8) * 2;
+          st_shared_u32(tS + at, da[kk][i]);
+          if constexpr (kWide) st_shared_u32(tS + 2 * kDSBytes + at, pa[kk][i]);
         }
       }
 
@@ -703,13 +768,16 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       // register model has room for P^T beside the dQ accumulators): this block's dQ consumer
       // waits for dK after the barrier, issues dQ, then dV, and writes the dQ product out while
       // dV runs. (dV late rather than dK: the other way round spilled 8 bytes at d128.)
-      const bool dv_late = kDqEarly;  // never beside kDqAlternate (the generator's choice)
+      // kWide: dV and dK go after dQ, from shared memory; the fragments die here.
+      const bool dv_late = kDqEarly || kWide;  // kDqEarly never beside kDqAlternate (the generator's choice)
       fence_regs(acc_dv);
       fence_regs(acc_dk);
+      if constexpr (!kWide) {
 #pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk) {
-        fence_regs(pa[kk]);
-        fence_regs(da[kk]);
+        for (int kk = 0; kk < kSCols / 16; ++kk) {
+          fence_regs(pa[kk]);
+          fence_regs(da[kk]);
+        }
       }
       // dK and dV done: their A fragments may die (dS^T's already did under dv_late, once dK was
       // waited on at the barrier), and stage s is free.
@@ -717,21 +785,25 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         wgmma_wait<0>();
         fence_regs(acc_dv);
         fence_regs(acc_dk);
+        if constexpr (!kWide) {
 #pragma unroll
-        for (int kk = 0; kk < kBlockM / 16; ++kk) {
-          fence_regs(pa[kk]);
-          if (!dv_late) fence_regs(da[kk]);
+          for (int kk = 0; kk < kSCols / 16; ++kk) {
+            fence_regs(pa[kk]);
+            if (!dv_late) fence_regs(da[kk]);
+          }
         }
         mbar_arrive(bar_empty + 8 * s);
       };
-      my_turn();
-      wgmma_fence();
+      if constexpr (!kWide) {
+        my_turn();
+        wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk) {
-        wgmma_dk(acc_dk, da[kk], desc_mnmajor<kSwizzleQK>(tQ, kQPanelBytes, kk * 16, 0));
+        for (int kk = 0; kk < kSCols / 16; ++kk) {
+          wgmma_dk(acc_dk, da[kk], desc_mnmajor<kSwizzleQK>(tQ, kQPanelBytes, kk * 16, 0));
+        }
+        wgmma_commit();
+        if (!dv_late) issue_dv(tO, pa);
       }
-      wgmma_commit();
-      if (!dv_late) issue_dv(tO, pa);
       fence_proxy_async();  // the dS^T stores (generic proxy), before dQ's wgmma (async proxy) reads them
 
       // ---- the dS^T barrier ------------------------------------------------------------------------
@@ -750,13 +822,15 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       }
       // Without kDqEarly, dK and dV first: their A fragments die before the dQ accumulators live.
       // With it, dK (issued before the barrier, done by now or nearly): dS^T's fragments die.
-      if (!dv_late) {
+      if constexpr (kWide) {
+        // Nothing in flight: S^T and dP^T were waited on, dV and dK go behind dQ.
+      } else if (!dv_late) {
         finish_dk_dv();
       } else {
         wgmma_wait<0>();
         fence_regs(acc_dk);
 #pragma unroll
-        for (int kk = 0; kk < kBlockM / 16; ++kk) fence_regs(da[kk]);
+        for (int kk = 0; kk < kSCols / 16; ++kk) fence_regs(da[kk]);
       }
       if constexpr (kDqAlternate) {
         // dQ of the previous block (lagged one block), by its consumer: the other wrote its half
@@ -764,21 +838,21 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         // the buffer, the other may write the block after next's dS^T into it (barrier 7 + parity).
         if (it >= 1 && ((it - 1) & 1) == wg) {
           named_bar_sync(1 + ((it - 1) & 1), 256);
-          dq_product(sdS + ((it - 1) & 1) * kDSBytes, dq_m0, dq_h, false, false, tO, pa);
+          dq_product(sdS + ((it - 1) & 1) * kDSBytes, dq_m0, dq_h, false, false, tO, pa, tQ);
           if (it + 1 < iterations) named_bar_arrive(7 + ((it - 1) & 1), 256);
         }
         dq_m0 = m0;
         dq_h = h;
         continue;
       }
-      dq_product(tS, m0, h, dv_late, it == iterations - 1, tO, pa);
+      dq_product(tS, m0, h, dv_late, it == iterations - 1, tO, pa, tQ);
       if (dv_late) finish_dk_dv();
     }
     if constexpr (kDqAlternate) {  // the last block's lagged dQ
       if (iterations > 0 && ((iterations - 1) & 1) == wg) {
         named_bar_sync(1 + ((iterations - 1) & 1), 256);
-        u32 no_pa[kBlockM / 16][4];  // no dV here
-        dq_product(sdS + ((iterations - 1) & 1) * kDSBytes, dq_m0, dq_h, false, false, sdO, no_pa);
+        u32 no_pa[kSCols / 16][4];  // no dV here
+        dq_product(sdS + ((iterations - 1) & 1) * kDSBytes, dq_m0, dq_h, false, false, sdO, no_pa, sQ);
       }
     }
     if constexpr (kDeterministic) {
@@ -799,19 +873,21 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
                   (ex.row_k0 + ce_n0) * bp.dv_row_stride + ce.hk * bp.dv_head_stride;
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      const int r = wg * 64 + warp * 16 + g + 8 * hf;
+      const int r = krow0 + warp * 16 + g + 8 * hf;
       if (r < rows_out) {
+        // kWide: this warpgroup's columns from wg * DK_COLS (dK) and wg * DV_COLS (dV).
+        const int ck = kWide ? wg * kDkCols : 0, cv = kWide ? wg * kDvCols : 0;
 #pragma unroll
-        for (int d = 0; d < kHeadDimPad / 8; ++d) {
-          if (kHeadDimPad == kHeadDim || d * 8 < kHeadDim) {
-            *reinterpret_cast<u32*>(gdK + r * bp.dk_row_stride + d * 8 + 2 * t) =
+        for (int d = 0; d < kDkCols / 8; ++d) {
+          if (kHeadDimPad == kHeadDim || ck + d * 8 < kHeadDim) {
+            *reinterpret_cast<u32*>(gdK + r * bp.dk_row_stride + ck + d * 8 + 2 * t) =
                 pack2(acc_dk[4 * d + 2 * hf], acc_dk[4 * d + 2 * hf + 1]);
           }
         }
 #pragma unroll
-        for (int d = 0; d < kHeadDimVPad / 8; ++d) {
-          if (kHeadDimVPad == kHeadDimV || d * 8 < kHeadDimV) {
-            *reinterpret_cast<u32*>(gdV + r * bp.dv_row_stride + d * 8 + 2 * t) =
+        for (int d = 0; d < kDvCols / 8; ++d) {
+          if (kHeadDimVPad == kHeadDimV || cv + d * 8 < kHeadDimV) {
+            *reinterpret_cast<u32*>(gdV + r * bp.dv_row_stride + cv + d * 8 + 2 * t) =
                 pack2(acc_dv[4 * d + 2 * hf], acc_dv[4 * d + 2 * hf + 1]);
           }
         }

@@ -415,6 +415,99 @@ std::vector<Case> sm90_cases() {
     add("config_h_bm64_bn128_wg2_s2_pp_gqa_d128", p, "h_bm64_bn128_wg2_s2_pp");
     add("config_h_bm64_bn128_wg2_s3_gqa_d128", p, "h_bm64_bn128_wg2_s3");
   }
+  // Head dims above 128: the column split (_x2, templates/attn_bwd_sm90.cuh kWide) is the default:
+  // both consumers on 64 keys and 64 query rows, each half of S^T's query columns and of dK's, dV's
+  // and dQ's head-dim columns (padded to multiples of 64 in shared memory: d136 and d200 pad, d160
+  // takes 64-byte panels); dQ in two passes at 256. Every mask and layout, modifiers, mixed head
+  // dims, dropout (up to d192; d200-256 run the mma.sync fallback: target sm_90), dBias (with a
+  // causal mask at d256: the fallback), edge sequence lengths, the causal pair groups.
+  for (int d : {136, 160, 192, 200, 256}) {
+    ProblemDesc p = base(d);
+    add(fmt::format("wide_plain_d{}", d), p);
+    p.mask = MaskKind::causal;
+    add(fmt::format("wide_causal_d{}", d), p);
+  }
+  for (int d : {192, 256}) {
+    ProblemDesc p = base(d, DType::f16);
+    add(fmt::format("wide_f16_causal_d{}", d), p);
+    const test::AddCase add_wide = [&](std::string name, ProblemDesc q) { add("wide_" + name, q); };
+    test::add_mask_cases(d, add_wide);
+    test::add_layout_cases(d, add_wide);
+    p = base(d);
+    p.alibi = true;
+    p.mask = MaskKind::causal;
+    add(fmt::format("wide_alibi_causal_d{}", d), p);
+    p = base(d);
+    p.softcap = 5.0f;
+    add(fmt::format("wide_softcap_d{}", d), p);
+    p = base(d);
+    p.scale = 1.0f;
+    p.layout = {0, 2, 1, 3};
+    add(fmt::format("wide_scale_one_bhsd_d{}", d), p);
+    p = base(d);
+    p.dropout_p = 0.17f;
+    p.seqlen_q = 333;
+    p.seqlen_k = 457;
+    p.mask = MaskKind::causal_bottom_right;
+    p.heads_q = 4;
+    p.heads_kv = 2;
+    add(fmt::format("wide_dropout_causal_br_gqa_d{}", d), p);
+    p.mask = MaskKind::causal;
+    p.window = Window{100, 0};
+    p.varlen = VarlenKind::packed;
+    add(fmt::format("wide_dropout_causal_window_packed_d{}", d), p);
+    p = base(d);
+    p.bias = "bhqk";
+    p.dbias = true;
+    add(fmt::format("wide_dbias_bhqk_d{}", d), p);
+    p.bias = "b1qk";
+    p.heads_q = 6;
+    p.heads_kv = 2;
+    p.mask = MaskKind::causal_bottom_right;
+    add(fmt::format("wide_dbias_b1qk_gqa_causal_br_d{}", d), p);
+    p = base(d);
+    p.alibi = true;
+    p.softcap = 20.0f;
+    p.mask = MaskKind::causal;
+    p.window = Window{64, 0};
+    p.varlen = VarlenKind::padded;
+    add(fmt::format("wide_alibi_softcap_window_padded_d{}", d), p);
+  }
+  for (auto [d, dv] : {std::pair{192, 128}, {256, 128}, {128, 256}, {256, 192}, {64, 256}}) {
+    ProblemDesc p = base(d);
+    p.head_dim_v = dv;
+    p.mask = MaskKind::causal;
+    add(fmt::format("wide_d{}_dv{}", d, dv), p);
+  }
+  for (auto [sq, sk] : {std::pair{1, 1}, {17, 1}, {1, 17}, {1000, 100}, {100, 1000}}) {
+    ProblemDesc p = base(256);
+    p.seqlen_q = sq;
+    p.seqlen_k = sk;
+    p.heads_q = p.heads_kv = 2;
+    p.batch = 1;
+    p.mask = MaskKind::causal;
+    add(fmt::format("wide_seqlens_{}_{}_causal_d256", sq, sk), p);
+  }
+  {
+    ProblemDesc p = base(256);
+    p.batch = 4;
+    p.heads_q = p.heads_kv = 12;
+    p.seqlen_q = 300;
+    p.seqlen_k = 1100;
+    p.mask = MaskKind::causal;
+    add("wide_causal_pair_groups_d256", p);
+  }
+  // _x2 forced: below 128 (a tuning candidate there), and deeper rings above.
+  for (auto [cfg, d] : {std::pair{"h_bm64_bn64_wg2_s2_x2", 64}, {"h_bm64_bn64_wg2_s2_x2", 128},
+                        {"h_bm64_bn64_wg2_s1_x2", 160}, {"h_bm64_bn64_wg2_s3_x2", 96}}) {
+    ProblemDesc p = base(d);
+    p.mask = MaskKind::causal_bottom_right;
+    p.seqlen_q = 333;
+    p.seqlen_k = 457;
+    p.heads_q = 4;
+    p.heads_kv = 2;
+    add(fmt::format("config_{}_d{}", cfg, d), p, cfg);
+  }
   // Causal launch order in groups of (KV head, batch) pairs (runtime/plan.h causal_pair_group): 48
   // pairs of 9 key blocks take groups of 16, so every CTA maps to a block of another pair than its
   // grid position's; key blocks past the queries (top-left) have no work and write zeros. GQA
@@ -479,7 +572,8 @@ std::vector<Case> sm90_deterministic_cases() {
   // the tuner drops them).
   const std::pair<const char*, int> configs[] = {{"h_bm64_bn128_wg2_s2", 64},  {"h_bm64_bn128_wg2_s2", 128},
                                                  {"h_bm128_bn128_wg2_s2", 32}, {"h_bm64_bn64_wg1_s1", 96},
-                                                 {"h_bm64_bn128_wg2_s2_pp", 112}};
+                                                 {"h_bm64_bn128_wg2_s2_pp", 112}, {"h_bm64_bn64_wg2_s1_x2", 256},
+                                                 {"h_bm64_bn64_wg2_s2_x2", 192}};
   for (auto [cfg, d] : configs) {
     ProblemDesc p = base(d);
     p.seqlen_q = p.seqlen_k = 700;
@@ -541,7 +635,8 @@ INSTANTIATE_TEST_SUITE_P(BackwardSm90, Sm90Deterministic, ::testing::ValuesIn(sm
 
 // On sm_90 the runtime's default backward is the Hopper family where it supports the spec (a
 // bias tensor with dBias too, deterministic mode too), and the mma.sync backward where it does not
-// (dropout, head dims above 128) or a bias tensor without dBias.
+// (dropout above head dim 80 up to 128, and above 192; head dims above 256) or a bias tensor
+// without dBias.
 TEST(BackwardSm90, DefaultFamily) {
   JITATTN_REQUIRE_SM90();
   ProblemDesc p = base(128);
@@ -555,7 +650,13 @@ TEST(BackwardSm90, DefaultFamily) {
   const auto rd = runner.check_backward(engine(), det);
   EXPECT_TRUE(rd.pass);
   EXPECT_EQ(rd.kernel.target, "sm_90a") << rd.kernel.name;
-  ProblemDesc big = base(256);
+  ProblemDesc wide = base(256);
+  harness::Runner runner_wide(wide);
+  const auto rw = runner_wide.check_backward(engine(), {});
+  EXPECT_TRUE(rw.pass);
+  EXPECT_EQ(rw.kernel.target, "sm_90a") << rw.kernel.name;
+  EXPECT_EQ(rw.kernel.config, "h_bm64_bn64_wg2_s1_x2");
+  ProblemDesc big = base(320);
   harness::Runner runner_big(big);
   const auto rb = runner_big.check_backward(engine(), {});
   EXPECT_TRUE(rb.pass);

@@ -326,6 +326,35 @@ std::vector<Variant> sm90_backward_variants() {
       out.push_back(std::move(v));
     }
   }
+  // Head dims above 128: the column split (_x2) is the default; every modifier set where the
+  // register model allows it (the others take the mma.sync backward: skipped above).
+  for (int d : {136, 152, 160, 176, 192, 200, 216, 224, 240, 256}) {
+    for (const Mods& m : mods) out.push_back(make(DType::bf16, d, d, m));
+  }
+  for (int d : {192, 256}) out.push_back(make(DType::f16, d, d, mods[4]));
+  // Bottom-right alignment and varlen beside a mask alone (the H200's NVRTC spilled 16-20 bytes
+  // at d256 with the LSE read ahead).
+  const Mods masks[] = {{"causal_br", MaskKind::causal_bottom_right, false, false, false, false, VarlenKind::none},
+                        {"causal_packed", MaskKind::causal, false, false, false, false, VarlenKind::packed},
+                        {"causal_br_padded", MaskKind::causal_bottom_right, false, false, false, false, VarlenKind::padded},
+                        {"causal_padded", MaskKind::causal, false, false, false, false, VarlenKind::padded}};
+  for (int d : {192, 224, 256}) {
+    for (const Mods& m : masks) out.push_back(make(DType::bf16, d, d, m));
+  }
+  for (auto [d, dv] : {std::pair{192, 128}, {256, 128}, {128, 256}, {256, 192}, {64, 256}}) {
+    for (int i : {0, 1, 4, 12, 17}) out.push_back(make(DType::bf16, d, dv, mods[i]));
+  }
+  // _x2 forced below 128 (a tuning candidate there), with the heaviest sets.
+  for (int d : {64, 128}) {
+    for (int i : {1, 4, 16, 19}) {
+      Variant v = make(DType::bf16, d, d, mods[i]);
+      const TileConfig c = sm90_backward_wide_config(2);
+      if (why_illegal(v.spec, c, limits_for_arch(90))) continue;
+      v.label += "_" + c.canonical();
+      v.config = c;
+      out.push_back(std::move(v));
+    }
+  }
   return out;
 }
 

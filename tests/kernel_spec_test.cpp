@@ -972,8 +972,11 @@ TEST(Sm90Config, NoMaskUpToHeadDim64TakesThreeConsumersAtBlockN128) {
 }
 
 // The Hopper backward writes dBias: with a bias tensor that needs its gradient it is the
-// backward default wherever its register model allows (up to d112 without other modifiers), the
-// mma.sync backward above; a bias tensor without dBias stays on the mma.sync backward.
+// backward default wherever its register model allows: two consumers on 128 keys up to d112
+// without other modifiers, the column split (_x2) where that shape runs out of registers (d120,
+// d128) and above, up to 256; with a causal mask and packed varlen _x2 from d104 up to 192 (at
+// 256 it spills beside a mask); the mma.sync backward elsewhere. A bias tensor without dBias
+// stays on the mma.sync backward.
 TEST(Sm90Config, BackwardWithDbiasTakesTheFamilyWhereRegistersAllow) {
   const DeviceLimits h = limits_for_arch(90);
   for (int d = 8; d <= kMaxHeadDim; d += 8) {
@@ -981,15 +984,18 @@ TEST(Sm90Config, BackwardWithDbiasTakesTheFamilyWhereRegistersAllow) {
     s.pass = Pass::backward;
     s.bias = s.dbias = true;
     const TileConfig c = default_config(s, h);
-    EXPECT_EQ(c.hopper(), d <= 112) << d << " " << c.canonical();
+    EXPECT_EQ(c.hopper(), d <= 256) << d << " " << c.canonical();
+    EXPECT_EQ(c.hopper() && c.split == 2, d >= 120 && d <= 256) << d << " " << c.canonical();
     EXPECT_EQ(why_illegal(s, c, h), std::nullopt) << d << " " << c.canonical();
     if (d == 120 || d == 128) {  // both pad to 128
-      const auto why = why_illegal(s, family_default_config(s, h, Family::sm90), h);
+      const auto why = why_illegal(s, sm90_backward_config(64, 2, 2), h);
       EXPECT_NE(why.value_or("").find("registers"), std::string::npos) << why.value_or("legal");
     }
     s.mask = MaskKind::causal;
     s.varlen = VarlenKind::packed;
-    EXPECT_EQ(default_config(s, h).hopper(), d <= 96) << d;  // d104/112 pad to 112: varlen tips them
+    const TileConfig cm = default_config(s, h);
+    EXPECT_EQ(cm.hopper(), d <= 192) << d;  // d104/112 pad to 112: varlen tips them to _x2
+    EXPECT_EQ(cm.hopper() && cm.split == 2, d >= 104 && d <= 192) << d << " " << cm.canonical();
     s.dbias = false;
     EXPECT_FALSE(default_config(s, h).hopper()) << d;
   }

@@ -49,12 +49,13 @@ TEST(SearchSpace, BackwardSpaceHoldsItsDefaultUnpruned) {
         const std::vector<Candidate> cands = search_space(spec, limits);
         // mma.sync: block_m x warps x stages x split (8 column slices appended above head dim
         // 256); sm_90 adds the Hopper family's block_m x (1 consumer, 2 shared, 2 independent) x
-        // stages.
-        EXPECT_EQ(cands.size(), 4u * 3u * 2u * (d > 256 ? 4u : 3u) + (sm == 90 ? 2u * 3u * 3u : 0u));
+        // stages, and the column split's (_x2) stages.
+        EXPECT_EQ(cands.size(), 4u * 3u * 2u * (d > 256 ? 4u : 3u) + (sm == 90 ? 2u * 3u * 3u + 3u : 0u));
         bool found = false;
         for (const Candidate& c : cands) {
           if (c.config.hopper()) {
-            EXPECT_EQ(c.config.block_n, 64 * c.config.consumer_warpgroups()) << c.config.canonical();
+            EXPECT_EQ(c.config.block_n, c.config.split == 2 ? 64 : 64 * c.config.consumer_warpgroups())
+                << c.config.canonical();
           } else {
             EXPECT_EQ(c.config.block_n, 16 * c.config.warps) << c.config.canonical();
           }

@@ -91,6 +91,14 @@ std::vector<Candidate> backward_search_space(const KernelSpec& spec, const Devic
         }
       }
     }
+    // The column split (_x2: two consumers share 64 keys, each half of the head dims' columns),
+    // appended; why_illegal keeps it to head dims up to 256.
+    for (int s : {1, 2, 3}) {
+      Candidate c;
+      c.config = sm90_backward_wide_config(s);
+      if (auto why = why_illegal(spec, c.config, limits)) c.pruned = std::move(*why);
+      out.push_back(std::move(c));
+    }
   }
   return out;
 }
