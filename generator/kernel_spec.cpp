@@ -248,7 +248,8 @@ int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
     // templates/attn_bwd_sm90.cuh: K and V, `stages` x (Q, dO), two dS^T buffers (128-byte
     // swizzled panels of 64 queries), each consumer's fp32 dQ tiles (panels of 64 rows by 32
     // columns), LSE and delta per stage, 1 KiB alignment slack, mbarriers (K/V, then full and
-    // empty per stage), and in deterministic mode an mbarrier and a dQ record per consumer (32 bytes);
+    // empty per stage), with dQ writer warps (deterministic mode, _x2) an mbarrier and a dQ record per
+    // consumer (32 bytes);
     // _x2 adds two P^T buffers the size of dS^T's.
     const Sm90Layout l = sm90_layout(spec, cfg);
     const int pq = l.head_dim_pad / l.panel_cols_qk(), pv = l.head_dim_v_pad / l.panel_cols_v();
@@ -259,7 +260,7 @@ int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
     const int dq_tiles = cfg.consumer_warpgroups() * dq.m_tiles * ((dq.n + 31) / 32) * 64 * 128;
     return kv + cfg.stages * qo + (cfg.split > 1 ? 4 : 2) * ds + dq_tiles + 8 * cfg.stages * cfg.block_m + 1024 +
            8 * (1 + 2 * cfg.stages) +
-           (spec.deterministic ? 32 : 0);
+           (spec.deterministic || cfg.split > 1 ? 32 : 0);
   }
   if (spec.pass == Pass::backward) {
     // dK/dV kernel: K and V of the CTA's keys, `stages` x (Q, dO) query tiles, dS^T (fast mode),
