@@ -209,7 +209,6 @@ std::vector<Case> sm90_cases() {
     const bool sm90 = forced || (!cfg.empty() && (p.bias == "none" || p.dbias));
     cs.push_back({std::move(name), p, false, sm90 ? cfg : std::string(), sm90 ? "sm_90a" : "sm_90"});
   };
-  const test::AddCase add_plain = [&](std::string name, ProblemDesc p) { add(std::move(name), p); };
   for (int d = 8; d <= 128; d += 8) {
     ProblemDesc p = base(d);
     add(fmt::format("plain_d{}", d), p);
@@ -217,9 +216,9 @@ std::vector<Case> sm90_cases() {
     add(fmt::format("causal_d{}", d), p);
   }
   // Dropout (keep bits drawn by 4 lanes per key quad and traded by shuffles): every mask, GQA,
-  // varlen, each dQ split, deterministic mode, dBias. Up to head dim 80 (the register model sends
-  // larger ones to mma.sync, where the runtime's default then runs: target sm_90).
-  for (int d : {16, 64, 80, 96}) {
+  // varlen, each dQ split, deterministic mode, dBias. The 128-key shape up to head dim 80, the
+  // column split (_x2) at d88-192; d200-256 run the mma.sync fallback (target sm_90).
+  for (int d : {16, 64, 80, 96, 128, 192, 256}) {
     ProblemDesc p = base(d);
     p.dropout_p = 0.17f;
     p.seqlen_q = 333;
@@ -256,23 +255,26 @@ std::vector<Case> sm90_cases() {
     p.alibi = true;
     add("dropout_softcap_alibi_d48", p);
   }
-  for (int d : {64, 96, 128}) {
-    ProblemDesc p = base(d, DType::f16);
-    add(fmt::format("f16_d{}", d), p);
-    test::add_mask_cases(d, add_plain);
-    test::add_layout_cases(d, add_plain);
-    p = base(d);
+  // f16, every mask and layout case, ALiBi beside a causal mask, softcap, scale 1 in the bhsd
+  // layout; names from `prefix`.
+  auto add_features = [&](const std::string& prefix, int d) {
+    add(fmt::format("{}f16_d{}", prefix, d), base(d, DType::f16));
+    const test::AddCase add_named = [&](std::string name, ProblemDesc q) { add(prefix + name, q); };
+    test::add_mask_cases(d, add_named);
+    test::add_layout_cases(d, add_named);
+    ProblemDesc p = base(d);
     p.alibi = true;
     p.mask = MaskKind::causal;
-    add(fmt::format("alibi_causal_d{}", d), p);
+    add(fmt::format("{}alibi_causal_d{}", prefix, d), p);
     p = base(d);
     p.softcap = 5.0f;
-    add(fmt::format("softcap_d{}", d), p);
+    add(fmt::format("{}softcap_d{}", prefix, d), p);
     p = base(d);
     p.scale = 1.0f;
     p.layout = {0, 2, 1, 3};
-    add(fmt::format("scale_one_bhsd_d{}", d), p);
-  }
+    add(fmt::format("{}scale_one_bhsd_d{}", prefix, d), p);
+  };
+  for (int d : {64, 96, 128}) add_features("", d);
   {
     ProblemDesc p = base(64);
     p.alibi = true;
@@ -380,7 +382,7 @@ std::vector<Case> sm90_cases() {
     }
   }
   for (auto [sq, sk] : {std::pair{1, 1}, {1, 17}, {17, 1}, {17, 17}, {1000, 1000}, {100, 1000}, {1000, 100}}) {
-    for (int d : {64, 128}) {
+    for (int d : {64, 128, 256}) {
       ProblemDesc p = base(d);
       p.seqlen_q = sq;
       p.seqlen_k = sk;
@@ -391,18 +393,23 @@ std::vector<Case> sm90_cases() {
       add(fmt::format("seqlens_{}_{}_causal_d{}", sq, sk, d), p);
     }
   }
-  // Other configs: one consumer (own keys), block_m 128 (row-split dQ), deeper and single rings.
+  // Other configs: one consumer (own keys), block_m 128 (row-split dQ), deeper and single rings;
+  // _x2 forced below head dim 128 (a tuning candidate there) and with other rings above.
+  std::vector<std::pair<const char*, int>> configs;
   for (const char* cfg : {"h_bm64_bn64_wg1_s1", "h_bm128_bn128_wg2_s2", "h_bm64_bn128_wg2_s3",
                           "h_bm128_bn64_wg1_s2", "h_bm64_bn128_wg2_s2_pp", "h_bm128_bn128_wg2_s3_pp"}) {
-    for (int d : {16, 32}) {
-      ProblemDesc p = base(d);
-      p.mask = MaskKind::causal_bottom_right;
-      p.seqlen_q = 333;
-      p.seqlen_k = 457;
-      p.heads_q = 4;
-      p.heads_kv = 2;
-      add(fmt::format("config_{}_d{}", cfg, d), p, cfg);
-    }
+    for (int d : {16, 32}) configs.emplace_back(cfg, d);
+  }
+  configs.insert(configs.end(), {{"h_bm64_bn64_wg2_s2_x2", 64}, {"h_bm64_bn64_wg2_s2_x2", 128},
+                                 {"h_bm64_bn64_wg2_s1_x2", 160}, {"h_bm64_bn64_wg2_s3_x2", 96}});
+  for (auto [cfg, d] : configs) {
+    ProblemDesc p = base(d);
+    p.mask = MaskKind::causal_bottom_right;
+    p.seqlen_q = 333;
+    p.seqlen_k = 457;
+    p.heads_q = 4;
+    p.heads_kv = 2;
+    add(fmt::format("config_{}_d{}", cfg, d), p, cfg);
   }
   {
     ProblemDesc p = base(96);  // d96: each consumer adds its own keys' dQ share
@@ -419,8 +426,8 @@ std::vector<Case> sm90_cases() {
   // both consumers on 64 keys and 64 query rows, each half of S^T's query columns and of dK's, dV's
   // and dQ's head-dim columns (padded to multiples of 64 in shared memory: d136 and d200 pad, d160
   // takes 64-byte panels); dQ in two passes at 256. Every mask and layout, modifiers, mixed head
-  // dims, dropout (up to d192; d200-256 run the mma.sync fallback: target sm_90), dBias (with a
-  // causal mask at d256: the fallback), edge sequence lengths, the causal pair groups.
+  // dims, dBias (with a causal mask at d256: the fallback), the causal pair groups (dropout and
+  // edge sequence lengths: above and below).
   for (int d : {136, 160, 192, 200, 256}) {
     ProblemDesc p = base(d);
     add(fmt::format("wide_plain_d{}", d), p);
@@ -428,35 +435,8 @@ std::vector<Case> sm90_cases() {
     add(fmt::format("wide_causal_d{}", d), p);
   }
   for (int d : {192, 256}) {
-    ProblemDesc p = base(d, DType::f16);
-    add(fmt::format("wide_f16_causal_d{}", d), p);
-    const test::AddCase add_wide = [&](std::string name, ProblemDesc q) { add("wide_" + name, q); };
-    test::add_mask_cases(d, add_wide);
-    test::add_layout_cases(d, add_wide);
-    p = base(d);
-    p.alibi = true;
-    p.mask = MaskKind::causal;
-    add(fmt::format("wide_alibi_causal_d{}", d), p);
-    p = base(d);
-    p.softcap = 5.0f;
-    add(fmt::format("wide_softcap_d{}", d), p);
-    p = base(d);
-    p.scale = 1.0f;
-    p.layout = {0, 2, 1, 3};
-    add(fmt::format("wide_scale_one_bhsd_d{}", d), p);
-    p = base(d);
-    p.dropout_p = 0.17f;
-    p.seqlen_q = 333;
-    p.seqlen_k = 457;
-    p.mask = MaskKind::causal_bottom_right;
-    p.heads_q = 4;
-    p.heads_kv = 2;
-    add(fmt::format("wide_dropout_causal_br_gqa_d{}", d), p);
-    p.mask = MaskKind::causal;
-    p.window = Window{100, 0};
-    p.varlen = VarlenKind::packed;
-    add(fmt::format("wide_dropout_causal_window_packed_d{}", d), p);
-    p = base(d);
+    add_features("wide_", d);
+    ProblemDesc p = base(d);
     p.bias = "bhqk";
     p.dbias = true;
     add(fmt::format("wide_dbias_bhqk_d{}", d), p);
@@ -479,15 +459,6 @@ std::vector<Case> sm90_cases() {
     p.mask = MaskKind::causal;
     add(fmt::format("wide_d{}_dv{}", d, dv), p);
   }
-  for (auto [sq, sk] : {std::pair{1, 1}, {17, 1}, {1, 17}, {1000, 100}, {100, 1000}}) {
-    ProblemDesc p = base(256);
-    p.seqlen_q = sq;
-    p.seqlen_k = sk;
-    p.heads_q = p.heads_kv = 2;
-    p.batch = 1;
-    p.mask = MaskKind::causal;
-    add(fmt::format("wide_seqlens_{}_{}_causal_d256", sq, sk), p);
-  }
   {
     ProblemDesc p = base(256);
     p.batch = 4;
@@ -496,17 +467,6 @@ std::vector<Case> sm90_cases() {
     p.seqlen_k = 1100;
     p.mask = MaskKind::causal;
     add("wide_causal_pair_groups_d256", p);
-  }
-  // _x2 forced: below 128 (a tuning candidate there), and deeper rings above.
-  for (auto [cfg, d] : {std::pair{"h_bm64_bn64_wg2_s2_x2", 64}, {"h_bm64_bn64_wg2_s2_x2", 128},
-                        {"h_bm64_bn64_wg2_s1_x2", 160}, {"h_bm64_bn64_wg2_s3_x2", 96}}) {
-    ProblemDesc p = base(d);
-    p.mask = MaskKind::causal_bottom_right;
-    p.seqlen_q = 333;
-    p.seqlen_k = 457;
-    p.heads_q = 4;
-    p.heads_kv = 2;
-    add(fmt::format("config_{}_d{}", cfg, d), p, cfg);
   }
   // Causal launch order in groups of (KV head, batch) pairs (runtime/plan.h causal_pair_group): 48
   // pairs of 9 key blocks take groups of 16, so every CTA maps to a block of another pair than its
