@@ -412,7 +412,7 @@ std::optional<std::string> why_illegal_sm90_backward(const KernelSpec& spec, con
   // d112 f16 with padded varlen and GQA, which this machine's compiled clean), 4 more beside a
   // mask (8 bytes spilled there at d112 once dQ went through shared memory), and refuses one
   // consumer with block_m 128 (it spilled 32). Head dims above 128 never fit beside both
-  // accumulators: the mma.sync backward takes them.
+  // accumulators in that shape.
   // Above 128 the consumers split the head dims' columns (_x2: half of dK and dV each), up to 256
   // (half of d256's dK and dV: 64 + 64 registers, dQ's half 64 more once S^T and dP^T are in
   // shared memory).

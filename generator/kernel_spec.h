@@ -88,6 +88,8 @@ struct TileConfig {
   /// the two consumers share one 64-row query block, each computing half of S's columns and
   /// owning half of O's, P exchanged through shared memory (templates/attn_fwd_sm90_wide.cuh),
   /// for V head dims whose O accumulator does not fit one warpgroup's registers (above 128).
+  /// Hopper backward (split 2): the two consumers share 64 keys, each owning half of dK's, dV's
+  /// and dQ's head-dim columns (templates/attn_bwd_sm90.cuh kWide).
   int split = 1;
   Family family = Family::sm80;
   /// Hopper family only: intra-warpgroup overlap, i.e. each consumer issues S = Q K^T of the next
