@@ -170,6 +170,12 @@ jitattn_kernel::AttnBwdParams make_backward_params(const AttentionArgs& a, const
   return p;
 }
 
+namespace {
+// CTAs per tile along the grid's first dimension: mma.sync column slices are CTAs of their own; the
+// Hopper family's split is inside one CTA, between its consumer warpgroups.
+int cta_slices(const TileConfig& c) { return c.hopper() ? 1 : c.split; }
+}  // namespace
+
 BackwardGrids make_backward_grids(const Problem& pr, const TileConfig& c, DqSum sum) {
   BackwardGrids g;
   const long long row_heads = (pr.varlen == VarlenKind::packed ? (long long)pr.total_q
@@ -177,8 +183,7 @@ BackwardGrids make_backward_grids(const Problem& pr, const TileConfig& c, DqSum 
                               pr.heads_q;
   const auto batch = static_cast<unsigned>(pr.batch);
   g.preprocess = {static_cast<unsigned>((row_heads + 3) / 4), 1, 1};
-  // mma.sync column slices: split CTAs per key block (the Hopper family's split is inside one CTA).
-  const int slices = c.hopper() ? 1 : c.split;
+  const int slices = cta_slices(c);
   g.main = {static_cast<unsigned>((pr.seqlen_k + c.block_n - 1) / c.block_n * slices),
             static_cast<unsigned>(pr.heads_kv), batch};
   if (sum == DqSum::own_kernel) {
@@ -205,10 +210,7 @@ CpuBackwardItems cpu_backward_items(const Problem& pr, const TileConfig& c,
 }
 
 std::array<unsigned, 3> make_grid(const Problem& pr, const TileConfig& c) {
-  // mma.sync column slices: split CTAs per query block (the Hopper family's split is inside one
-  // CTA, between its consumer warpgroups).
-  const int slices = c.hopper() ? 1 : c.split;
-  const int blocks = (pr.seqlen_q + c.block_m - 1) / c.block_m * slices;
+  const int blocks = (pr.seqlen_q + c.block_m - 1) / c.block_m * cta_slices(c);
   return {static_cast<unsigned>(blocks), static_cast<unsigned>(pr.heads_q),
           static_cast<unsigned>(pr.batch)};
 }

@@ -395,20 +395,18 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           // held across the loop they spilled 8-20 bytes beside a window and packed varlen.
           const CtaCoords cw = cta_coords(params);
           const Extents ew = extents(p, cw.b);
+          int* sem = nullptr;
           if constexpr (kDeterministic) {
-            int* sem = bp.dq_sem + (static_cast<long long>(cw.b) * p.heads_q + hw) * bp.dq_sem_stride + m0w / kBlockM;
+            sem = bp.dq_sem + (static_cast<long long>(cw.b) * p.heads_q + hw) * bp.dq_sem_stride + m0w / kBlockM;
             sem_wait_at_least(sem, dq_rank(bwd_mask(p, ew.len_q, ew.len_k), cw.n_block, m0w / kBlockM, kBlockM, kBlockN) *
                                            kWriters +
                                        turn0);
-            dq_reduce_adds(params, sDQ + w * kDqBytes, w, m0w, hw, ew.len_q, static_cast<int>(ew.row_q0),
-                           kPacked ? 0 : cw.b);
-            bulk_wait_all<false>();  // the adds are done (and the tile read)
-            sem_release_one(sem);
-          } else {
-            dq_reduce_adds(params, sDQ + w * kDqBytes, w, m0w, hw, ew.len_q, static_cast<int>(ew.row_q0),
-                           kPacked ? 0 : cw.b);
-            bulk_wait_all<true>();  // the tile is read
           }
+          dq_reduce_adds(params, sDQ + w * kDqBytes, w, m0w, hw, ew.len_q, static_cast<int>(ew.row_q0),
+                         kPacked ? 0 : cw.b);
+          // Deterministic: the adds done before the counter moves on; else the tile read.
+          bulk_wait_all<!kDeterministic>();
+          if constexpr (kDeterministic) sem_release_one(sem);
         }
         __syncwarp();
         named_bar_arrive(11 + w, 128 + 32);
@@ -483,19 +481,24 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     auto dq_product = [&](u32 tS_, int m0_, int h_, bool dv_late_, bool last, u32 tO_, u32 (&pa_)[kSCols / 16][4],
                           u32 tQ_) {
       float acc_dq[kDqMTiles][kDqPassN / 2];  // (64 queries, DQ_N / DQ_PASSES) per tile
+      // The product of pass ps (its kDqPassN columns) into acc_dq, one commit group.
+      auto issue_dq = [&](int ps) {
 #pragma unroll
-      for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
-      wgmma_fence();
+        for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
+        wgmma_fence();
 #pragma unroll
-      for (int i = 0; i < kDqMTiles; ++i) {
-        const int mt = kDqSplitM ? wg : i;
+        for (int i = 0; i < kDqMTiles; ++i) {
+          const int mt = kDqSplitM ? wg : i;
 #pragma unroll
-        for (int kk = 0; kk < kDqKeys / 16; ++kk) {
-          wgmma_dq(acc_dq[i], desc_mnmajor<128>(tS_, kDSPanelBytes, dq_key0 + kk * 16, mt * 64),
-                   desc_mnmajor<kSwizzleQK>(sK, kKPanelBytes, dq_key0 + kk * 16, dq_col0), kk > 0 ? 1 : 0);
+          for (int kk = 0; kk < kDqKeys / 16; ++kk) {
+            wgmma_dq(acc_dq[i], desc_mnmajor<128>(tS_, kDSPanelBytes, dq_key0 + kk * 16, mt * 64),
+                     desc_mnmajor<kSwizzleQK>(sK, kKPanelBytes, dq_key0 + kk * 16, dq_col0 + ps * kDqPassN),
+                     kk > 0 ? 1 : 0);
+          }
         }
-      }
-      wgmma_commit();
+        wgmma_commit();
+      };
+      issue_dq(0);
       if constexpr (kWide) {
         issue_dv_dk_smem(tS_, tQ_, tO_);
       } else if (dv_late_) {
@@ -521,40 +524,31 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       // accumulator pair (row warp * 16 + g + 8 hf, columns 8 nt + 2t, + 1) goes to chunk
       // (2 (nt % 4) + t / 2) ^ g of its row, i.e. to dq_lane ^ (2 (nt % 4) << 4) plus constant
       // offsets: one address register for every store. Per store, a warp's 8 rows take 16
-      // distinct (row, chunk) pairs: conflict-free.
+      // distinct (row, chunk) pairs: conflict-free. Pass ps's columns start at panel ps * kDqPassN / 32.
+      auto store_dq = [&](int ps) {
 #pragma unroll
-      for (int i = 0; i < kDqMTiles; ++i) {
+        for (int i = 0; i < kDqMTiles; ++i) {
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
+          for (int hf = 0; hf < 2; ++hf) {
 #pragma unroll
-          for (int nt = 0; nt < kDqPassN / 8; ++nt) {
-            st_shared_v2((dq_lane ^ ((2 * (nt % 4)) << 4)) + (i * kDqPanels + nt / 4) * kDqPanelBytes + hf * 8 * 128,
-                         acc_dq[i][4 * nt + 2 * hf], acc_dq[i][4 * nt + 2 * hf + 1]);
+            for (int nt = 0; nt < kDqPassN / 8; ++nt) {
+              st_shared_v2((dq_lane ^ ((2 * (nt % 4)) << 4)) + (i * kDqPanels + ps * kDqPassN / 32 + nt / 4) * kDqPanelBytes +
+                               hf * 8 * 128,
+                           acc_dq[i][4 * nt + 2 * hf], acc_dq[i][4 * nt + 2 * hf + 1]);
+            }
           }
         }
-      }
+      };
+      store_dq(0);
       // kWide at 128 dQ columns: the other passes' columns, each once the one before is stored (all
       // 64 registers beside dK's and dV's 128 spilled 92 bytes at d256), behind dV and dK.
 #pragma unroll
       for (int ps = 1; ps < kDqPasses; ++ps) {
-        fence_regs(acc_dq[0]);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < kDqKeys / 16; ++kk) {
-          wgmma_dq(acc_dq[0], desc_mnmajor<128>(tS_, kDSPanelBytes, kk * 16, 0),
-                   desc_mnmajor<kSwizzleQK>(sK, kKPanelBytes, kk * 16, dq_col0 + ps * kDqPassN), kk > 0 ? 1 : 0);
-        }
-        wgmma_commit();
+        issue_dq(ps);
         wgmma_wait<0>();
-        fence_regs(acc_dq[0]);
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-#pragma unroll
-          for (int nt = 0; nt < kDqPassN / 8; ++nt) {
-            st_shared_v2((dq_lane ^ ((2 * (nt % 4)) << 4)) + (ps * kDqPassN / 32 + nt / 4) * kDqPanelBytes + hf * 8 * 128,
-                         acc_dq[0][4 * nt + 2 * hf], acc_dq[0][4 * nt + 2 * hf + 1]);
-          }
-        }
+        for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
+        store_dq(ps);
       }
       fence_proxy_async();  // the stores, before the reduce (async proxy) reads them
       if constexpr (kDqWriter) {
