@@ -250,7 +250,7 @@ int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
     // columns), LSE and delta per stage, 1 KiB alignment slack, mbarriers (K/V, then full and
     // empty per stage), with dQ writer warps (deterministic mode, _x2) an mbarrier and a dQ record per
     // consumer (32 bytes);
-    // _x2 adds two P^T buffers the size of dS^T's.
+    // _x2 adds two P^T buffers the size of dS^T's and dO's own full and empty mbarriers per stage.
     const Sm90Layout l = sm90_layout(spec, cfg);
     const int pq = l.head_dim_pad / l.panel_cols_qk(), pv = l.head_dim_v_pad / l.panel_cols_v();
     const int kv = pq * sm90_panel_bytes(cfg.block_n, l.swizzle_qk) + pv * sm90_panel_bytes(cfg.block_n, l.swizzle_v);
@@ -260,7 +260,7 @@ int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
     const int dq_tiles = cfg.consumer_warpgroups() * dq.m_tiles * ((dq.n + 31) / 32) * 64 * 128;
     return kv + cfg.stages * qo + (cfg.split > 1 ? 4 : 2) * ds + dq_tiles + 8 * cfg.stages * cfg.block_m + 1024 +
            8 * (1 + 2 * cfg.stages) +
-           (spec.deterministic || cfg.split > 1 ? 32 : 0);
+           (spec.deterministic || cfg.split > 1 ? 32 : 0) + (cfg.split > 1 ? 16 * cfg.stages : 0);
   }
   if (spec.pass == Pass::backward) {
     // dK/dV kernel: K and V of the CTA's keys, `stages` x (Q, dO) query tiles, dS^T (fast mode),

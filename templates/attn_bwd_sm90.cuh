@@ -52,8 +52,12 @@
 // and dS^T to shared memory, and after the dS^T barrier owns head-dim columns w * d/2.. of dK,
 // dV and dQ: dV += P^T dO and dK += dS^T Q with both operands from shared memory (A K-major, B
 // MN-major), dQ as the column split above. The head dims are padded to multiples of 64 in
-// shared memory (each half whole panels); dQ is issued first, dV and dK behind it, and the dQ
-// product is written out while they run. The reduce-adds are the writer warps' in fast mode too
+// shared memory (each half whole panels); dQ is issued first, dK and dV behind it, and the dQ
+// product is written out while they run. Q and dO have their own full and empty mbarriers
+// (kSplitQO): dK (Q's last reader) and dV (dO's) are commit groups of their own, so a stage's Q is
+// released while dV runs and the next block's Q loads under it, and its dO loads under the next
+// block's S^T (one stage at d256: a block's loads had waited for all of its products; H200, d256
+// backward 251 -> 396 TFLOP/s). The reduce-adds are the writer warps' in fast mode too
 // (kDqWriter, without the counters): the consumer then waits for its tile's last read just before
 // its next stores, not before the dS^T barrier (H200, d256 causal: 304 TFLOP/s deterministic
 // with writers against 238 in fast mode without).
@@ -91,7 +95,8 @@ constexpr int kQStageBytes = kPanelsQK * kQPanelBytes;
 constexpr int kOStageBytes = kPanelsV * kOPanelBytes;
 constexpr int kDSBytes = (kBlockM / 64) * kDSPanelBytes;
 constexpr u32 kKVTxBytes = kPanelsQK * kBlockN * kSwizzleQK + kPanelsV * kBlockN * kSwizzleV;
-constexpr u32 kQOTxBytes = kPanelsQK * kBlockM * kSwizzleQK + kPanelsV * kBlockM * kSwizzleV;
+constexpr u32 kQTxBytes = kPanelsQK * kBlockM * kSwizzleQK;
+constexpr u32 kOTxBytes = kPanelsV * kBlockM * kSwizzleV;
 constexpr int kSCols = kWide ? kBlockM / 2 : kBlockM;  // query columns of a consumer's S^T
 constexpr int kSRegs = kSCols / 2;                      // S^T (and dP^T) floats per thread: (64 keys, S_COLS)
 constexpr int kMT = kSCols / 8;                         // n8 query groups of S^T
@@ -101,6 +106,7 @@ constexpr int kDKRegs = kDkCols / 2;  // dK floats per thread: (64 keys, DK_COLS
 constexpr int kDVRegs = kDvCols / 2;
 constexpr int kPBytes = kWide ? kDSBytes : 0;  // kWide: P^T (64 keys, 64 queries) beside dS^T
 constexpr bool kDqWriter = kDeterministic || kWide;  // dQ's reduce-adds by the writer warps 2 and 3
+constexpr bool kSplitQO = kWide;  // Q and dO each on their own full and empty mbarriers per stage
 constexpr int kDqKeys = kDqAllKeys ? kBlockN : 64;    // keys one consumer's dQ product sums over
 constexpr int kDqMTiles = kDqSplitM ? 1 : kBlockM / 64;  // 64-row tiles of dQ per consumer
 constexpr int kDqPanels = (kDqN + 31) / 32;             // fp32 panels of 32 columns per dQ tile
@@ -110,7 +116,8 @@ constexpr int kDqBytes = kDqMTiles * kDqPanels * kDqPanelBytes;  // one consumer
 
 static_assert(kConsumers == 1 || kConsumers == 2, "1 or 2 consumer warpgroups");
 static_assert(kWide || kBlockN == 64 * kConsumers, "block_n must be 64 keys per consumer warpgroup");
-static_assert(kDqPasses == 1 || (kWide && kDqPassN % 32 == 0), "dQ passes: kWide, whole fp32 panels each");
+static_assert(kDqPasses == 1 || (kWide && kDqPasses == 2 && kDqPassN % 32 == 0),
+              "dQ passes: one, or two under kWide, whole fp32 panels each");
 static_assert(!kWide || (kConsumers == 2 && kBlockN == 64 && kBlockM == 64 && kDqSplitN && !kTurns &&
                          kDkCols % kPanelColsQK == 0 && kDvCols % kPanelColsV == 0),
               "kWide: two consumers on 64 keys and 64 query rows, each whole panels of the head dims");
@@ -124,7 +131,7 @@ static_assert(!kDqSplitN || (kDqAllKeys && kDqN * kConsumers == kHeadDimPad && k
               "dQ column split: whole head-dim panels each");
 static_assert(kKBytes + kVBytes + kStages * (kQStageBytes + kOStageBytes) + 2 * kDSBytes + 2 * kPBytes +
                       kConsumers * kDqBytes + 8 * kStages * kBlockM + 1024 + 8 * (1 + 2 * kStages) +
-                      (kDqWriter ? 32 : 0) ==
+                      (kDqWriter ? 32 : 0) + (kSplitQO ? 16 * kStages : 0) ==
                   kSmemBytes,
               "shared-memory layout disagrees with the generator's shared_memory_bytes");
 
@@ -300,6 +307,10 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
   // tile's query block and head.
   const u32 bar_dq_full = bar_empty + 8 * kStages;
   volatile int* dq_record = reinterpret_cast<volatile int*>(smem_raw + (bar_dq_full + 16 - raw));
+  // kSplitQO: dO's full and empty mbarriers (kStages each); bar_full and bar_empty are then Q's
+  // (and the LSE / delta rows').
+  const u32 bar_full_o = bar_dq_full + (kDqWriter ? 32 : 0);
+  const u32 bar_empty_o = bar_full_o + 8 * kStages;
 
   if (tid == 0) {
     mbar_init(bar_kv, 1);
@@ -307,6 +318,10 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
     for (int s = 0; s < kStages; ++s) {
       mbar_init(bar_full + 8 * s, 1 + 32);  // the TMA thread's expect_tx and warp 1's 32 lanes
       mbar_init(bar_empty + 8 * s, 128 * kConsumers);
+      if constexpr (kSplitQO) {
+        mbar_init(bar_full_o + 8 * s, 1);
+        mbar_init(bar_empty_o + 8 * s, 128 * kConsumers);
+      }
     }
     if constexpr (kDqWriter) {
       for (int w = 0; w < kConsumers; ++w) mbar_init(bar_dq_full + 8 * w, 128);
@@ -340,16 +355,23 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         const int m0 = mb * kBlockM;
         const int hq = h;
         if (++mb == mb_begin + mb_count) mb = mb_begin, ++h;  // next block, then the next head
-        mbar_arrive_expect_tx(bar_full + 8 * s, kQOTxBytes);
+        mbar_arrive_expect_tx(bar_full + 8 * s, kSplitQO ? kQTxBytes : kQTxBytes + kOTxBytes);
 #pragma unroll
         for (int pnl = 0; pnl < kPanelsQK; ++pnl) {
           tma_load_4d(sQ + s * kQStageBytes + pnl * kQPanelBytes, &params.tma_q, bar_full + 8 * s,
                       pnl * kPanelColsQK, row_q0 + m0, hq, tma_b);
         }
+        // kSplitQO: dO once its stage is free (after dV, which follows dK, Q's last reader).
+        u32 bar_o = bar_full + 8 * s;
+        if constexpr (kSplitQO) {
+          if (it >= kStages) mbar_wait(bar_empty_o + 8 * s, (static_cast<u32>(it / kStages) & 1u) ^ 1u);
+          bar_o = bar_full_o + 8 * s;
+          mbar_arrive_expect_tx(bar_o, kOTxBytes);
+        }
 #pragma unroll
         for (int pnl = 0; pnl < kPanelsV; ++pnl) {
-          tma_load_4d(sdO + s * kOStageBytes + pnl * kOPanelBytes, &params.tma_do, bar_full + 8 * s,
-                      pnl * kPanelColsV, row_q0 + m0, hq, tma_b);
+          tma_load_4d(sdO + s * kOStageBytes + pnl * kOPanelBytes, &params.tma_do, bar_o, pnl * kPanelColsV,
+                      row_q0 + m0, hq, tma_b);
         }
       }
     } else if (iterations > 0 && warp == 1) {
@@ -459,27 +481,39 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       }
       wgmma_commit();
     };
-    // kWide: dV += P^T dO and dK += dS^T Q for this warpgroup's head-dim columns, every operand
-    // from shared memory (P^T at tS_ + 2 kDSBytes), one commit group.
-    auto issue_dv_dk_smem = [&](u32 tS_, u32 tQ_, u32 tO_) {
-#pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk) {
-        wgmma_dv(acc_dv, desc_kmajor<128>(tS_ + 2 * kDSBytes, kDSPanelBytes, 0, kk),
-                 desc_mnmajor<kSwizzleV>(tO_, kOPanelBytes, kk * 16, wg * kDvCols));
-      }
+    // kWide: dK += dS^T Q, then dV += P^T dO, for this warpgroup's head-dim columns, every operand
+    // from shared memory (P^T at tS_ + 2 kDSBytes); a commit group each, so that Q's stage is
+    // released before dO's.
+    auto issue_dk_dv_smem = [&](u32 tS_, u32 tQ_, u32 tO_) {
 #pragma unroll
       for (int kk = 0; kk < kBlockM / 16; ++kk) {
         wgmma_dk(acc_dk, desc_kmajor<128>(tS_, kDSPanelBytes, 0, kk),
                  desc_mnmajor<kSwizzleQK>(tQ_, kQPanelBytes, kk * 16, wg * kDkCols));
       }
       wgmma_commit();
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk) {
+        wgmma_dv(acc_dv, desc_kmajor<128>(tS_ + 2 * kDSBytes, kDSPanelBytes, 0, kk),
+                 desc_mnmajor<kSwizzleV>(tO_, kOPanelBytes, kk * 16, wg * kDvCols));
+      }
+      wgmma_commit();
+    };
+    // kSplitQO: dK, then dV done (they complete in order): Q's stage s_, then dO's, is free.
+    auto release_q = [&](int s_) {
+      fence_regs(acc_dk);
+      mbar_arrive(bar_empty + 8 * s_);
+    };
+    auto release_o = [&](int s_) {
+      fence_regs(acc_dv);
+      mbar_arrive(bar_empty_o + 8 * s_);
     };
     // dQ += dS K for the block whose dS^T is in tS_ (query rows m0_, head h_): the product, its
     // fp32 tile in shared memory, the warpgroup's reduce-adds. dv_late_: dV (tO_, pa_) is issued
     // behind the product, and only the product is waited on before the stores. last: the
-    // consumer's last block (ping-pong's hand-over). kWide: dV and dK (issue_dv_dk_smem) behind it.
+    // consumer's last block (ping-pong's hand-over). kWide: dK and dV (issue_dk_dv_smem) behind it,
+    // and stage s_ released as they complete.
     auto dq_product = [&](u32 tS_, int m0_, int h_, bool dv_late_, bool last, u32 tO_, u32 (&pa_)[kSCols / 16][4],
-                          u32 tQ_) {
+                          u32 tQ_, int s_) {
       float acc_dq[kDqMTiles][kDqPassN / 2];  // (64 queries, DQ_N / DQ_PASSES) per tile
       // The product of pass ps (its kDqPassN columns) into acc_dq, one commit group.
       auto issue_dq = [&](int ps) {
@@ -500,12 +534,14 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       };
       issue_dq(0);
       if constexpr (kWide) {
-        issue_dv_dk_smem(tS_, tQ_, tO_);
+        issue_dk_dv_smem(tS_, tQ_, tO_);
       } else if (dv_late_) {
         issue_dv(tO_, pa_);
       }
       pass_turn(last);
-      if (dv_late_) {
+      if constexpr (kWide) {
+        wgmma_wait<2>();  // dQ is done; dK and dV may still run
+      } else if (dv_late_) {
         wgmma_wait<1>();  // dQ is done; dV may still run
       } else {
         wgmma_wait<0>();
@@ -540,15 +576,24 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         }
       };
       store_dq(0);
-      // kWide at 128 dQ columns: the other passes' columns, each once the one before is stored (all
-      // 64 registers beside dK's and dV's 128 spilled 92 bytes at d256), behind dV and dK.
-#pragma unroll
-      for (int ps = 1; ps < kDqPasses; ++ps) {
-        issue_dq(ps);
+      // kWide at 128 dQ columns: the other pass's columns once the first is stored (all 64
+      // registers beside dK's and dV's 128 spilled 92 bytes at d256), behind dK and dV; the
+      // stage's Q and dO are released as dK and dV complete, before that pass is stored.
+      if constexpr (kDqPasses == 2) {
+        issue_dq(1);
+        wgmma_wait<2>();
+        release_q(s_);
+        wgmma_wait<1>();
+        release_o(s_);
         wgmma_wait<0>();
 #pragma unroll
         for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
-        store_dq(ps);
+        store_dq(1);
+      } else if constexpr (kWide) {
+        wgmma_wait<1>();
+        release_q(s_);
+        wgmma_wait<0>();
+        release_o(s_);
       }
       fence_proxy_async();  // the stores, before the reduce (async proxy) reads them
       if constexpr (kDqWriter) {
@@ -625,6 +670,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
                 desc_kmajor<kSwizzleQK>(tQ, kQPanelBytes, qc0, ks), ks > 0 ? 1 : 0);
       }
       wgmma_commit();
+      if constexpr (kSplitQO) mbar_wait(bar_full_o + 8 * s, static_cast<u32>(it / kStages) & 1u);
 #pragma unroll
       for (int ks = 0; ks < kHeadDimVPad / 16; ++ks) {
         wgmma_s(acc_dp, desc_kmajor<kSwizzleV>(sV, kVPanelBytes, krow0, ks),
@@ -844,21 +890,21 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         // the buffer, the other may write the block after next's dS^T into it (barrier 7 + parity).
         if (it >= 1 && ((it - 1) & 1) == wg) {
           named_bar_sync(1 + ((it - 1) & 1), 256);
-          dq_product(sdS + ((it - 1) & 1) * kDSBytes, dq_m0, dq_h, false, false, tO, pa, tQ);
+          dq_product(sdS + ((it - 1) & 1) * kDSBytes, dq_m0, dq_h, false, false, tO, pa, tQ, s);
           if (it + 1 < iterations) named_bar_arrive(7 + ((it - 1) & 1), 256);
         }
         dq_m0 = m0;
         dq_h = h;
         continue;
       }
-      dq_product(tS, m0, h, dv_late, it == iterations - 1, tO, pa, tQ);
-      if (dv_late) finish_dk_dv();
+      dq_product(tS, m0, h, dv_late, it == iterations - 1, tO, pa, tQ, s);
+      if (dv_late && !kWide) finish_dk_dv();
     }
     if constexpr (kDqAlternate) {  // the last block's lagged dQ
       if (iterations > 0 && ((iterations - 1) & 1) == wg) {
         named_bar_sync(1 + ((iterations - 1) & 1), 256);
         u32 no_pa[kSCols / 16][4];  // no dV here
-        dq_product(sdS + ((iterations - 1) & 1) * kDSBytes, dq_m0, dq_h, false, false, sdO, no_pa, sQ);
+        dq_product(sdS + ((iterations - 1) & 1) * kDSBytes, dq_m0, dq_h, false, false, sdO, no_pa, sQ, 0);
       }
     }
     if constexpr (kDqWriter) {
