@@ -820,7 +820,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       // register model has room for P^T beside the dQ accumulators): this block's dQ consumer
       // waits for dK after the barrier, issues dQ, then dV, and writes the dQ product out while
       // dV runs. (dV late rather than dK: the other way round spilled 8 bytes at d128.)
-      // kWide: dV and dK go after dQ, from shared memory; the fragments die here.
+      // kWide: dK and dV go after dQ, from shared memory; the fragments die here.
       const bool dv_late = kDqEarly || kWide;  // kDqEarly never beside kDqAlternate (the generator's choice)
       fence_regs(acc_dv);
       fence_regs(acc_dk);
@@ -875,7 +875,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       // Without kDqEarly, dK and dV first: their A fragments die before the dQ accumulators live.
       // With it, dK (issued before the barrier, done by now or nearly): dS^T's fragments die.
       if constexpr (kWide) {
-        // Nothing in flight: S^T and dP^T were waited on, dV and dK go behind dQ.
+        // Nothing in flight: S^T and dP^T were waited on, dK and dV go behind dQ.
       } else if (!dv_late) {
         finish_dk_dv();
       } else {
