@@ -576,24 +576,21 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         }
       };
       store_dq(0);
-      // kWide at 128 dQ columns: the other pass's columns once the first is stored (all 64
-      // registers beside dK's and dV's 128 spilled 92 bytes at d256), behind dK and dV; the
-      // stage's Q and dO are released as dK and dV complete, before that pass is stored.
-      if constexpr (kDqPasses == 2) {
-        issue_dq(1);
-        wgmma_wait<2>();
+      // kWide: the stage's Q and dO are released as dK and dV complete; at 128 dQ columns the other
+      // pass's columns are issued behind them once the first is stored (all 64 registers beside
+      // dK's and dV's 128 spilled 92 bytes at d256), and stored last.
+      if constexpr (kWide) {
+        if constexpr (kDqPasses == 2) issue_dq(1);
+        wgmma_wait<kDqPasses>();
         release_q(s_);
-        wgmma_wait<1>();
+        wgmma_wait<kDqPasses - 1>();
         release_o(s_);
-        wgmma_wait<0>();
+        if constexpr (kDqPasses == 2) {
+          wgmma_wait<0>();
 #pragma unroll
-        for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
-        store_dq(1);
-      } else if constexpr (kWide) {
-        wgmma_wait<1>();
-        release_q(s_);
-        wgmma_wait<0>();
-        release_o(s_);
+          for (int i = 0; i < kDqMTiles; ++i) fence_regs(acc_dq[i]);
+          store_dq(1);
+        }
       }
       fence_proxy_async();  // the stores, before the reduce (async proxy) reads them
       if constexpr (kDqWriter) {
@@ -832,17 +829,15 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         }
       }
       // dK and dV done: their A fragments may die (dS^T's already did under dv_late, once dK was
-      // waited on at the barrier), and stage s is free.
+      // waited on at the barrier), and stage s is free. (kWide releases its stage in dq_product.)
       auto finish_dk_dv = [&] {
         wgmma_wait<0>();
         fence_regs(acc_dv);
         fence_regs(acc_dk);
-        if constexpr (!kWide) {
 #pragma unroll
-          for (int kk = 0; kk < kSCols / 16; ++kk) {
-            fence_regs(pa[kk]);
-            if (!dv_late) fence_regs(da[kk]);
-          }
+        for (int kk = 0; kk < kSCols / 16; ++kk) {
+          fence_regs(pa[kk]);
+          if (!dv_late) fence_regs(da[kk]);
         }
         mbar_arrive(bar_empty + 8 * s);
       };
