@@ -213,6 +213,19 @@ bool sm90_bwd_dq_early(const KernelSpec& spec, const TileConfig& cfg) {
   return sm90_bwd_registers(spec, cfg) + mask + det <= kSm90BwdRegisterBudget;
 }
 
+// One P^T loop tested each element's mask behind `need_mask &&`: a branch around each test, which
+// kept the exponentials from overlapping (H200, d64 causal: a block's P^T took about 1000 clocks
+// more than without a mask; backward 290 -> 355 TFLOP/s with the split). Without a causal mask or
+// window the tests are only the sequence's ends and compile to predicated selects, so one loop
+// stays. The mask's copy evaluates every test unconditionally, which costs registers: NVRTC 13.0
+// spilled 4-120 bytes beside dBias or a bias tensor with a mask (d8-112), in deterministic mode at
+// padded head dim 128 (the model's 208), and at block_m 128 (d32, 44 bytes); those keep one loop.
+bool sm90_bwd_mask_split(const KernelSpec& spec, const TileConfig& cfg) {
+  if (spec.mask == MaskKind::none && !spec.window) return false;
+  if (spec.dbias || spec.bias || cfg.block_m != 64) return false;
+  return !spec.deterministic || sm90_bwd_registers(spec, cfg) < kSm90BwdRegisterBudget;
+}
+
 Sm90BwdDq sm90_bwd_dq(const KernelSpec& spec, const TileConfig& cfg) {
   const Sm90Layout l = sm90_layout(spec, cfg);
   const int consumers = cfg.consumer_warpgroups();

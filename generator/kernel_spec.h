@@ -202,6 +202,9 @@ bool sm90_bwd_lse_ahead(const KernelSpec& spec, const TileConfig& cfg);
 /// Whether the Hopper backward's dQ consumer issues dQ before dV and writes the dQ product out
 /// while dV runs (P^T's fragments stay live beside the dQ accumulators: where the model has room).
 bool sm90_bwd_dq_early(const KernelSpec& spec, const TileConfig& cfg);
+/// Whether the Hopper backward's P^T loop has a copy without the mask test for blocks wholly inside
+/// a causal mask or window (else one loop tests each element where the block needs it).
+bool sm90_bwd_mask_split(const KernelSpec& spec, const TileConfig& cfg);
 
 /// A Hopper-family backward config: block_m query rows per step, 64 keys per consumer warpgroup.
 inline TileConfig sm90_backward_config(int block_m, int consumers, int stages, bool independent = false) {
