@@ -205,6 +205,8 @@ KernelSource generate_sm90_backward(const KernelSpec& spec, const TileConfig& cf
   s += fmt::format("constexpr bool kDqEarly = {};\n", sm90_bwd_dq_early(spec, cfg));
   s += fmt::format("constexpr bool kMaskSplit = {};  // the P^T loop without mask tests inside the mask\n",
                    sm90_bwd_mask_split(spec, cfg));
+  s += fmt::format("constexpr bool kDqWriterCfg = {};  // dQ's reduce-adds by the writer warps\n",
+                   sm90_bwd_dq_writer(spec, cfg));
   s += fmt::format("constexpr int kDqN = {};\n", dq.n);
   s += fmt::format("constexpr int kDqPasses = {};  // dQ product passes over its columns\n", dq.passes);
   s += fmt::format("constexpr bool kDropout = {};\n", spec.dropout);

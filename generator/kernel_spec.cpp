@@ -226,6 +226,20 @@ bool sm90_bwd_mask_split(const KernelSpec& spec, const TileConfig& cfg) {
   return !spec.deterministic || sm90_bwd_registers(spec, cfg) < kSm90BwdRegisterBudget;
 }
 
+// The dQ writer warps (producer warps 2 and 3) issue the reduce-adds in fast mode too: the consumer
+// then waits for its dQ tile's last read just before its next stores, where without them the
+// issuing consumer thread waited before the dS^T barrier and held both consumers there (a clock
+// trace on the H200 read 300-480 clocks per block at d128). H200, backward: d128 473 -> 487-491
+// TFLOP/s, d96 434-460 -> 476-483, d64 causal 356 -> 363. Beside the mask's own P^T loop at the
+// model's budget (padded head dim 128 with a mask) NVRTC 13.0 spilled 4 bytes: there the split
+// loop is worth more (d128 causal +12-16% against +3-6%), so the consumers issue their own; as
+// they do in shapes other than the default's (measured there only; _pp at block_m 128 spilled 4).
+bool sm90_bwd_dq_writer(const KernelSpec& spec, const TileConfig& cfg) {
+  if (spec.deterministic || cfg.split > 1) return true;
+  return sm90_bwd_default_shape(cfg) &&
+         !(sm90_bwd_mask_split(spec, cfg) && sm90_bwd_registers(spec, cfg) >= kSm90BwdRegisterBudget);
+}
+
 Sm90BwdDq sm90_bwd_dq(const KernelSpec& spec, const TileConfig& cfg) {
   const Sm90Layout l = sm90_layout(spec, cfg);
   const int consumers = cfg.consumer_warpgroups();
@@ -273,7 +287,7 @@ int shared_memory_bytes(const KernelSpec& spec, const TileConfig& cfg) {
     const int dq_tiles = cfg.consumer_warpgroups() * dq.m_tiles * ((dq.n + 31) / 32) * 64 * 128;
     return kv + cfg.stages * qo + (cfg.split > 1 ? 4 : 2) * ds + dq_tiles + 8 * cfg.stages * cfg.block_m + 1024 +
            8 * (1 + 2 * cfg.stages) +
-           (spec.deterministic || cfg.split > 1 ? 32 : 0) + (cfg.split > 1 ? 16 * cfg.stages : 0);
+           (sm90_bwd_dq_writer(spec, cfg) ? 32 : 0) + (cfg.split > 1 ? 16 * cfg.stages : 0);
   }
   if (spec.pass == Pass::backward) {
     // dK/dV kernel: K and V of the CTA's keys, `stages` x (Q, dO) query tiles, dS^T (fast mode),

@@ -205,6 +205,9 @@ bool sm90_bwd_dq_early(const KernelSpec& spec, const TileConfig& cfg);
 /// Whether the Hopper backward's P^T loop has a copy without the mask test for blocks wholly inside
 /// a causal mask or window (else one loop tests each element where the block needs it).
 bool sm90_bwd_mask_split(const KernelSpec& spec, const TileConfig& cfg);
+/// Whether the Hopper backward's dQ reduce-adds are the writer warps' (always in deterministic mode
+/// and under _x2; in fast mode unless the mask's P^T loop leaves no registers for the hand-over).
+bool sm90_bwd_dq_writer(const KernelSpec& spec, const TileConfig& cfg);
 
 /// A Hopper-family backward config: block_m query rows per step, 64 keys per consumer warpgroup.
 inline TileConfig sm90_backward_config(int block_m, int consumers, int stages, bool independent = false) {

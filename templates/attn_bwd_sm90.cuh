@@ -57,10 +57,12 @@
 // (kSplitQO): dK (Q's last reader) and dV (dO's) are commit groups of their own, so a stage's Q is
 // released while dV runs and the next block's Q loads under it, and its dO loads under the next
 // block's S^T (one stage at d256: a block's loads had waited for all of its products; H200, d256
-// backward 251 -> 396 TFLOP/s). The reduce-adds are the writer warps' in fast mode too
-// (kDqWriter, without the counters): the consumer then waits for its tile's last read just before
-// its next stores, not before the dS^T barrier (H200, d256 causal: 304 TFLOP/s deterministic
-// with writers against 238 in fast mode without).
+// backward 251 -> 396 TFLOP/s).
+// kDqWriter (the generator's choice: deterministic mode, _x2, and in fast mode the default shape
+// unless the mask's P^T loop leaves it no registers): the writer warps issue the reduce-adds in
+// fast mode too, without the counters. The consumer then waits for its tile's last read just
+// before its next stores, not before the dS^T barrier, where it held both consumers (H200, d256
+// causal: 304 TFLOP/s with writers against 238 without; d128: 473 -> 489).
 // Order of the second batch: dK is issued before the dS^T barrier (the tensor cores run it while
 // the consumer waits); with kDqEarly (the register model has room for P^T beside the dQ
 // accumulators) the block's dQ consumer issues dQ, then dV, and writes the dQ product out while
@@ -105,7 +107,8 @@ constexpr int kDvCols = kWide ? kHeadDimVPad / 2 : kHeadDimVPad;   // dV columns
 constexpr int kDKRegs = kDkCols / 2;  // dK floats per thread: (64 keys, DK_COLS)
 constexpr int kDVRegs = kDvCols / 2;
 constexpr int kPBytes = kWide ? kDSBytes : 0;  // kWide: P^T (64 keys, 64 queries) beside dS^T
-constexpr bool kDqWriter = kDeterministic || kWide;  // dQ's reduce-adds by the writer warps 2 and 3
+constexpr bool kDqWriter = kDqWriterCfg;  // dQ's reduce-adds by the writer warps 2 and 3 (the generator's choice)
+static_assert(kDqWriter || (!kDeterministic && !kWide), "deterministic mode and _x2 hand dQ to the writer warps");
 constexpr bool kSplitQO = kWide;  // Q and dO each on their own full and empty mbarriers per stage
 constexpr int kDqKeys = kDqAllKeys ? kBlockN : 64;    // keys one consumer's dQ product sums over
 constexpr int kDqMTiles = kDqSplitM ? 1 : kBlockM / 64;  // 64-row tiles of dQ per consumer
