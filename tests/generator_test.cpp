@@ -239,6 +239,53 @@ TEST(Generator, Sm90BackwardBakesDbias) {
   EXPECT_TRUE(contains(k.source, "bias_row_stride = p.bias_row_stride"));
 }
 
+// The Hopper backward's P^T loop gets a copy without mask tests (kMaskSplit) beside a causal mask
+// or window, not beside a bias tensor or dBias, nor at block_m 128 (spills); the writer warps
+// issue dQ's reduce-adds in the default shape, except where the split loop sits on the register
+// budget (padded head dim 128 with a mask), and always in deterministic mode and under _x2.
+TEST(Generator, Sm90BackwardMaskSplitAndDqWriter) {
+  const DeviceLimits limits = limits_for_arch(90);
+  auto spec = [](int d, MaskKind mask) {
+    KernelSpec s = spec_for(90, d);
+    s.pass = Pass::backward;
+    s.mask = mask;
+    return s;
+  };
+  const TileConfig c = sm90_backward_config(64, 2, 2);
+  EXPECT_FALSE(sm90_bwd_mask_split(spec(64, MaskKind::none), c));
+  EXPECT_TRUE(sm90_bwd_mask_split(spec(64, MaskKind::causal), c));
+  EXPECT_TRUE(sm90_bwd_mask_split(spec(128, MaskKind::causal_bottom_right), c));
+  KernelSpec windowed = spec(96, MaskKind::none);
+  windowed.window = true;
+  EXPECT_TRUE(sm90_bwd_mask_split(windowed, c));
+  KernelSpec dbias = spec(64, MaskKind::causal);
+  dbias.bias = dbias.dbias = true;
+  EXPECT_FALSE(sm90_bwd_mask_split(dbias, c));
+  EXPECT_FALSE(sm90_bwd_mask_split(spec(32, MaskKind::causal), sm90_backward_config(128, 2, 2)));
+  KernelSpec det = spec(128, MaskKind::causal);
+  det.deterministic = true;
+  EXPECT_FALSE(sm90_bwd_mask_split(det, c));
+  det.head_dim = det.head_dim_v = 96;
+  EXPECT_TRUE(sm90_bwd_mask_split(det, c));
+
+  EXPECT_TRUE(sm90_bwd_dq_writer(spec(128, MaskKind::none), c));
+  EXPECT_FALSE(sm90_bwd_dq_writer(spec(128, MaskKind::causal), c));
+  EXPECT_TRUE(sm90_bwd_dq_writer(spec(96, MaskKind::causal), c));
+  EXPECT_TRUE(sm90_bwd_dq_writer(spec(64, MaskKind::causal), c));
+  EXPECT_FALSE(sm90_bwd_dq_writer(spec(64, MaskKind::none), sm90_backward_config(64, 2, 3)));
+  EXPECT_FALSE(sm90_bwd_dq_writer(spec(64, MaskKind::none), sm90_backward_config(64, 2, 2, true)));
+  KernelSpec det128 = spec(128, MaskKind::causal);
+  det128.deterministic = true;
+  EXPECT_TRUE(sm90_bwd_dq_writer(det128, c));
+
+  const std::string causal128 = generate(spec(128, MaskKind::causal), c, limits).source;
+  EXPECT_TRUE(contains(causal128, "constexpr bool kMaskSplit = true;"));
+  EXPECT_TRUE(contains(causal128, "constexpr bool kDqWriterCfg = false;"));
+  const std::string none128 = generate(spec(128, MaskKind::none), c, limits).source;
+  EXPECT_TRUE(contains(none128, "constexpr bool kMaskSplit = false;"));
+  EXPECT_TRUE(contains(none128, "constexpr bool kDqWriterCfg = true;"));
+}
+
 // How the Hopper backward shares dQ among its consumers, and what that costs in shared memory:
 // d128 splits the head dim (two 64-column halves), d64 and d96 (no two whole panels) alternate
 // blocks, block_m 128 splits rows, _pp adds each consumer's own keys' share. Each consumer stages
@@ -266,9 +313,11 @@ TEST(Generator, Sm90BackwardDqSharingAndItsSharedMemory) {
 
   // Shared memory at block_m 64, 2 stages: K and V (128 rows), 2 x (Q and dO of 64 rows), two
   // dS^T buffers of (128 keys, 64 queries), the dQ tiles (2 consumers x 2 fp32 panels of 8 KiB:
-  // d128's 64-column halves, d64's whole 64), LSE and delta, 1 KiB slack, 5 mbarriers.
-  EXPECT_EQ(shared_memory_bytes(spec(128), c), 2 * 32768 + 2 * 32768 + 2 * 16384 + 2 * 2 * 8192 + 1024 + 1024 + 40);
-  EXPECT_EQ(shared_memory_bytes(spec(64), c), 2 * 16384 + 2 * 16384 + 2 * 16384 + 2 * 2 * 8192 + 1024 + 1024 + 40);
+  // d128's 64-column halves, d64's whole 64), LSE and delta, 1 KiB slack, 5 mbarriers, and the
+  // dQ writer warps' 2 mbarriers and records (32 bytes).
+  EXPECT_EQ(shared_memory_bytes(spec(128), c),
+            2 * 32768 + 2 * 32768 + 2 * 16384 + 2 * 2 * 8192 + 1024 + 1024 + 40 + 32);
+  EXPECT_EQ(shared_memory_bytes(spec(64), c), 2 * 16384 + 2 * 16384 + 2 * 16384 + 2 * 2 * 8192 + 1024 + 1024 + 40 + 32);
 
   // The generated module carries the choice, and reads LSE ahead only where the register model
   // has block_m / 4 registers to spare (d64, not d128).
