@@ -286,7 +286,8 @@ int run_compile(const CompileOptions& o) {
         .add("spec", k.spec.canonical()).add("config", k.config.canonical()).add("arch", arch).add("problem", harness::describe(desc)).add("registers", r.registers)
         .add("spill_store_bytes", r.spill_store_bytes).add("spill_load_bytes", r.spill_load_bytes)
         .add("stack_frame_bytes", r.stack_frame_bytes).add("shared_bytes", k.source.shared_bytes)
-        .add("static_shared_bytes", r.static_shared_bytes).add("threads", k.source.threads)
+        .add("static_shared_bytes", r.static_shared_bytes).add("wgmma_serialized", r.wgmma_serialized)
+        .add("threads", k.source.threads)
         .add("cubin_bytes", r.cubin.size()).add("compile_ms", r.compile_ms);
     fmt::print("{}\n", j.str());
     return 0;
@@ -299,6 +300,7 @@ int run_compile(const CompileOptions& o) {
   line("spills", fmt::format("{} B stores, {} B loads{}", r.spill_store_bytes, r.spill_load_bytes,
                              r.spill_store_bytes + r.spill_load_bytes > 0 ? "  (SPILLS)" : ""));
   line("stack", fmt::format("{} B", r.stack_frame_bytes));
+  if (r.wgmma_serialized) line("wgmma", r.wgmma_note + "  (SERIALIZED)");
   line("shared", fmt::format("{} B dynamic, {} B static", k.source.shared_bytes, r.static_shared_bytes));
   line("cubin", fmt::format("{} B", r.cubin.size()));
   line("compile", fmt::format("{:.1f} ms", r.compile_ms));

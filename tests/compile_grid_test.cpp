@@ -416,6 +416,8 @@ void compile_all_without_spills(std::vector<Variant> vs, bool sm90_family = fals
             failure = fmt::format("{}: {} registers, {} B stack, {} B spill stores, {} B spill loads",
                                   name, r.registers, r.stack_frame_bytes, r.spill_store_bytes,
                                   r.spill_load_bytes);
+          } else if (r.wgmma_serialized) {
+            failure = fmt::format("{}: wgmma {}", name, r.wgmma_note);
           }
         }
       } catch (const std::exception& e) {

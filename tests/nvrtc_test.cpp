@@ -101,6 +101,58 @@ extern "C" __global__ void gather(const float* in, float* out, int stride, int j
   EXPECT_GE(r.stack_frame_bytes, 512 * 4) << r.log;
 }
 
+TEST(Nvrtc, ParsesWgmmaSerializationOfTheRequestedKernelOnly) {
+  const std::string log =
+      "ptxas info    : (C7510) Potential Performance Loss: wgmma.mma_async instructions are serialized due "
+      "to wgmma pipeline crossing function boundary at a function call in the function 'k2'\n"
+      "ptxas info    : Compiling entry function 'k2' for 'sm_90a'\n"
+      "ptxas info    : Function properties for k2\n"
+      "ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
+      "ptxas info    : Used 168 registers, used 1 barriers\n"
+      "ptxas info    : Compiling entry function 'k' for 'sm_90a'\n"
+      "ptxas info    : Function properties for k\n"
+      "ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
+      "ptxas info    : Used 90 registers, used 1 barriers\n";
+  CompileResult k2;
+  ASSERT_TRUE(parse_ptxas_info(log, "k2", k2));
+  EXPECT_TRUE(k2.wgmma_serialized);
+  EXPECT_TRUE(contains(k2.wgmma_note, "function call")) << k2.wgmma_note;
+  EXPECT_EQ(k2.registers, 168);
+  CompileResult k;
+  ASSERT_TRUE(parse_ptxas_info(log, "k", k));
+  EXPECT_FALSE(k.wgmma_serialized);
+  EXPECT_TRUE(k.wgmma_note.empty());
+}
+
+// A call while a wgmma is in flight makes ptxas serialise the kernel's wgmma instructions (a debug
+// printf in the Hopper backward did); the same kernel without the call keeps them asynchronous.
+TEST(Nvrtc, ReportsSerializedWgmma) {
+  const std::string body = R"(
+extern "C" __global__ void NAME(float* out, unsigned long long da, unsigned long long db) {
+  float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f;
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+  asm volatile("wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, %4, %5, 1, 1, 1, 0, 0;\n"
+               : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3) : "l"(da), "l"(db));
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+  CALL
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  out[threadIdx.x] = d0 + d1 + d2 + d3;
+}
+)";
+  auto source = [&](const std::string& name, const std::string& call) {
+    std::string s = body;
+    s.replace(s.find("NAME"), 4, name);
+    s.replace(s.find("CALL"), 4, call);
+    return s;
+  };
+  const CompileResult serial = compile_to_cubin(source("serial", "printf(\"%d\\n\", threadIdx.x);"), "serial", 90, true);
+  EXPECT_TRUE(serial.wgmma_serialized) << serial.log;
+  EXPECT_TRUE(contains(serial.wgmma_note, "serialized")) << serial.log;
+  const CompileResult async = compile_to_cubin(source("async", ""), "async", 90, true);
+  EXPECT_FALSE(async.wgmma_serialized) << async.log;
+  EXPECT_GT(async.registers, 0) << async.log;
+}
+
 TEST(Nvrtc, RegisterPressureReportsSpills) {
   // 96 live values per thread under a 32-register cap must spill.
   const char* source = R"(

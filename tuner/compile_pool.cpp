@@ -26,8 +26,8 @@ std::string first_line(const std::string& text) {
   return end == std::string::npos ? text : text.substr(0, end);
 }
 
-// Compiles one candidate and records what ptxas said; prunes it on failure or spill. Never
-// throws: an exception escaping a std::thread would terminate the process.
+// Compiles one candidate and records what ptxas said; prunes it on failure, on spills or on
+// serialised wgmma. Never throws: an exception escaping a std::thread would terminate the process.
 void compile_one(const KernelSpec& spec, const DeviceLimits& limits, Candidate& c) noexcept {
   const auto start = std::chrono::steady_clock::now();
   try {
@@ -49,6 +49,8 @@ void compile_one(const KernelSpec& spec, const DeviceLimits& limits, Candidate& 
     c.kernel_name = std::move(r.kernel_name);
     if (c.spill_bytes > 0) {
       c.pruned = fmt::format("ptxas: {} bytes spilled, {} registers", c.spill_bytes, r.registers);
+    } else if (r.wgmma_serialized) {
+      c.pruned = "ptxas: wgmma " + r.wgmma_note;
     } else {
       c.cubin = std::move(r.cubin);
     }

@@ -80,10 +80,15 @@ bool ends_with(std::string_view s, std::string_view suffix) {
 //                   256 bytes smem                                       (one line in the log)
 // The "bytes smem" clause is absent when the kernel has no static shared memory, and blocks of
 // non-inlined device functions ("Function properties for _Z3foov") may sit inside an entry's block.
+// A Hopper kernel whose wgmma instructions ptxas had to serialise gets a line of its own, e.g.
+//   ptxas info    : (C7510) Potential Performance Loss: wgmma.mma_async instructions are serialized
+//                   due to wgmma pipeline crossing function boundary at a function call in the
+//                   function 'k'                                         (one line in the log)
 bool parse_ptxas_info(const std::string& log, const std::string& lowered_name,
                       CompileResult& result) {
   const std::string entry = "Compiling entry function '" + lowered_name + "'";
   const std::string properties = "Function properties for " + lowered_name;
+  const std::string serialized_in = "in the function '" + lowered_name + "'";
   bool in_block = false;
   bool found = false;
   bool expect_frame = false;
@@ -93,6 +98,14 @@ bool parse_ptxas_info(const std::string& log, const std::string& lowered_name,
     std::string_view line = rest.substr(0, eol);
     rest = eol == std::string_view::npos ? std::string_view() : rest.substr(eol + 1);
     while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.remove_suffix(1);
+
+    if (line.find("wgmma.mma_async instructions are serialized") != std::string_view::npos &&
+        ends_with(line, serialized_in)) {
+      result.wgmma_serialized = true;
+      const size_t why = line.find("serialized");
+      result.wgmma_note = std::string(line.substr(why));
+      continue;
+    }
 
     if (line.find("Compiling entry function '") != std::string_view::npos) {
       if (found && in_block) break;  // the next kernel's block

@@ -20,6 +20,10 @@ struct CompileResult {
   int spill_load_bytes = 0;
   int stack_frame_bytes = 0;
   int static_shared_bytes = 0;
+  /// ptxas serialised the kernel's wgmma instructions (each waits for the previous to finish):
+  /// a Hopper kernel's tensor cores then run a fraction of their rate. Its reason in `wgmma_note`.
+  bool wgmma_serialized = false;
+  std::string wgmma_note;
   double compile_ms = 0;
 };
 
@@ -42,7 +46,8 @@ std::string nvrtc_version();
 std::vector<int> nvrtc_supported_archs();
 
 /// Parses ptxas' report for `lowered_name` out of an NVRTC log into `result`'s register, spill,
-/// stack and shared-memory fields. Returns false when the log has no report for that kernel.
+/// stack and shared-memory fields, and its wgmma serialisation warning. Returns false when the
+/// log has no report for that kernel.
 bool parse_ptxas_info(const std::string& log, const std::string& lowered_name,
                       CompileResult& result);
 
