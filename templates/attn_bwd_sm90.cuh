@@ -738,31 +738,31 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       // about 1000 clocks more than without a mask).
       auto p_tile = [&](const bool masked) {
 #pragma unroll
-      for (int nt = 0; nt < kMT; ++nt) {
-        const int c = nt * 8 + 2 * t;  // query column within the block
+        for (int nt = 0; nt < kMT; ++nt) {
+          const int c = nt * 8 + 2 * t;  // query column within the block
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int kj = keyf + (e / 2) * 8;
-          const int qi = m0f + c + (e % 2);
-          const float raw_s = acc_s[4 * nt + e];
-          const float lse = kLseAhead ? (e % 2 ? lse_r[nt].y : lse_r[nt].x) : lse_s[c + (e % 2)];
-          const float x = kRawScores ? fmaf(raw_s, kExpScale, -lse) : mod.apply(raw_s, qi, kj) - lse;
-          float pr = fast_exp2(x);
-          if (masked && is_masked(p, qi, kj, len_q, len_k, offset)) pr = 0.0f;
-          acc_s[4 * nt + e] = pr;
-          if constexpr (kSoftcap) {
-            float dp = acc_dp[4 * nt + e];
-            if constexpr (kDropout) {  // dL/dP through the kept (and scaled) probabilities; P^T Z for dV
-              const bool keep = kept(nt, e);
-              dp = keep ? dp * p.dropout_scale : 0.0f;
-              acc_s[4 * nt + e] = keep ? pr * p.dropout_scale : 0.0f;
+          for (int e = 0; e < 4; ++e) {
+            const int kj = keyf + (e / 2) * 8;
+            const int qi = m0f + c + (e % 2);
+            const float raw_s = acc_s[4 * nt + e];
+            const float lse = kLseAhead ? (e % 2 ? lse_r[nt].y : lse_r[nt].x) : lse_s[c + (e % 2)];
+            const float x = kRawScores ? fmaf(raw_s, kExpScale, -lse) : mod.apply(raw_s, qi, kj) - lse;
+            float pr = fast_exp2(x);
+            if (masked && is_masked(p, qi, kj, len_q, len_k, offset)) pr = 0.0f;
+            acc_s[4 * nt + e] = pr;
+            if constexpr (kSoftcap) {
+              float dp = acc_dp[4 * nt + e];
+              if constexpr (kDropout) {  // dL/dP through the kept (and scaled) probabilities; P^T Z for dV
+                const bool keep = kept(nt, e);
+                dp = keep ? dp * p.dropout_scale : 0.0f;
+                acc_s[4 * nt + e] = keep ? pr * p.dropout_scale : 0.0f;
+              }
+              const float ds = pr * (dp - delta_s[c + (e % 2)]);  // dL/d(score)
+              add_dbias(nt, e, ds);
+              acc_dp[4 * nt + e] = ds * mod.grad_scale(raw_s);
             }
-            const float ds = pr * (dp - delta_s[c + (e % 2)]);  // dL/d(score)
-            add_dbias(nt, e, ds);
-            acc_dp[4 * nt + e] = ds * mod.grad_scale(raw_s);
           }
         }
-      }
       };
       if constexpr (kMaskSplit) {
         if (need_mask) {
