@@ -496,7 +496,7 @@ int run_grid(const BenchOptions& o) {
         try {
           row.desc = problem_desc(f);
           row.desc.device = where;
-          row.result = harness::bench(engine, row.desc, options, o.budget_ms);
+          row.result = harness::bench(engine, row.desc, options, o.budget_ms, o.reps);
           if (o.json) fmt::print("{}\n", bench_json(row.desc, *row.result, mask));
           else fmt::print("{:<60} {:>9.3f} ms {:>8.1f} TFLOP/s\n", harness::describe(row.desc), row.result->median_ms, row.result->tflops);
         } catch (const std::exception& e) {
@@ -542,6 +542,7 @@ int run_grid(const BenchOptions& o) {
 
 int run_bench(const BenchOptions& o) {
   if (o.budget_ms <= 0) throw InvalidArgument("budget-ms", fmt::format("must be > 0, got {}", o.budget_ms));
+  if (o.reps < 0) throw InvalidArgument("reps", fmt::format("must be >= 0 (0: by --budget-ms), got {}", o.reps));
   const bool backward = o.backward || o.fwd_bwd;
   if (o.backward && o.fwd_bwd) throw InvalidArgument("fwd-bwd", "choose one of --backward and --fwd-bwd");
   if (o.grid && backward) throw InvalidArgument("grid", "--grid times the forward pass only");
@@ -561,11 +562,11 @@ int run_bench(const BenchOptions& o) {
     options.config = o.problem.config;  // the backward's config; the forward uses its default
     options.deterministic = o.deterministic;
     harness::Runner runner(desc);
-    r = runner.bench_backward(engine, o.fwd_bwd, options, o.budget_ms);
+    r = runner.bench_backward(engine, o.fwd_bwd, options, o.budget_ms, o.reps);
   } else {
     ForwardOptions options;
     options.config = o.problem.config;
-    r = harness::bench(engine, desc, options, o.budget_ms);
+    r = harness::bench(engine, desc, options, o.budget_ms, o.reps);
   }
   if (o.json) {
     fmt::print("{}\n", bench_json(desc, r, {}, mode));

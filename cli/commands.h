@@ -45,6 +45,7 @@ struct BenchOptions {
   ProblemFlags problem;
   bool json = false;
   double budget_ms = 300.0;
+  int reps = 0;                ///< timed repetitions; 0: as many as budget_ms allows
   bool backward = false;       ///< time backward alone (FLOPs 2.5x forward)
   bool fwd_bwd = false;        ///< time forward + backward (FLOPs 3.5x forward)
   bool deterministic = false;  ///< backward's deterministic mode

@@ -83,6 +83,10 @@ int main(int argc, char** argv) {
   bench->add_flag("--deterministic", o.bench.deterministic, "backward: deterministic mode");
   bench->add_option("--budget-ms", o.bench.budget_ms, "timing budget per problem")
       ->capture_default_str();
+  bench->add_option("--reps", o.bench.reps,
+                    "time exactly this many repetitions after the warm-up, whatever --budget-ms says "
+                    "(peers.py times 20 after 3; 0: as many as --budget-ms allows)")
+      ->capture_default_str();
   bench->add_flag("--grid", o.bench.grid,
                   "run hdims x seqlens x masks on peers.py's conventions (tokens 16384 and "
                   "width 2048 unless given)");

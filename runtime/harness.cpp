@@ -311,6 +311,13 @@ double forward_flops(const ProblemDesc& d) {
 
 namespace {
 // Median, p20/p80 and the FLOP rate of timed repetitions.
+// Whether to time another repetition: `reps` of them when positive, else until `budget_ms` is
+// spent (at least `min_reps`, at most 1000).
+bool more_reps(size_t done, double total_ms, double budget_ms, int reps, size_t min_reps) {
+  if (reps > 0) return done < static_cast<size_t>(reps);
+  return (total_ms < budget_ms || done < min_reps) && done < 1000;
+}
+
 void summarize(BenchResult& r, const std::vector<double>& times, const ProblemDesc& d) {
   r.samples = static_cast<int>(times.size());
   r.median_ms = percentile(times, 0.5);
@@ -429,7 +436,7 @@ KernelReport Runner::run(Engine& engine, const ForwardOptions& options) {
   return engine.forward(impl_->setup.dev_args, options);
 }
 
-BenchResult Runner::bench(Engine& engine, const ForwardOptions& options, double budget_ms) {
+BenchResult Runner::bench(Engine& engine, const ForwardOptions& options, double budget_ms, int reps) {
   const Scope scope(*impl_);
   const ProblemDesc& d = impl_->desc;
   Setup& s = impl_->setup;
@@ -440,7 +447,7 @@ BenchResult Runner::bench(Engine& engine, const ForwardOptions& options, double 
     engine.forward(s.dev_args, options);
     std::vector<double> times;
     double total = 0;
-    while ((total < budget_ms || times.size() < 5) && times.size() < 1000) {
+    while (more_reps(times.size(), total, budget_ms, reps, 5)) {
       const auto t0 = std::chrono::steady_clock::now();
       engine.forward(s.dev_args, options);
       const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -464,7 +471,7 @@ BenchResult Runner::bench(Engine& engine, const ForwardOptions& options, double 
   device::EventTimer timer;
   std::vector<double> times;
   double total = 0;
-  while ((total < budget_ms || times.size() < 10) && times.size() < 1000) {
+  while (more_reps(times.size(), total, budget_ms, reps, 10)) {
     impl_->flush->fill_async(static_cast<uint8_t>(times.size()), nullptr);
     timer.start(nullptr);
     engine.forward(s.dev_args, options);
@@ -558,7 +565,7 @@ std::vector<std::byte> Runner::gradient_bytes() const {
 }
 
 BenchResult Runner::bench_backward(Engine& engine, bool with_forward, const BackwardOptions& options,
-                                   double budget_ms) {
+                                   double budget_ms, int reps) {
   const Scope scope(*impl_);
   const bool gpu = impl_->gpu;
   ProblemDesc& d = impl_->desc;
@@ -588,7 +595,7 @@ BenchResult Runner::bench_backward(Engine& engine, bool with_forward, const Back
   std::vector<double> times;
   double total = 0;
   if (!gpu) {  // CPU: synchronous calls, a steady clock around each
-    while ((total < budget_ms || times.size() < 5) && times.size() < 1000) {
+    while (more_reps(times.size(), total, budget_ms, reps, 5)) {
       const auto t0 = std::chrono::steady_clock::now();
       step();
       times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
@@ -597,7 +604,7 @@ BenchResult Runner::bench_backward(Engine& engine, bool with_forward, const Back
   }
   std::optional<device::EventTimer> timer;
   if (gpu) timer.emplace();
-  while (gpu && (total < budget_ms || times.size() < 10) && times.size() < 1000) {
+  while (gpu && more_reps(times.size(), total, budget_ms, reps, 10)) {
     impl_->flush->fill_async(static_cast<uint8_t>(times.size()), nullptr);
     timer->start(nullptr);
     step();
@@ -622,9 +629,10 @@ CheckResult check(Engine& engine, const ProblemDesc& d, const ForwardOptions& op
   return runner.check(engine, options);
 }
 
-BenchResult bench(Engine& engine, const ProblemDesc& d, const ForwardOptions& options, double budget_ms) {
+BenchResult bench(Engine& engine, const ProblemDesc& d, const ForwardOptions& options, double budget_ms,
+                  int reps) {
   Runner runner(d);
-  return runner.bench(engine, options, budget_ms);
+  return runner.bench(engine, options, budget_ms, reps);
 }
 
 }  // namespace jitattn::harness

@@ -78,11 +78,12 @@ struct BenchResult {
   KernelReport kernel;
 };
 
-/// Times `desc` (no reference): warm-up, then timed repetitions for about `budget_ms`; median and
+/// Times `desc` (no reference): warm-up, then timed repetitions for about `budget_ms`, or exactly
+/// `reps` of them when positive (peers.py's protocol: 20, however long they take); median and
 /// p20/p80. GPU: CUDA events, each repetition after an L2 flush. CPU: a steady clock around each
 /// (synchronous) call.
 BenchResult bench(Engine& engine, const ProblemDesc& desc, const ForwardOptions& options = {},
-                  double budget_ms = 300.0);
+                  double budget_ms = 300.0, int reps = 0);
 
 struct BackwardCheckResult {
   /// Relative norms vs float64; dbias_err of a key-broadcast bias (zero gradient): the absolute
@@ -112,7 +113,7 @@ class Runner {
   CheckResult check(Engine& engine, const ForwardOptions& options = {});
   /// One forward call, asynchronous (no synchronisation, no reference): for timing whole runs.
   KernelReport run(Engine& engine, const ForwardOptions& options = {});
-  BenchResult bench(Engine& engine, const ForwardOptions& options = {}, double budget_ms = 300.0);
+  BenchResult bench(Engine& engine, const ForwardOptions& options = {}, double budget_ms = 300.0, int reps = 0);
 
   /// Forward (with LSE, judged as check() does) then backward on fresh random dO, gradients
   /// poisoned first and compared with reference::backward. Needs desc.lse.
@@ -126,7 +127,7 @@ class Runner {
   /// Times backward alone (`with_forward` false; FLOPs 2.5x forward) or forward + backward
   /// (3.5x), as bench() does.
   BenchResult bench_backward(Engine& engine, bool with_forward, const BackwardOptions& options = {},
-                             double budget_ms = 300.0);
+                             double budget_ms = 300.0, int reps = 0);
 
   struct Impl;
 

@@ -634,6 +634,22 @@ TEST(BackwardSm90, DefaultFamily) {
   EXPECT_EQ(rdb.kernel.target, "sm_90a") << rdb.kernel.name;
 }
 
+// --reps: exactly that many timed repetitions, whatever the budget (peers.py's protocol); 0 keeps
+// timing until the budget is spent, at least 10 on the GPU.
+TEST(BackwardGpu, BenchTimesTheRepetitionsAsked) {
+  JITATTN_REQUIRE_GPU();
+  ProblemDesc p = base(64);
+  p.seqlen_q = p.seqlen_k = 256;
+  p.lse = true;
+  harness::Runner runner(p);
+  EXPECT_EQ(runner.bench_backward(engine(), true, {}, 1e6, 3).samples, 3);
+  EXPECT_EQ(runner.bench_backward(engine(), false, {}, 1e-3, 0).samples, 10);
+  EXPECT_EQ(runner.bench(engine(), {}, 1e6, 4).samples, 4);
+  const harness::BenchResult r = runner.bench(engine(), {}, 1e-3);
+  EXPECT_EQ(r.samples, 10);
+  EXPECT_GT(r.median_ms, 0.0);
+}
+
 // Random shapes: fresh sizes per run (the seed is printed with every failure).
 TEST(BackwardGpu, RandomShapesMatchReference) {
   JITATTN_REQUIRE_GPU();

@@ -237,6 +237,19 @@ TEST(CpuBackward, RandomShapesMatchReference) {
   }
 }
 
+// --reps on the CPU: exactly that many timed calls, whatever the budget; 0 keeps timing until
+// the budget is spent, at least 5.
+TEST(CpuBackward, BenchTimesTheRepetitionsAsked) {
+  JITATTN_REQUIRE_LLVM();
+  ProblemDesc p = base(32);
+  p.seqlen_q = p.seqlen_k = 40;
+  p.lse = true;
+  harness::Runner runner(p);
+  EXPECT_EQ(runner.bench_backward(engine(), true, {}, 1e6, 3).samples, 3);
+  EXPECT_EQ(runner.bench_backward(engine(), false, {}, 1e-3, 0).samples, 5);
+  EXPECT_EQ(harness::bench(engine(), p, {}, 1e6, 2).samples, 2);
+}
+
 // Every gradient, dbias summed over broadcast dims included, has one owner summing in a fixed
 // order: the bits never change between runs.
 TEST(CpuBackward, GradientsAreBitwiseReproducible) {
