@@ -310,7 +310,6 @@ double forward_flops(const ProblemDesc& d) {
 }
 
 namespace {
-// Median, p20/p80 and the FLOP rate of timed repetitions.
 // Whether to time another repetition: `reps` of them when positive, else until `budget_ms` is
 // spent (at least `min_reps`, at most 1000).
 bool more_reps(size_t done, double total_ms, double budget_ms, int reps, size_t min_reps) {
@@ -318,6 +317,7 @@ bool more_reps(size_t done, double total_ms, double budget_ms, int reps, size_t 
   return (total_ms < budget_ms || done < min_reps) && done < 1000;
 }
 
+// Median, p20/p80 and the FLOP rate of timed repetitions.
 void summarize(BenchResult& r, const std::vector<double>& times, const ProblemDesc& d) {
   r.samples = static_cast<int>(times.size());
   r.median_ms = percentile(times, 0.5);
