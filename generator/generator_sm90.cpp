@@ -2,6 +2,7 @@
 // attn_bwd_sm90.cuh): the spec's constants, the score modifiers, and the wgmma instructions the
 // kernel issues (two forward, four backward), written out for their exact N (a wgmma's
 // accumulator operand list is N / 2 registers long, so one per shape).
+#include <cmath>
 #include <fmt/format.h>
 
 #include <string>
@@ -148,6 +149,8 @@ std::string sm90_forward_constants(const KernelSpec& spec, const TileConfig& cfg
   s += fmt::format("constexpr bool kOverlap = {};\n", cfg.overlap);
   s += fmt::format("constexpr bool kPingPong = {};\n", cfg.pingpong);
   s += fmt::format("constexpr bool kPolyExp = {};\n", cfg.poly_exp);
+  s += fmt::format("constexpr bool kLazyRescale = {};  // O rescaled only when a row max moves by more than 2^8\n",
+                   sm90_fwd_lazy_rescale(spec, cfg));
   s += fmt::format("constexpr bool kPersistent = {};\n", cfg.persistent);
   s += fmt::format("constexpr int kSmemBytes = {};\n", shared_bytes);
   s += sm90_mask_constants(spec);
@@ -216,6 +219,10 @@ KernelSource generate_sm90_backward(const KernelSpec& spec, const TileConfig& cf
   s += sm90_mask_constants(spec);
   s += fmt::format("constexpr bool kRawScores = {};\n", raw);
   s += fmt::format("constexpr bool kSoftcap = {};  // d(score)/d(Q.K) varies per score\n", spec.softcap > 0.0f);
+  const bool fold = sm90_bwd_fold_scale(spec, cfg);
+  s += fmt::format("constexpr bool kFoldScale = {};  // P^T formed times the softmax scale\n", fold);
+  s += fmt::format("constexpr float kLog2Scale = {};\n", float_literal(fold ? std::log2(spec.scale) : 0.0f));
+  s += fmt::format("constexpr float kInvScale = {};\n", float_literal(fold ? 1.0f / spec.scale : 1.0f));
   s += sm90_exp_scale_and_close(spec, raw);
   s += "// The wgmma shapes: S^T and dP^T (N = block_m; _x2 half of it), dV and dK (N = padded head\n"
        "// dims; _x2 halves), A from registers or (_x2) shared memory, dQ.\n";

@@ -240,6 +240,31 @@ bool sm90_bwd_dq_writer(const KernelSpec& spec, const TileConfig& cfg) {
          !(sm90_bwd_mask_split(spec, cfg) && sm90_bwd_registers(spec, cfg) >= kSm90BwdRegisterBudget);
 }
 
+// Lazy rescaling (as FlashAttention 4 does on Blackwell): a row's running max moves only when a
+// tile's max exceeds it by more than 2^8 in the exp2 domain, so after the first tiles O is almost
+// never rescaled. It pays where O's rescale is a large share of a tile's softmax. H200, forward,
+// seqlen 4096, TFLOP/s, every tile rescaled -> lazy, two passes:
+// - d256 (128 O registers per thread): none 703-716 -> 735-754, causal 629-666 -> 673-680;
+// - the _x2 kernels: d384 533-543 -> 562, d512 none 489-501 -> 517-520, causal 435-436 -> 452-453,
+//   d320 541-547 -> 547-552 (causal unchanged).
+// Below d256 the warp vote and branch cost more than the multiplies they skip: d64 477 -> 455,
+// d128 at 16384 698-706 -> 668-684, d192 688 -> 661-673; those rescale every tile.
+bool sm90_fwd_lazy_rescale(const KernelSpec& spec, const TileConfig& cfg) {
+  if (!cfg.hopper()) return false;
+  return cfg.split > 1 || sm90_layout(spec, cfg).head_dim_v_pad >= 256;
+}
+
+// The softmax scale folded into P^T: the LSE the backward reads is offset by log2(scale), so P^T
+// comes out as scale * P and dS^T = P^T (dP^T - delta) already carries the scale that dK and dQ
+// need (one multiply fewer per score); dV, summed from the scaled P^T, is divided once in the
+// epilogue. Not beside softcap (its d(score)/d(Q.K) varies per score) or dBias (dBias is the
+// unscaled dS). A scale whose log2 or reciprocal is not a normal float keeps the multiply.
+// H200, backward, seqlen 4096: d64 causal 369 -> 375, d128 causal 453-460 -> 463-467.
+bool sm90_bwd_fold_scale(const KernelSpec& spec, const TileConfig& cfg) {
+  const bool normal = spec.scale > 0.0f && std::isnormal(std::log2(spec.scale)) && std::isnormal(1.0f / spec.scale);
+  return normal && spec.softcap == 0.0f && !spec.dbias && cfg.block_m == 64;
+}
+
 Sm90BwdDq sm90_bwd_dq(const KernelSpec& spec, const TileConfig& cfg) {
   const Sm90Layout l = sm90_layout(spec, cfg);
   const int consumers = cfg.consumer_warpgroups();

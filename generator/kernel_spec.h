@@ -208,6 +208,12 @@ bool sm90_bwd_mask_split(const KernelSpec& spec, const TileConfig& cfg);
 /// Whether the Hopper backward's dQ reduce-adds are the writer warps' (always in deterministic mode
 /// and under _x2; in fast mode unless the mask's P^T loop leaves no registers for the hand-over).
 bool sm90_bwd_dq_writer(const KernelSpec& spec, const TileConfig& cfg);
+/// Whether the Hopper forward keeps a row's running max until a new one exceeds it by more than
+/// 2^8 in the exp2 domain, skipping O's rescale on tiles where no row of a warp moved it.
+bool sm90_fwd_lazy_rescale(const KernelSpec& spec, const TileConfig& cfg);
+/// Whether the Hopper backward forms P^T times the softmax scale (an offset on the LSE it reads), so
+/// that dS^T = P^T (dP^T - delta) needs no multiply per element; dV is divided by it once.
+bool sm90_bwd_fold_scale(const KernelSpec& spec, const TileConfig& cfg);
 
 /// A Hopper-family backward config: block_m query rows per step, 64 keys per consumer warpgroup.
 inline TileConfig sm90_backward_config(int block_m, int consumers, int stages, bool independent = false) {

@@ -391,7 +391,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
           const int row = mb * kBlockM + r0 + lane;
           const bool real = row < len_q;
           const float lse = real ? lse_h[row] : neg_inf();
-          lse_smem[s * kBlockM + r0 + lane] = lse == neg_inf() ? -neg_inf() : lse * kLog2e;
+          // kFoldScale: log2 of the softmax scale off the LSE, so that P^T comes out times the scale.
+          lse_smem[s * kBlockM + r0 + lane] = lse == neg_inf() ? -neg_inf() : lse * kLog2e - kLog2Scale;
           delta_smem[s * kBlockM + r0 + lane] = real ? delta_h[row] : 0.0f;
         }
         mbar_arrive(bar_full + 8 * s);
@@ -794,7 +795,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
             }
             const float ds = pr * (dp - delta);  // dL/d(score)
             add_dbias(nt, e, ds);
-            acc_dp[4 * nt + e] = ds * mod.grad_scale(0.0f);
+            acc_dp[4 * nt + e] = kFoldScale ? ds : ds * mod.grad_scale(0.0f);  // kFoldScale: pr has it
           }
         }
       }
@@ -929,7 +930,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       bulk_wait_all<false>();  // every reduce done before the CTA's memory goes
     }
 
-    // ---- epilogue: dK (scaled through grad_scale) and dV --------------------------------------
+    // ---- epilogue: dK (scaled through grad_scale) and dV (kFoldScale: P^T was the scale's multiple) ---
     const CtaCoords ce = cta_coords(params);  // recomputed, not held across the loop
     const int ce_n0 = ce.n_block * kBlockN;
     elem_t* gdK = static_cast<elem_t*>(bp.dk) + (kPacked ? 0 : ce.b * bp.dk_batch_stride) +
@@ -953,7 +954,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         for (int d = 0; d < kDvCols / 8; ++d) {
           if (kHeadDimVPad == kHeadDimV || cv + d * 8 < kHeadDimV) {
             *reinterpret_cast<u32*>(gdV + r * bp.dv_row_stride + cv + d * 8 + 2 * t) =
-                pack2(acc_dv[4 * d + 2 * hf], acc_dv[4 * d + 2 * hf + 1]);
+                kFoldScale ? pack2(acc_dv[4 * d + 2 * hf] * kInvScale, acc_dv[4 * d + 2 * hf + 1] * kInvScale)
+                           : pack2(acc_dv[4 * d + 2 * hf], acc_dv[4 * d + 2 * hf + 1]);
           }
         }
       }

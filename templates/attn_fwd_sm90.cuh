@@ -457,12 +457,18 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
 #pragma unroll
           for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(acc_s[4 * nt + 2 * hf], acc_s[4 * nt + 2 * hf + 1]));
           mx = quad_max(mx);
+          // kLazyRescale: the running max moves only when the new one exceeds it by more than 2^8 in
+          // the exp2 domain; below that the probabilities (at most 256) use the old one and O keeps
+          // its scale (no rescale). NaN (both -inf: no visible key yet) moves it, as does -inf.
+          if constexpr (kLazyRescale) {
+            if ((mx - row_max[hf]) * kExpScale <= 8.0f) mx = row_max[hf];
+          }
           // A row with no visible key so far keeps max -inf; use 0 so exp2 sees -inf, not NaN.
           const float m_use = (mx == neg_inf()) ? 0.0f : mx;
           const float m_scaled = m_use * kExpScale;
           correction[hf] = fast_exp2(row_max[hf] * kExpScale - m_scaled);
           row_max[hf] = mx;
-          float sum = 0.0f;
+          float sum[2] = {0.0f, 0.0f};  // two chains
 #pragma unroll
           for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
@@ -471,10 +477,10 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
               // kPolyExp: every fourth n8 group on the FMA pipe, balancing it against MUFU.
               const float pe = (kPolyExp && nt % 4 == 3) ? exp2_poly(x) : fast_exp2(x);
               acc_s[4 * nt + 2 * hf + e] = pe;
-              sum += pe;
+              sum[e] += pe;
             }
           }
-          row_sum[hf] = row_sum[hf] * correction[hf] + sum;
+          row_sum[hf] = row_sum[hf] * correction[hf] + (sum[0] + sum[1]);
         }
         if constexpr (kDropout) {
           // Dropout after the row sums (the LSE is of the probabilities before dropout; 1 / (1 - p)
@@ -513,6 +519,10 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         }
       };
       auto rescale_o = [&](const float (&correction)[2]) {
+        // kLazyRescale: most tiles leave every row's max where it was; the warp skips them.
+        if constexpr (kLazyRescale) {
+          if (!__any_sync(0xffffffffu, correction[0] != 1.0f || correction[1] != 1.0f)) return;
+        }
 #pragma unroll
         for (int d = 0; d < kDT; ++d) {
           acc_o[4 * d + 0] *= correction[0];

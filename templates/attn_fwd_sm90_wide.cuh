@@ -340,7 +340,12 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const float other = ld_shared_f32(sRed + 4 * ((1 - wg) * 64 + r_lo + 8 * hf));
-        const float mx = fmaxf(row_max[hf], fmaxf(tile_max[hf], other));
+        float mx = fmaxf(row_max[hf], fmaxf(tile_max[hf], other));
+        // kLazyRescale (as in attn_fwd_sm90.cuh): the max moves only by more than 2^8 in the exp2
+        // domain. Both warpgroups decide alike (the same maxima), so their halves of O stay in step.
+        if constexpr (kLazyRescale) {
+          if ((mx - row_max[hf]) * kExpScale <= 8.0f) mx = row_max[hf];
+        }
         // A row with no visible key so far keeps max -inf; use 0 so exp2 sees -inf, not NaN.
         const float m_scaled = (mx == neg_inf() ? 0.0f : mx) * kExpScale;
         correction[hf] = fast_exp2(row_max[hf] * kExpScale - m_scaled);
@@ -367,8 +372,10 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
         }
       }
       fence_proxy_async();
+      // kLazyRescale: a warp none of whose rows moved its max skips the rescale.
+      const bool rescale = !kLazyRescale || __any_sync(0xffffffffu, correction[0] != 1.0f || correction[1] != 1.0f);
 #pragma unroll
-      for (int d = 0; d < kDT; ++d) {
+      for (int d = 0; d < kDT && rescale; ++d) {
         acc_o[4 * d + 0] *= correction[0];
         acc_o[4 * d + 1] *= correction[0];
         acc_o[4 * d + 2] *= correction[1];

@@ -286,6 +286,63 @@ TEST(Generator, Sm90BackwardMaskSplitAndDqWriter) {
   EXPECT_TRUE(contains(none128, "constexpr bool kDqWriterCfg = true;"));
 }
 
+// The Hopper backward folds the softmax scale into P^T (an offset on the LSE it reads, dV divided
+// once) in the default's block_m 64, except beside softcap (a per-score derivative) and dBias (the
+// unscaled dS); at block_m 128 the epilogue's multiply spilled (d32, bottom-right causal, LSE).
+TEST(Generator, Sm90BackwardFoldsTheScaleIntoP) {
+  const DeviceLimits limits = limits_for_arch(90);
+  auto spec = [](int d) {
+    KernelSpec s = spec_for(90, d);
+    s.pass = Pass::backward;
+    return s;
+  };
+  const TileConfig c = sm90_backward_config(64, 2, 2);
+  EXPECT_TRUE(sm90_bwd_fold_scale(spec(128), c));
+  EXPECT_TRUE(sm90_bwd_fold_scale(spec(256), sm90_backward_wide_config(2)));
+  EXPECT_FALSE(sm90_bwd_fold_scale(spec(32), sm90_backward_config(128, 2, 2)));
+  KernelSpec capped = spec(64);
+  capped.softcap = 30.0f;
+  EXPECT_FALSE(sm90_bwd_fold_scale(capped, c));
+  KernelSpec dbias = spec(64);
+  dbias.bias = dbias.dbias = true;
+  EXPECT_FALSE(sm90_bwd_fold_scale(dbias, c));
+  KernelSpec bias = spec(64);
+  bias.bias = true;
+  EXPECT_TRUE(sm90_bwd_fold_scale(bias, c));
+  KernelSpec tiny = spec(64);
+  tiny.scale = 1e-39f;  // subnormal: its reciprocal overflows
+  EXPECT_FALSE(sm90_bwd_fold_scale(tiny, c));
+
+  KernelSpec s = spec(128);
+  s.scale = 0.125f;
+  const std::string src = generate(s, c, limits).source;
+  EXPECT_TRUE(contains(src, "constexpr bool kFoldScale = true;"));
+  EXPECT_TRUE(contains(src, "constexpr float kLog2Scale = " + detail::float_literal(-3.0) + ";"));
+  EXPECT_TRUE(contains(src, "constexpr float kInvScale = " + detail::float_literal(8.0) + ";"));
+  const std::string plain = generate(capped, c, limits).source;
+  EXPECT_TRUE(contains(plain, "constexpr bool kFoldScale = false;"));
+  EXPECT_TRUE(contains(plain, "constexpr float kLog2Scale = " + detail::float_literal(0.0) + ";"));
+}
+
+// The Hopper forward rescales O lazily (only when a row max moves by more than 2^8) where O's
+// rescale is a large share of the softmax: padded head dim V 256 and the _x2 kernels above it.
+TEST(Generator, Sm90ForwardLazyRescaleByHeadDim) {
+  const DeviceLimits limits = limits_for_arch(90);
+  const TileConfig c = sm90_config(128, 2, 2, true, true);
+  EXPECT_FALSE(sm90_fwd_lazy_rescale(spec_for(90, 64), c));
+  EXPECT_FALSE(sm90_fwd_lazy_rescale(spec_for(90, 128), c));
+  EXPECT_FALSE(sm90_fwd_lazy_rescale(spec_for(90, 192), sm90_config(80, 2, 2, true)));
+  EXPECT_TRUE(sm90_fwd_lazy_rescale(spec_for(90, 256), sm90_config(80, 2, 2, true)));
+  EXPECT_TRUE(sm90_fwd_lazy_rescale(spec_for(90, 248), sm90_config(80, 2, 2, true)));  // padded to 256
+  EXPECT_TRUE(sm90_fwd_lazy_rescale(spec_for(90, 512), sm90_wide_config(64, 1)));
+  EXPECT_FALSE(sm90_fwd_lazy_rescale(spec_for(80, 256), TileConfig{64, 64, 4, 2}));
+  EXPECT_TRUE(contains(generate(spec_for(90, 256), sm90_config(80, 2, 2, true), limits).source,
+                       "constexpr bool kLazyRescale = true;"));
+  EXPECT_TRUE(contains(generate(spec_for(90, 512), sm90_wide_config(64, 1), limits).source,
+                       "constexpr bool kLazyRescale = true;"));
+  EXPECT_TRUE(contains(generate(spec_for(90, 128), c, limits).source, "constexpr bool kLazyRescale = false;"));
+}
+
 // How the Hopper backward shares dQ among its consumers, and what that costs in shared memory:
 // d128 splits the head dim (two 64-column halves), d64 and d96 (no two whole panels) alternate
 // blocks, block_m 128 splits rows, _pp adds each consumer's own keys' share. Each consumer stages
