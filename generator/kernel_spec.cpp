@@ -820,6 +820,18 @@ TileConfig default_config_sm90(const KernelSpec& spec, const DeviceLimits& limit
     p.persistent = shape.seqlen_k > 0 && shape.seqlen_k <= 2048;
     if (!why_illegal(spec, p, limits)) return p;
   }
+  // Head dims 120-128 beside a causal mask, up to 2048 keys: the default's overlap + ping-pong,
+  // persistent (the tile queue balances the causal rows' unequal work, and a short tile's prologue
+  // and epilogue overlap the next one's loads). H200, d128 causal, two passes: seqlen 1024 358 ->
+  // 400-401 TFLOP/s, 2048 483-484 -> 502-510 (cudnn 373 / 461 in the same call; bench/NOTES.md,
+  // "Session 13"). Not beside a window, varlen, a score modifier or dropout (not measured there).
+  if (overlap && dv == 128 && spec.head_dim > 112 && spec.mask != MaskKind::none && !spec.window && !spec.bias &&
+      !spec.alibi && spec.softcap <= 0.0f && spec.varlen == VarlenKind::none && !spec.dropout &&
+      shape.seqlen_k > 0 && shape.seqlen_k <= 2048) {
+    TileConfig p = c;
+    p.persistent = true;
+    if (!why_illegal(spec, p, limits)) return p;
+  }
   // Head dims 120-128 without a mask or score modifier, beyond 2048 keys: block_n 176 with two
   // stages (FA3's d128 tile; fewer, longer softmax steps). H200, d128, two passes: 592-602 /
   // 627-633 TFLOP/s at seqlen 4096 / 16384 against 586-594 / 611 for block_n 128 with three

@@ -961,6 +961,27 @@ TEST(Sm90Config, NoMaskUpToHeadDim64TakesThreeConsumersAtBlockN128) {
     s.mask = MaskKind::causal;
     EXPECT_EQ(default_config(s, h, ShapeHint{4096}), default_config(s, h)) << d;
   }
+  // Head dims 120-128 beside a causal mask (LSE aside) take the persistent ping-pong up to 2048
+  // keys; a window, varlen, ALiBi or an unknown key count keep the one-tile default.
+  for (int d : {120, 128}) {
+    for (MaskKind m : {MaskKind::causal, MaskKind::causal_bottom_right}) {
+      KernelSpec s = sm90_spec(d, d);
+      s.lse = true;
+      s.mask = m;
+      EXPECT_EQ(default_config(s, h, ShapeHint{1024}).canonical(), "h_bm128_bn128_wg2_s3_ov_pp_ps") << d;
+      EXPECT_EQ(default_config(s, h, ShapeHint{2048}).canonical(), "h_bm128_bn128_wg2_s3_ov_pp_ps") << d;
+      EXPECT_EQ(default_config(s, h, ShapeHint{2049}).canonical(), "h_bm128_bn128_wg2_s3_ov_pp") << d;
+      EXPECT_EQ(default_config(s, h).canonical(), "h_bm128_bn128_wg2_s3_ov_pp") << d;
+      s.alibi = true;
+      EXPECT_EQ(default_config(s, h, ShapeHint{1024}), default_config(s, h)) << d;
+      s.alibi = false;
+      s.window = true;
+      EXPECT_EQ(default_config(s, h, ShapeHint{1024}), default_config(s, h)) << d;
+      s.window = false;
+      s.varlen = VarlenKind::packed;
+      EXPECT_EQ(default_config(s, h, ShapeHint{1024}), default_config(s, h)) << d;
+    }
+  }
   // The key count changes nothing else.
   for (int d : {72, 112, 136, 256}) {
     const KernelSpec s = sm90_spec(d, d);
