@@ -34,6 +34,13 @@ KernelSpec spec_for(int sm, int head_dim) {
   return s;
 }
 
+// A Hopper (sm_90) backward spec at head dim d.
+KernelSpec hopper_backward_spec(int d) {
+  KernelSpec s = spec_for(90, d);
+  s.pass = Pass::backward;
+  return s;
+}
+
 // Every mask and modifier at once: the heaviest variant, and the one most likely to differ
 // between two generations if anything in the generator depended on state.
 KernelSpec everything_spec(int sm, int head_dim) {
@@ -291,11 +298,7 @@ TEST(Generator, Sm90BackwardMaskSplitAndDqWriter) {
 // unscaled dS); at block_m 128 the epilogue's multiply spilled (d32, bottom-right causal, LSE).
 TEST(Generator, Sm90BackwardFoldsTheScaleIntoP) {
   const DeviceLimits limits = limits_for_arch(90);
-  auto spec = [](int d) {
-    KernelSpec s = spec_for(90, d);
-    s.pass = Pass::backward;
-    return s;
-  };
+  const auto spec = [](int d) { return hopper_backward_spec(d); };
   const TileConfig c = sm90_backward_config(64, 2, 2);
   EXPECT_TRUE(sm90_bwd_fold_scale(spec(128), c));
   EXPECT_TRUE(sm90_bwd_fold_scale(spec(256), sm90_backward_wide_config(2)));
@@ -349,11 +352,7 @@ TEST(Generator, Sm90ForwardLazyRescaleByHeadDim) {
 // its dQ tiles as fp32 panels of 64 rows by 32 columns.
 TEST(Generator, Sm90BackwardDqSharingAndItsSharedMemory) {
   const DeviceLimits limits = limits_for_arch(90);
-  auto spec = [](int d) {
-    KernelSpec s = spec_for(90, d);
-    s.pass = Pass::backward;
-    return s;
-  };
+  const auto spec = [](int d) { return hopper_backward_spec(d); };
   const TileConfig c = sm90_backward_config(64, 2, 2);
   const Sm90BwdDq d128 = sm90_bwd_dq(spec(128), c);
   EXPECT_TRUE(d128.all_keys && d128.split_n && !d128.alternate);
