@@ -13,7 +13,9 @@
 // S accumulators repacked, no trip through shared memory) and V as an MN-major operand. The
 // consumers run independently, so one warpgroup's softmax overlaps the other's wgmma; with
 // kOverlap each consumer also overlaps its own softmax of tile j with its P V of tile j-1, and with
-// kPingPong the two consumers take turns issuing wgmma (named barriers).
+// kPingPong the two consumers take turns issuing wgmma (named barriers). kLazyRescale: a row's
+// running max moves only by more than 2^8 (exp2 domain), and O's rescale is skipped by warps whose
+// rows all kept theirs.
 //
 // kPersistent: one CTA per SM walks tiles blockIdx.x, blockIdx.x + gridDim.x, ... (query blocks
 // of every (batch, head)); the producer loads the next tile's Q and K/V while the consumers finish
