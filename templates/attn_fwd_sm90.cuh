@@ -459,12 +459,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
 #pragma unroll
           for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(acc_s[4 * nt + 2 * hf], acc_s[4 * nt + 2 * hf + 1]));
           mx = quad_max(mx);
-          // kLazyRescale: the running max moves only when the new one exceeds it by more than 2^8 in
-          // the exp2 domain; below that the probabilities (at most 256) use the old one and O keeps
-          // its scale (no rescale). NaN (both -inf: no visible key yet) moves it, as does -inf.
-          if constexpr (kLazyRescale) {
-            if ((mx - row_max[hf]) * kExpScale <= 8.0f) mx = row_max[hf];
-          }
+          if constexpr (kLazyRescale) mx = lazy_row_max(mx, row_max[hf], kExpScale);
           // A row with no visible key so far keeps max -inf; use 0 so exp2 sees -inf, not NaN.
           const float m_use = (mx == neg_inf()) ? 0.0f : mx;
           const float m_scaled = m_use * kExpScale;
@@ -523,7 +518,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       auto rescale_o = [&](const float (&correction)[2]) {
         // kLazyRescale: most tiles leave every row's max where it was; the warp skips them.
         if constexpr (kLazyRescale) {
-          if (!__any_sync(0xffffffffu, correction[0] != 1.0f || correction[1] != 1.0f)) return;
+          if (!warp_rescales(correction)) return;
         }
 #pragma unroll
         for (int d = 0; d < kDT; ++d) {

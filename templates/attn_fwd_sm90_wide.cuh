@@ -341,11 +341,8 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       for (int hf = 0; hf < 2; ++hf) {
         const float other = ld_shared_f32(sRed + 4 * ((1 - wg) * 64 + r_lo + 8 * hf));
         float mx = fmaxf(row_max[hf], fmaxf(tile_max[hf], other));
-        // kLazyRescale (as in attn_fwd_sm90.cuh): the max moves only by more than 2^8 in the exp2
-        // domain. Both warpgroups decide alike (the same maxima), so their halves of O stay in step.
-        if constexpr (kLazyRescale) {
-          if ((mx - row_max[hf]) * kExpScale <= 8.0f) mx = row_max[hf];
-        }
+        // kLazyRescale: both warpgroups decide alike (the same maxima), so their halves of O stay in step.
+        if constexpr (kLazyRescale) mx = lazy_row_max(mx, row_max[hf], kExpScale);
         // A row with no visible key so far keeps max -inf; use 0 so exp2 sees -inf, not NaN.
         const float m_scaled = (mx == neg_inf() ? 0.0f : mx) * kExpScale;
         correction[hf] = fast_exp2(row_max[hf] * kExpScale - m_scaled);
@@ -373,7 +370,7 @@ extern "C" __global__ void __launch_bounds__(jitattn_kernel::kThreads, 1)
       }
       fence_proxy_async();
       // kLazyRescale: a warp none of whose rows moved its max skips the rescale.
-      const bool rescale = !kLazyRescale || __any_sync(0xffffffffu, correction[0] != 1.0f || correction[1] != 1.0f);
+      const bool rescale = !kLazyRescale || warp_rescales(correction);
 #pragma unroll
       for (int d = 0; d < kDT && rescale; ++d) {
         acc_o[4 * d + 0] *= correction[0];

@@ -151,4 +151,16 @@ JITATTN_DEVICE GroupedTile grouped_tile(unsigned linear, unsigned tiles, unsigne
   return {r / size, first + r % size};
 }
 
+// ---- lazy rescaling of O (kLazyRescale, both forward templates) ----------------------------------
+// A row's running max moves only when the new one `mx` exceeds the old one by more than 2^8 in the
+// exp2 domain (`exp_scale` takes raw scores there); below that the probabilities (at most 256) use
+// the old one and O keeps its scale. NaN (both -inf: no visible key yet) moves it, as does -inf.
+JITATTN_DEVICE float lazy_row_max(float mx, float old, float exp_scale) {
+  return (mx - old) * exp_scale <= 8.0f ? old : mx;
+}
+// Whether any row of the warp changed its scale (a correction other than 1): O's rescale is needed.
+JITATTN_DEVICE bool warp_rescales(const float (&correction)[2]) {
+  return __any_sync(0xffffffffu, correction[0] != 1.0f || correction[1] != 1.0f);
+}
+
 }  // namespace jitattn_kernel
