@@ -258,10 +258,11 @@ bool sm90_fwd_lazy_rescale(const KernelSpec& spec, const TileConfig& cfg) {
 // comes out as scale * P and dS^T = P^T (dP^T - delta) already carries the scale that dK and dQ
 // need (one multiply fewer per score); dV, summed from the scaled P^T, is divided once in the
 // epilogue. Not beside softcap (its d(score)/d(Q.K) varies per score) or dBias (dBias is the
-// unscaled dS). A scale whose log2 or reciprocal is not a normal float keeps the multiply.
+// unscaled dS). A scale whose reciprocal is not a normal float keeps the multiply.
 // H200, backward, seqlen 4096: d64 causal 369 -> 375, d128 causal 453-460 -> 463-467.
 bool sm90_bwd_fold_scale(const KernelSpec& spec, const TileConfig& cfg) {
-  const bool normal = spec.scale > 0.0f && std::isnormal(std::log2(spec.scale)) && std::isnormal(1.0f / spec.scale);
+  // log2(1) = 0 is not a normal float but folds as well as any other finite log2.
+  const bool normal = spec.scale > 0.0f && std::isfinite(std::log2(spec.scale)) && std::isnormal(1.0f / spec.scale);
   return normal && spec.softcap == 0.0f && !spec.dbias && cfg.block_m == 64;
 }
 

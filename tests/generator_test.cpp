@@ -315,6 +315,9 @@ TEST(Generator, Sm90BackwardFoldsTheScaleIntoP) {
   KernelSpec tiny = spec(64);
   tiny.scale = 1e-39f;  // subnormal: its reciprocal overflows
   EXPECT_FALSE(sm90_bwd_fold_scale(tiny, c));
+  KernelSpec one = spec(64);
+  one.scale = 1.0f;  // log2 = 0
+  EXPECT_TRUE(sm90_bwd_fold_scale(one, c));
 
   KernelSpec s = spec(128);
   s.scale = 0.125f;
